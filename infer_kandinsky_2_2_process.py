@@ -1,0 +1,140 @@
+"""The Ikomia task infer_kandinsky_2_2: its parameters, the task and its factory.
+
+A thin layer over the ``kandinsky22_engine`` package: Ikomia's string parameters become checked
+``Settings``, the engine generates, and the image and its metadata become the task's outputs.
+"""
+
+import copy
+import threading
+from pathlib import Path
+
+from ikomia import core, dataprocess, utils
+from ikomia.dataprocess.io import DataDictIO
+
+from .kandinsky22_engine.generation import generate, load_pipelines, progress_steps
+from .kandinsky22_engine.models import MODEL_CACHE
+from .kandinsky22_engine.parameters import Settings
+
+PLUGIN_FOLDER = Path(__file__).resolve().parent
+VERSION = "1.0.0"
+
+
+class InferKandinsky22Param(core.CWorkflowTaskParam):
+    """The task's parameters as Ikomia keeps them: one string per parameter of ``Settings``.
+
+    Values are kept exactly as given and checked when the task runs, so a wrong value is
+    reported with its name and what is accepted, and is never silently changed.
+    """
+
+    def __init__(self) -> None:
+        core.CWorkflowTaskParam.__init__(self)
+        self.values = Settings().to_strings()
+
+    def set_values(self, params: dict) -> None:
+        self.values.update({name: str(value) for name, value in params.items()})
+
+    def get_values(self) -> dict:
+        return dict(self.values)
+
+    def settings(self) -> Settings:
+        """The checked settings; raises ``SettingsError`` naming every refused value."""
+        return Settings.from_strings(self.values)
+
+
+class InferKandinsky22(dataprocess.CWorkflowTask):
+    """Generates an image with Kandinsky 2.2. Output 0: the image; output 1: the run's metadata."""
+
+    def __init__(self, name: str, param: InferKandinsky22Param | None) -> None:
+        dataprocess.CWorkflowTask.__init__(self, name)
+        self.add_output(dataprocess.CImageIO())
+        self.add_output(DataDictIO())
+        self.set_param_object(copy.deepcopy(param) if param is not None else InferKandinsky22Param())
+        self._stop_requested = threading.Event()
+
+    def get_progress_steps(self) -> int:
+        try:
+            return progress_steps(self.get_param_object().settings())
+        except ValueError:
+            return 1
+
+    def init_long_process(self) -> None:
+        """Load the models now, so that the first run does not wait for them."""
+        load_pipelines(self.get_param_object().settings(), MODEL_CACHE)
+        dataprocess.CWorkflowTask.init_long_process(self)
+
+    def stop(self) -> None:
+        dataprocess.CWorkflowTask.stop(self)
+        self._stop_requested.set()
+
+    def run(self) -> None:
+        self.begin_task_run()
+        self._stop_requested.clear()
+        self.get_output(0).clear_data()
+        self.get_output(1).clear_data()
+        result = generate(
+            self.get_param_object().settings(),
+            cache=MODEL_CACHE,
+            on_step=self.emit_step_progress,
+            should_stop=self._stop_requested.is_set,
+        )
+        self.get_output(0).set_image(result.image)
+        self.get_output(1).data = result.metadata
+        self.end_task_run()
+
+
+class InferKandinsky22Factory(dataprocess.CTaskFactory):
+    """Describes the task to Ikomia Studio and Ikomia HUB, and builds it."""
+
+    def __init__(self) -> None:
+        dataprocess.CTaskFactory.__init__(self)
+        info = self.info
+        info.name = "infer_kandinsky_2_2"
+        info.short_description = (
+            "Kandinsky 2.2 text-to-image generation, reproducible and with models loaded once per process."
+        )
+        info.description = (
+            "Kandinsky 2.2 turns a prompt into an image in two stages: a prior (CLIP text encoder and prior "
+            "transformer) predicts a CLIP image embedding, and a decoder (UNet and MoVQ) paints the image from it. "
+            "The task runs both stages through Hugging Face diffusers, keeps the models loaded and shared by every "
+            "task of the process, gives the same pixels for the same seed as diffusers' own pipeline, shows "
+            "progress per denoising step and can be stopped."
+        )
+        info.path = "Plugins/Python/Diffusion"
+        info.version = VERSION
+        info.icon_path = str(PLUGIN_FOLDER / "images" / "icon.png")
+        info.authors = (
+            "Anton Razzhigaev, Arseniy Shakhmatov, Anastasia Maltseva, Vladimir Arkhipkin, Igor Pavlov, "
+            "Ilya Ryabov, Angelina Kuts, Alexander Panchenko, Andrey Kuznetsov, Denis Dimitrov"
+        )
+        info.article = "Kandinsky: an Improved Text-to-Image Synthesis with Image Prior and Latent Diffusion"
+        info.article_url = "https://arxiv.org/abs/2310.03502"
+        info.journal = "EMNLP 2023 System Demonstrations"
+        info.year = 2023
+        info.license = "Apache 2.0 License"
+        info.documentation_link = "https://huggingface.co/docs/diffusers/api/pipelines/kandinsky_v22"
+        info.repository = "https://github.com/Ikomia-hub/infer_kandinsky_2_2"
+        info.original_repository = "https://github.com/ai-forever/Kandinsky-2"
+        info.keywords = "Kandinsky,Kandinsky 2.2,diffusion,latent diffusion,text-to-image,generative,diffusers"
+        info.algo_type = core.AlgoType.INFER
+        info.algo_tasks = "IMAGE_GENERATION"
+        info.min_ikomia_version = "0.16.0"
+        info.min_python_version = "3.10.0"
+        info.os = utils.OSType.ALL
+        info.hardware_config.min_cpu = 4
+        info.hardware_config.min_ram = 16
+        info.hardware_config.gpu_required = False
+        info.hardware_config.min_vram = 0
+
+    def create(self, param: InferKandinsky22Param | None = None) -> InferKandinsky22:
+        return InferKandinsky22(self.info.name, param)
+
+
+class InferKandinsky22ParamFactory(dataprocess.CTaskParamFactory):
+    """Builds the task's default parameters (Ikomia asks for them by name)."""
+
+    def __init__(self) -> None:
+        dataprocess.CTaskParamFactory.__init__(self)
+        self.name = "infer_kandinsky_2_2"
+
+    def create(self) -> InferKandinsky22Param:
+        return InferKandinsky22Param()

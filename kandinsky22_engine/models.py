@@ -1,0 +1,168 @@
+"""Loading Kandinsky 2.2 pipelines once per process and sharing them.
+
+Every task instance of a process uses ``MODEL_CACHE``. It keeps one pipeline per role (prior,
+decoder) keyed by model name, device and dtype: asking again for the same key loads nothing,
+and changing one of them replaces only that role's pipeline. Studio runs tasks in worker threads,
+so the cache is guarded by a lock, which generation also holds while it uses the pipelines.
+"""
+
+import gc
+import os
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import RepositoryNotFoundError
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_CONNECTION_ERRORS = ("ConnectError", "ConnectionError", "ConnectTimeout", "Timeout", "LocalEntryNotFoundError")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the parameter, the model and the reason."""
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """What identifies a loaded pipeline: where it comes from and where it runs."""
+
+    model_name: str
+    device: str
+    dtype: torch.dtype
+
+
+class ModelCache:
+    """One loaded pipeline per role, shared by every task instance of the process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._pipelines: dict[str, tuple[ModelKey, DiffusionPipeline]] = {}
+        self.load_counts: Counter[str] = Counter()
+
+    def get(
+        self,
+        role: str,
+        pipeline_class: type[DiffusionPipeline],
+        parameter_name: str,
+        key: ModelKey,
+    ) -> DiffusionPipeline:
+        """Return the pipeline of ``role`` for ``key``, loading it only if the cached one differs."""
+        with self.lock:
+            cached = self._pipelines.get(role)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            self.release(role)
+            pipeline = load_pipeline(pipeline_class, parameter_name, key)
+            self._pipelines[role] = (key, pipeline)
+            self.load_counts[role] += 1
+            return pipeline
+
+    def release(self, role: str | None = None) -> None:
+        """Drop the pipeline of ``role`` (all of them when None) and give its memory back."""
+        with self.lock:
+            for name in [role] if role else list(self._pipelines):
+                self._pipelines.pop(name, None)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def loaded_keys(self) -> dict[str, ModelKey]:
+        """The key of each loaded role: what a run with the same settings would reuse."""
+        with self.lock:
+            return {role: key for role, (key, _) in self._pipelines.items()}
+
+
+MODEL_CACHE = ModelCache()
+
+
+def is_folder_name(model_name: str) -> bool:
+    """Whether a model name points at a folder rather than a hub id."""
+    expanded = os.path.expanduser(model_name)
+    return (
+        os.path.isdir(expanded)
+        or os.path.isabs(expanded)
+        or model_name.startswith(("./", "../", "~", "."))
+        or "\\" in model_name
+        or model_name.count("/") > 1
+    )
+
+
+def load_pipeline(pipeline_class: type[DiffusionPipeline], parameter_name: str, key: ModelKey) -> DiffusionPipeline:
+    """Load a pipeline from a local folder or the Hugging Face cache/hub, safetensors only.
+
+    A hub id already in the local cache loads without touching the network. Failures become a
+    ``ModelLoadError`` that says whether the model was not found, could not be fetched, or is broken.
+    """
+    name = key.model_name
+    if is_folder_name(name):
+        folder = os.path.expanduser(name)
+        if not os.path.isdir(folder):
+            raise ModelLoadError(f"{parameter_name}: folder {name!r} not found.")
+        try:
+            pipeline = _from_pretrained(pipeline_class, folder, key.dtype, local_files_only=True)
+        except Exception as error:
+            raise ModelLoadError(
+                f"{parameter_name}: folder {name!r} is not a usable {pipeline_class.__name__} repo "
+                f"(broken or incomplete): {_first_line(error)}"
+            ) from error
+        return _prepare(pipeline, key.device)
+    if not _HUB_ID.fullmatch(name):
+        raise ModelLoadError(
+            f"{parameter_name}: {name!r} is neither an existing folder nor a Hugging Face hub id (owner/name)."
+        )
+    try:
+        pipeline = _from_pretrained(pipeline_class, name, key.dtype, local_files_only=True)
+    except Exception as cache_error:
+        if hub_constants.HF_HUB_OFFLINE:
+            raise ModelLoadError(
+                f"{parameter_name}: {name!r} is not (fully) in the local Hugging Face cache "
+                f"({hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
+                "Download it once with network access, or give a local folder."
+            ) from cache_error
+        try:
+            pipeline = _from_pretrained(pipeline_class, name, key.dtype, local_files_only=False)
+        except Exception as error:
+            raise ModelLoadError(_describe_hub_failure(parameter_name, name, pipeline_class, error)) from error
+    return _prepare(pipeline, key.device)
+
+
+def _from_pretrained(
+    pipeline_class: type[DiffusionPipeline], source: str, dtype: torch.dtype, *, local_files_only: bool
+) -> DiffusionPipeline:
+    return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local_files_only)
+
+
+def _prepare(pipeline: DiffusionPipeline, device: str) -> DiffusionPipeline:
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+def _describe_hub_failure(
+    parameter_name: str, name: str, pipeline_class: type[DiffusionPipeline], error: Exception
+) -> str:
+    chain = _exception_chain(error)
+    if any(isinstance(item, RepositoryNotFoundError) for item in chain):
+        return f"{parameter_name}: {name!r} was not found on the Hugging Face hub (or is private)."
+    if any(type(item).__name__ in _CONNECTION_ERRORS for item in chain):
+        return (
+            f"{parameter_name}: {name!r} is not in the local Hugging Face cache ({hub_constants.HF_HUB_CACHE}) "
+            "and could not be fetched: the hub is unreachable from this machine."
+        )
+    return f"{parameter_name}: {name!r} is not a usable {pipeline_class.__name__} repo: {_first_line(error)}"
+
+
+def _exception_chain(error: BaseException) -> list[BaseException]:
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

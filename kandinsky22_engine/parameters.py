@@ -1,0 +1,277 @@
+"""Every parameter of the task, defined once.
+
+``Settings`` is the single definition: each field carries its type, default, accepted range, label,
+group and help text. The Ikomia parameter class, the Studio widget, the README table and the
+validation all derive from it, so they cannot disagree. Ikomia passes values as strings:
+``Settings.from_strings`` parses and checks all of them before any model work starts.
+"""
+
+import math
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+
+import torch
+
+DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
+DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
+RANDOM_SEED = -1
+MAX_RANDOM_SEED = 191965535
+MAX_SIDE = 2048
+SIDE_STEP = 64
+MAX_STEPS = 1000
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+_INTEGER = re.compile(r"[+-]?\d+(\.0*)?")
+
+
+class SettingsError(ValueError):
+    """One or more parameters were refused; the message names each one and what it accepts."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """What the task, the widget and the README know about one parameter."""
+
+    name: str
+    type: type
+    default: object
+    label: str
+    group: str
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    multiple_of: int | None = None
+    allow_blank: bool = True
+    default_text: str | None = None
+
+    def accepted(self) -> str:
+        """Describe, for people, the values this parameter accepts."""
+        if self.type is bool:
+            return "True or False"
+        if self.type is str:
+            return "text" if self.allow_blank else "non-empty text"
+        noun = "a whole number" if self.type is int else "a number"
+        if self.multiple_of:
+            noun = f"a multiple of {self.multiple_of}"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{noun} from {_number(self.minimum)} to {_number(self.maximum)}"
+        if self.minimum is not None:
+            return f"{noun} of at least {_number(self.minimum)}"
+        return noun
+
+    def default_as_text(self) -> str:
+        """The default as the README shows it (some defaults depend on the machine)."""
+        return self.default_text or self.to_string(self.default)
+
+    def to_string(self, value: object) -> str:
+        """Format a value the way Ikomia stores it."""
+        return str(value)
+
+    def parse(self, raw: object) -> object:
+        """Turn a string from Ikomia into a checked value, or raise ``SettingsError``."""
+        text = str(raw)
+        value = self._convert(text.strip())
+        if value is None or not self._in_range(value):
+            raise SettingsError(f"{self.name}: received {text!r}; accepted: {self.accepted()}. {self.help}")
+        return value
+
+    def _convert(self, text: str) -> object:
+        if self.type is str:
+            return text if (text or self.allow_blank) else None
+        if self.type is bool:
+            lowered = text.lower()
+            return True if lowered in TRUE_WORDS else False if lowered in FALSE_WORDS else None
+        if self.type is int:
+            return int(text.partition(".")[0]) if _INTEGER.fullmatch(text) else None
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+
+    def _in_range(self, value: object) -> bool:
+        if self.type not in (int, float):
+            return True
+        if self.minimum is not None and value < self.minimum:
+            return False
+        if self.maximum is not None and value > self.maximum:
+            return False
+        return not (self.multiple_of and value % self.multiple_of)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _setting(
+    default: object = MISSING,
+    *,
+    label: str,
+    group: str,
+    help: str,
+    default_factory: Callable[[], object] | None = None,
+    **limits: object,
+) -> Field:
+    """Declare a field of ``Settings`` together with what the other layers need to know of it."""
+    metadata = {"label": label, "group": group, "help": help, **limits}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Checked settings of one generation; the fields, in order, are the task's parameters."""
+
+    model_name: str = _setting(
+        DEFAULT_DECODER,
+        label="Decoder model",
+        group="Models",
+        help="Hugging Face hub id or local folder of a Kandinsky 2.2 decoder repo (UNet and MoVQ).",
+        allow_blank=False,
+    )
+    prior_model_name: str = _setting(
+        DEFAULT_PRIOR,
+        label="Prior model",
+        group="Models",
+        help="Hugging Face hub id or local folder of a Kandinsky 2.2 prior repo (CLIP encoders and prior).",
+        allow_blank=False,
+    )
+    prompt: str = _setting(
+        "portrait of a young women, blue eyes, cinematic",
+        label="Prompt",
+        group="Prompt",
+        help="What the image should show. CLIP reads the first 77 tokens.",
+    )
+    negative_prompt: str = _setting(
+        "low quality, bad quality",
+        label="Negative prompt",
+        group="Prompt",
+        help="What the image should not show. Empty: the prior's zero-image embedding is the negative.",
+    )
+    prior_num_inference_steps: int = _setting(
+        25,
+        label="Prior steps",
+        group="Prior",
+        help="Denoising steps of the prior (diffusers' UnCLIPScheduler divides by zero at 1).",
+        minimum=2,
+        maximum=MAX_STEPS,
+    )
+    prior_guidance_scale: float = _setting(
+        4.0,
+        label="Prior guidance scale",
+        group="Prior",
+        help="Classifier-free guidance of the prior: higher follows the prompt more closely.",
+        minimum=1.0,
+        maximum=20.0,
+    )
+    num_inference_steps: int = _setting(
+        100,
+        label="Decoder steps",
+        group="Decoder",
+        help="Denoising steps of the decoder: more is slower and usually finer.",
+        minimum=1,
+        maximum=MAX_STEPS,
+    )
+    guidance_scale: float = _setting(
+        1.0,
+        label="Decoder guidance scale",
+        group="Decoder",
+        help="Classifier-free guidance of the decoder; on only above 1, where it doubles the decoder's work.",
+        minimum=1.0,
+        maximum=20.0,
+    )
+    height: int = _setting(
+        768,
+        label="Height",
+        group="Output",
+        help=f"Image height in pixels, a multiple of {SIDE_STEP} up to {MAX_SIDE}.",
+        minimum=SIDE_STEP,
+        maximum=MAX_SIDE,
+        multiple_of=SIDE_STEP,
+    )
+    width: int = _setting(
+        768,
+        label="Width",
+        group="Output",
+        help=f"Image width in pixels, a multiple of {SIDE_STEP} up to {MAX_SIDE}.",
+        minimum=SIDE_STEP,
+        maximum=MAX_SIDE,
+        multiple_of=SIDE_STEP,
+    )
+    seed: int = _setting(
+        RANDOM_SEED,
+        label="Seed",
+        group="Output",
+        help=f"-1 draws a random seed in [0, {MAX_RANDOM_SEED}]; any other value gives the same image every time.",
+        minimum=RANDOM_SEED,
+        maximum=2**63 - 1,
+    )
+    cuda: bool = _setting(
+        default_factory=torch.cuda.is_available,
+        label="Use CUDA",
+        group="Device",
+        help="Run on the GPU in float16 where CUDA is available; otherwise, or when off, on the CPU in float32.",
+        default_text="True where CUDA is available",
+    )
+
+    def __post_init__(self) -> None:
+        """Check values given directly from Python as strictly as those parsed from strings."""
+        for parameter in PARAMETERS:
+            parameter.parse(parameter.to_string(getattr(self, parameter.name)))
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, object]) -> "Settings":
+        """Parse Ikomia's string values; missing names take their default.
+
+        Raises ``SettingsError`` naming every refused value, and every unknown name, at once.
+        """
+        parameters = {parameter.name: parameter for parameter in PARAMETERS}
+        problems = [
+            f"{name}: unknown parameter; known parameters: {', '.join(parameters)}"
+            for name in values
+            if name not in parameters
+        ]
+        parsed = {}
+        for name, raw in values.items():
+            if name in parameters:
+                try:
+                    parsed[name] = parameters[name].parse(raw)
+                except SettingsError as error:
+                    problems.append(str(error))
+        if problems:
+            raise SettingsError("\n".join(problems))
+        return cls(**parsed)
+
+    def to_strings(self) -> dict[str, str]:
+        """Every parameter as the string Ikomia stores."""
+        return {parameter.name: parameter.to_string(getattr(self, parameter.name)) for parameter in PARAMETERS}
+
+
+def _parameter_from_field(settings_field: Field, annotation: type) -> Parameter:
+    metadata = dict(settings_field.metadata)
+    if settings_field.default_factory is not MISSING:
+        default = settings_field.default_factory()
+    else:
+        default = settings_field.default
+    return Parameter(name=settings_field.name, type=annotation, default=default, **metadata)
+
+
+PARAMETERS: tuple[Parameter, ...] = tuple(
+    _parameter_from_field(settings_field, typing.get_type_hints(Settings)[settings_field.name])
+    for settings_field in fields(Settings)
+)
+
+
+def markdown_table() -> str:
+    """The README's parameter table, generated from the definitions above."""
+    rows = ["| name | type | default | accepted | what it does |", "|---|---|---|---|---|"]
+    for parameter in PARAMETERS:
+        default = parameter.default_as_text()
+        default = f"`{default}`" if parameter.default_text is None else default
+        rows.append(
+            f"| {parameter.name} | {parameter.type.__name__} | {default} | {parameter.accepted()} | {parameter.help} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,207 @@
+"""Tiny random-weight Kandinsky 2.2 repos, built on disk in about a second.
+
+No machine of this project reaches a model hub, yet the real loading code must be tested. These
+repos have the layout of the hub's (``model_index.json``, one folder per component, safetensors),
+so tests, the offline demo and the benchmarks load them through the same ``from_pretrained`` path
+as the real ``kandinsky-community`` weights. Sizes are chosen so that images round exactly as they
+do with the real models: the MoVQ has four blocks, hence a scale factor of 8.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import (
+    DDPMScheduler,
+    KandinskyV22Pipeline,
+    KandinskyV22PriorPipeline,
+    PriorTransformer,
+    UnCLIPScheduler,
+    UNet2DConditionModel,
+    VQModel,
+)
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+EMBEDDING_DIM = 32
+MAX_TOKENS = 77
+START_TOKEN = "<|startoftext|>"
+END_TOKEN = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class TinyRepos:
+    """Paths of a tiny prior repo and a tiny decoder repo."""
+
+    prior: Path
+    decoder: Path
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable symbols that byte-level BPE uses for the 256 byte values (GPT-2's table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols = {}
+    shift = 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + shift)
+            shift += 1
+    return [symbols[byte] for byte in range(256)]
+
+
+def _write_tokenizer(folder: Path) -> int:
+    """Write a byte-level CLIP tokenizer with no merges and return its vocabulary size.
+
+    transformers 5 saves only ``tokenizer.json``; ``vocab.json`` and ``merges.txt`` are written too,
+    so that transformers 4.x loads the folder as well.
+    """
+    symbols = _byte_symbols()
+    tokens = [*symbols, *(symbol + "</w>" for symbol in symbols), START_TOKEN, END_TOKEN]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
+    tokenizer.save_pretrained(folder)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return len(vocab)
+
+
+def _build_prior_pipeline(vocab_size: int, tokenizer: CLIPTokenizer) -> KandinskyV22PriorPipeline:
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=EMBEDDING_DIM,
+            projection_dim=EMBEDDING_DIM,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=MAX_TOKENS,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=EMBEDDING_DIM,
+            projection_dim=EMBEDDING_DIM,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=224,
+            patch_size=14,
+        )
+    )
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=EMBEDDING_DIM, num_layers=1)
+    # A zero clip_std (the default init) makes every embedding zero.
+    prior.clip_std = torch.nn.Parameter(torch.ones_like(prior.clip_std))
+    scheduler = UnCLIPScheduler(
+        variance_type="fixed_small_log",
+        prediction_type="sample",
+        num_train_timesteps=1000,
+        clip_sample=True,
+        clip_sample_range=10.0,
+    )
+    image_processor = CLIPImageProcessor(
+        crop_size=224,
+        size=224,
+        do_center_crop=True,
+        do_normalize=True,
+        do_resize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+        resample=3,
+    )
+    return KandinskyV22PriorPipeline(
+        prior=prior,
+        image_encoder=image_encoder,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        image_processor=image_processor,
+    )
+
+
+def _build_decoder_pipeline() -> KandinskyV22Pipeline:
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        in_channels=4,
+        out_channels=8,
+        addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        encoder_hid_dim=EMBEDDING_DIM,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type=None,
+    )
+    movq = VQModel(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=[32, 32, 64, 64],
+        down_block_types=["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
+        up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        norm_type="spatial",
+        num_vq_embeddings=12,
+        vq_embed_dim=4,
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+        thresholding=False,
+    )
+    return KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq)
+
+
+def _make_loadable_by_transformers_4(prior_folder: Path) -> None:
+    """Name the image processor by the class transformers 4.x knows.
+
+    Without torchvision, transformers 5 records "CLIPImageProcessorPil", which 4.x cannot import.
+    """
+    for path in (prior_folder / "model_index.json", prior_folder / "image_processor" / "preprocessor_config.json"):
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if path.name == "model_index.json":
+            config["image_processor"] = ["transformers", "CLIPImageProcessor"]
+        else:
+            config["image_processor_type"] = "CLIPImageProcessor"
+        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def build_tiny_repos(folder: str | Path) -> TinyRepos:
+    """Build a tiny prior repo and a tiny decoder repo under ``folder`` and return their paths.
+
+    The weights are random but fixed (seeded), so two builds give the same models.
+    """
+    folder = Path(folder)
+    repos = TinyRepos(prior=folder / "tiny-kandinsky-2-2-prior", decoder=folder / "tiny-kandinsky-2-2-decoder")
+    tokenizer_folder = repos.prior / "tokenizer"
+    tokenizer_folder.mkdir(parents=True, exist_ok=True)
+    vocab_size = _write_tokenizer(tokenizer_folder)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder, model_max_length=MAX_TOKENS)
+    _build_prior_pipeline(vocab_size, tokenizer).save_pretrained(repos.prior, safe_serialization=True)
+    _write_tokenizer(tokenizer_folder)
+    _make_loadable_by_transformers_4(repos.prior)
+    _build_decoder_pipeline().save_pretrained(repos.decoder, safe_serialization=True)
+    return repos

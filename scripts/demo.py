@@ -1,0 +1,73 @@
+"""Generate one image with infer_kandinsky_2_2 through the Ikomia workflow API.
+
+Real Kandinsky 2.2 weights by default (downloaded once into the Hugging Face cache); ``--tiny``
+runs offline on tiny random-weight models instead, which checks the whole path in seconds but
+paints noise (at 256 x 256 with 25 decoder steps, unless set otherwise). Run it through
+``scripts/demo.sh``, which sets up the environment first.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from ikomia_home import CHECKOUT, PLUGIN_NAME, use_ikomia_home
+
+DEMO_HOME = Path.home() / ".cache" / PLUGIN_NAME / "ikomia-home"
+# Noise needs no 768 x 768 pixels: the tiny run stays at a few seconds on a laptop CPU.
+TINY_DEFAULTS = {"height": "256", "width": "256", "num_inference_steps": "25"}
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="run offline on tiny random-weight models")
+    parser.add_argument("--output", type=Path, default=Path("kandinsky_2_2_demo.png"), help="PNG file to write")
+    parser.add_argument(
+        "--set",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="set a task parameter, e.g. --set seed=42 --set prompt='a red cat' (repeatable)",
+    )
+    return parser.parse_args()
+
+
+def plugins_folder() -> Path:
+    """The Ikomia plugins folder to run from: the user's when the checkout is installed there."""
+    if CHECKOUT.name == PLUGIN_NAME and CHECKOUT.parent.name == "Python" and CHECKOUT.parent.parent.name == "Plugins":
+        return CHECKOUT.parent
+    use_ikomia_home(DEMO_HOME)
+    return DEMO_HOME / "Ikomia" / "Plugins" / "Python"
+
+
+def main() -> None:
+    arguments = parse_arguments()
+    sys.path.insert(0, str(plugins_folder()))
+    from ikomia.dataprocess.workflow import Workflow
+    from PIL import Image
+
+    parameters = dict(item.split("=", 1) for item in arguments.set)
+    if arguments.tiny:
+        from infer_kandinsky_2_2.kandinsky22_engine.tiny import build_tiny_repos
+
+        repos = build_tiny_repos(tempfile.mkdtemp(prefix="tiny_kandinsky_"))
+        parameters = {
+            "model_name": str(repos.decoder),
+            "prior_model_name": str(repos.prior),
+            **TINY_DEFAULTS,
+            **parameters,
+        }
+
+    workflow = Workflow()
+    task = workflow.add_task(name=PLUGIN_NAME, public_hub=False)
+    task.set_parameters(parameters)
+    workflow.run()
+
+    Image.fromarray(task.get_output(0).get_image()).save(arguments.output)
+    print(json.dumps(task.get_output(1).data, indent=2))
+    print(f"Image written to {arguments.output.resolve()}")
+
+
+if __name__ == "__main__":
+    main()

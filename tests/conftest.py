@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny offline models and a throwaway Ikomia root.
+
+HOME must point at the throwaway root before anything imports ikomia, so it is set here, when
+pytest loads this file. Nothing in the suite reaches a model hub.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import settings as hypothesis_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from ikomia_home import use_ikomia_home
+
+# Parsing is fast, but the first examples can meet a garbage collection of the model tests' tensors.
+hypothesis_settings.register_profile("suite", deadline=None)
+hypothesis_settings.load_profile("suite")
+
+SESSION_FOLDER = Path(tempfile.mkdtemp(prefix="infer_kandinsky_2_2_tests_"))
+os.environ["HF_HOME"] = str(SESSION_FOLDER / "huggingface")
+os.environ["HF_HUB_OFFLINE"] = "1"
+use_ikomia_home(SESSION_FOLDER / "home")
+sys.path.insert(0, str(SESSION_FOLDER / "home" / "Ikomia" / "Plugins" / "Python"))
+
+from infer_kandinsky_2_2.kandinsky22_engine.tiny import TinyRepos, build_tiny_repos  # noqa: E402
+
+# Small, non-square and fast: the tiny models need few steps to exercise every stage.
+TINY_RUN = {
+    "prior_num_inference_steps": 3,
+    "num_inference_steps": 4,
+    "height": 64,
+    "width": 128,
+    "seed": 1234,
+}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    shutil.rmtree(SESSION_FOLDER, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_repos() -> TinyRepos:
+    return build_tiny_repos(SESSION_FOLDER / "models")
+
+
+@pytest.fixture(scope="session")
+def other_decoder(tiny_repos: TinyRepos) -> Path:
+    """A second decoder repo (a copy), to check that changing model_name reloads the decoder only."""
+    copy = SESSION_FOLDER / "models" / "other-decoder"
+    if not copy.exists():
+        shutil.copytree(tiny_repos.decoder, copy)
+    return copy
+
+
+@pytest.fixture
+def tiny_strings(tiny_repos: TinyRepos) -> dict[str, str]:
+    """Parameters, as Ikomia strings, of a quick run on the tiny models."""
+    return {
+        "model_name": str(tiny_repos.decoder),
+        "prior_model_name": str(tiny_repos.prior),
+        **{name: str(value) for name, value in TINY_RUN.items()},
+    }

@@ -1,0 +1,227 @@
+"""The engine on its own, without Ikomia: equality with diffusers, caching, progress, stop, errors."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+from huggingface_hub.errors import RepositoryNotFoundError
+
+from helpers import diffusers_reference, max_difference
+from infer_kandinsky_2_2.kandinsky22_engine import models
+from infer_kandinsky_2_2.kandinsky22_engine.generation import GenerationStopped, generate, load_pipelines
+from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelLoadError
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import MAX_RANDOM_SEED, Settings
+
+
+@pytest.fixture
+def cache() -> ModelCache:
+    return ModelCache()
+
+
+@pytest.fixture
+def settings(tiny_strings: dict[str, str]) -> Settings:
+    return Settings.from_strings({**tiny_strings, "cuda": "False"})
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"guidance_scale": 3.0, "prior_guidance_scale": 1.0},
+        {"negative_prompt": "", "height": 128, "width": 64},
+    ],
+    ids=["defaults", "decoder-guidance", "no-negative-prompt"],
+)
+def test_image_equals_diffusers_combined_pipeline(settings, cache, changes):
+    settings = Settings(**{**settings.__dict__, **changes})
+    result = generate(settings, cache=cache)
+    assert result.image.dtype == np.uint8
+    assert result.image.shape == (settings.height, settings.width, 3)
+    assert max_difference(result.image, diffusers_reference(settings, settings.seed)) <= 1
+
+
+def test_same_seed_same_pixels_and_a_fresh_generator_every_run(settings, cache):
+    first = generate(settings, cache=cache).image
+    other_seed = generate(Settings(**{**settings.__dict__, "seed": 99}), cache=cache).image
+    again = generate(settings, cache=cache).image
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other_seed)
+
+
+def test_random_seed_is_drawn_in_range_reported_and_reproducible(settings, cache):
+    result = generate(Settings(**{**settings.__dict__, "seed": -1}), cache=cache)
+    seed = result.metadata["seed"]
+    assert 0 <= seed <= MAX_RANDOM_SEED
+    assert result.metadata["random_seed"] is True
+    replay = generate(Settings(**{**settings.__dict__, "seed": seed}), cache=cache)
+    assert np.array_equal(result.image, replay.image)
+    assert replay.metadata["random_seed"] is False
+
+
+def test_metadata_says_what_ran(settings, cache):
+    metadata = generate(settings, cache=cache).metadata
+    assert metadata["seed"] == settings.seed
+    assert (metadata["device"], metadata["dtype"], metadata["device_note"]) == ("cpu", "float32", "")
+    assert (metadata["model_name"], metadata["prior_model_name"]) == (settings.model_name, settings.prior_model_name)
+    assert set(metadata["seconds"]) == {"load", "prior", "decoder", "total"}
+    assert all(value >= 0 for value in metadata["seconds"].values())
+
+
+def test_cuda_requested_without_cuda_runs_on_the_cpu_and_says_so(settings, cache, monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        result = generate(Settings(**{**settings.__dict__, "cuda": True}), cache=cache)
+    assert (result.metadata["device"], result.metadata["dtype"]) == ("cpu", "float32")
+    assert result.metadata["device_note"] == "cuda was requested but CUDA is not available"
+    assert "cuda was requested but CUDA is not available; running on the CPU in float32." in caplog.text
+    assert np.array_equal(result.image, generate(settings, cache=cache).image)
+
+
+def test_models_load_once_and_a_new_model_name_reloads_only_the_decoder(settings, cache, other_decoder):
+    generate(settings, cache=cache)
+    generate(Settings(**{**settings.__dict__, "seed": 5, "prompt": "a boat"}), cache=cache)
+    assert cache.load_counts == {"prior": 1, "decoder": 1}
+    generate(Settings(**{**settings.__dict__, "model_name": str(other_decoder)}), cache=cache)
+    assert cache.load_counts == {"prior": 1, "decoder": 2}
+    assert cache.loaded_keys()["decoder"].model_name == str(other_decoder)
+
+
+def test_progress_is_reported_once_per_prior_and_decoder_step(settings, cache):
+    steps = []
+    generate(settings, cache=cache, on_step=lambda: steps.append(1))
+    assert len(steps) == settings.prior_num_inference_steps + settings.num_inference_steps
+
+
+@pytest.mark.parametrize(
+    ("stop_after", "message"),
+    [
+        (2, "Generation stopped by the user after step 2 of 3 of the prior."),
+        (5, "Generation stopped by the user after step 2 of 4 of the decoder."),
+    ],
+)
+def test_stop_ends_the_run_after_the_current_step_and_the_next_run_is_unchanged(settings, cache, stop_after, message):
+    expected = generate(settings, cache=cache).image
+    steps = []
+    with pytest.raises(GenerationStopped) as stopped:
+        generate(settings, cache=cache, on_step=lambda: steps.append(1), should_stop=lambda: len(steps) >= stop_after)
+    assert str(stopped.value) == message
+    assert len(steps) == stop_after
+    assert np.array_equal(generate(settings, cache=cache).image, expected)
+
+
+def broken_decoder(source: Path, folder: Path, damage: str) -> Path:
+    target = folder / f"decoder-{damage}"
+    shutil.copytree(source, target)
+    weights = target / "unet" / "diffusion_pytorch_model.safetensors"
+    if damage == "missing-unet":
+        shutil.rmtree(target / "unet")
+    elif damage == "corrupted":
+        weights.write_bytes(b"not a safetensors file")
+    elif damage == "pickle-only":
+        state = {
+            name: tensor.clone()
+            for name, tensor in KandinskyV22Pipeline.from_pretrained(source).unet.state_dict().items()
+        }
+        weights.unlink()
+        torch.save(state, target / "unet" / "diffusion_pytorch_model.bin")
+    return target
+
+
+@pytest.mark.parametrize("damage", ["missing-unet", "corrupted", "pickle-only"])
+def test_a_broken_decoder_folder_is_named_and_nothing_half_loaded_stays(settings, cache, tiny_repos, tmp_path, damage):
+    folder = broken_decoder(tiny_repos.decoder, tmp_path, damage)
+    expected = generate(settings, cache=cache).image
+    with pytest.raises(ModelLoadError) as refused:
+        generate(Settings(**{**settings.__dict__, "model_name": str(folder)}), cache=cache)
+    assert str(refused.value).startswith(
+        f"model_name: folder {str(folder)!r} is not a usable KandinskyV22Pipeline repo (broken or incomplete): "
+    )
+    assert "decoder" not in cache.loaded_keys()
+    assert np.array_equal(generate(settings, cache=cache).image, expected)
+
+
+def test_a_missing_folder_is_named(settings, cache, tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(ModelLoadError) as refused:
+        generate(Settings(**{**settings.__dict__, "prior_model_name": missing}), cache=cache)
+    assert str(refused.value) == f"prior_model_name: folder {missing!r} not found."
+    assert cache.loaded_keys() == {}
+
+
+def test_a_name_that_is_neither_folder_nor_hub_id_is_refused(settings, cache):
+    with pytest.raises(ModelLoadError) as refused:
+        generate(Settings(**{**settings.__dict__, "model_name": "not a repo!"}), cache=cache)
+    assert str(refused.value) == (
+        "model_name: 'not a repo!' is neither an existing folder nor a Hugging Face hub id (owner/name)."
+    )
+
+
+def test_a_hub_id_missing_from_the_cache_while_offline_says_so(settings, cache, monkeypatch):
+    monkeypatch.setattr(models.hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as refused:
+        generate(
+            Settings(**{**settings.__dict__, "model_name": "kandinsky-community/kandinsky-2-2-decoder"}), cache=cache
+        )
+    assert str(refused.value) == (
+        "model_name: 'kandinsky-community/kandinsky-2-2-decoder' is not (fully) in the local Hugging Face cache "
+        f"({models.hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
+        "Download it once with network access, or give a local folder."
+    )
+    assert "decoder" not in cache.loaded_keys()
+
+
+class ConnectError(Exception):
+    """Stands for the HTTP client's connection error, as raised where no network is reachable."""
+
+
+def repository_not_found() -> RepositoryNotFoundError:
+    """The hub's answer for an unknown repo (built without an HTTP response, which the test does not need)."""
+    error = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+    Exception.__init__(error, "Repository Not Found")
+    return error
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (ConnectError("Name or service not known"), "unreachable"),
+        (repository_not_found(), "not-found"),
+        (OSError("unexpected layout"), "broken"),
+    ],
+)
+def test_a_hub_id_that_cannot_be_fetched_says_why(settings, cache, monkeypatch, failure, reason):
+    monkeypatch.setattr(models.hub_constants, "HF_HUB_OFFLINE", False)
+
+    def from_pretrained(pipeline_class, source, dtype, *, local_files_only):
+        if local_files_only:
+            raise OSError("not in the cache")
+        raise OSError("Cannot load model") from failure
+
+    monkeypatch.setattr(models, "_from_pretrained", from_pretrained)
+    with pytest.raises(ModelLoadError) as refused:
+        generate(Settings(**{**settings.__dict__, "prior_model_name": "someone/prior"}), cache=cache)
+    expected = {
+        "unreachable": "prior_model_name: 'someone/prior' is not in the local Hugging Face cache "
+        f"({models.hub_constants.HF_HUB_CACHE}) and could not be fetched: the hub is unreachable from this machine.",
+        "not-found": "prior_model_name: 'someone/prior' was not found on the Hugging Face hub (or is private).",
+        "broken": "prior_model_name: 'someone/prior' is not a usable KandinskyV22PriorPipeline repo: Cannot load model",
+    }
+    assert str(refused.value) == expected[reason]
+
+
+def test_a_hub_id_already_in_the_cache_loads_without_the_network(settings, cache, monkeypatch, tiny_repos):
+    calls = []
+
+    def from_pretrained(pipeline_class, source, dtype, *, local_files_only):
+        calls.append((source, local_files_only))
+        folder = tiny_repos.prior if pipeline_class is KandinskyV22PriorPipeline else tiny_repos.decoder
+        return pipeline_class.from_pretrained(folder)
+
+    monkeypatch.setattr(models, "_from_pretrained", from_pretrained)
+    load_pipelines(Settings(**{**settings.__dict__, "prior_model_name": "someone/prior"}), cache)
+    assert calls[0] == ("someone/prior", True)
+    assert len(calls) == 2

@@ -1,0 +1,155 @@
+"""The plugin through the real Ikomia API (ikomia 0.16.1), loaded by name from a throwaway root."""
+
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import diffusers_reference, max_difference
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+
+ikomia_workflow = pytest.importorskip("ikomia.dataprocess.workflow")
+TASK_NAME = "infer_kandinsky_2_2"
+
+
+def add_task(parameters: dict[str, str]):
+    """A new workflow holding one infer_kandinsky_2_2 task with ``parameters``."""
+    workflow = ikomia_workflow.Workflow()
+    task = workflow.add_task(name=TASK_NAME, public_hub=False)
+    task.set_parameters(parameters)
+    return workflow, task
+
+
+def model_cache(task):
+    """The process-wide cache the task uses (Ikomia reloads plugin modules when it loads them)."""
+    return sys.modules[type(task).__module__].MODEL_CACHE
+
+
+@pytest.fixture
+def run_parameters(tiny_strings: dict[str, str]) -> dict[str, str]:
+    return {**tiny_strings, "cuda": "False"}
+
+
+@pytest.fixture
+def reference(run_parameters) -> np.ndarray:
+    settings = Settings.from_strings(run_parameters)
+    return diffusers_reference(settings, settings.seed)
+
+
+def test_the_plugin_loads_by_name_and_describes_itself_for_the_hub():
+    from ikomia.dataprocess.registry import ik_registry
+
+    _workflow, task = add_task({})
+    info = ik_registry.get_algorithm_info(TASK_NAME)
+    assert info.name == TASK_NAME
+    assert info.article == "Kandinsky: an Improved Text-to-Image Synthesis with Image Prior and Latent Diffusion"
+    assert info.original_repository == "https://github.com/ai-forever/Kandinsky-2"
+    assert info.algo_tasks == "IMAGE_GENERATION"
+    assert info.min_ikomia_version == "0.16.0"
+    assert info.icon_path.endswith("images/icon.png")
+    assert task.get_input_count() == 0
+    assert task.get_output_count() == 2
+
+
+def test_parameters_round_trip_through_ikomia_strings(run_parameters):
+    _, task = add_task(run_parameters)
+    assert task.get_parameters() == {**Settings().to_strings(), **run_parameters}
+
+
+def test_a_run_gives_diffusers_pixels_and_the_metadata(run_parameters, reference):
+    workflow, task = add_task(run_parameters)
+    workflow.run()
+    image = task.get_output(0).get_image()
+    assert image.dtype == np.uint8
+    assert image.shape == (64, 128, 3)
+    assert max_difference(image, reference) <= 1
+    metadata = task.get_output(1).data
+    assert metadata["seed"] == 1234
+    assert (metadata["device"], metadata["dtype"]) == ("cpu", "float32")
+    assert metadata["model_name"] == run_parameters["model_name"]
+    assert metadata["prior_model_name"] == run_parameters["prior_model_name"]
+    assert set(metadata["seconds"]) == {"load", "prior", "decoder", "total"}
+
+
+def test_task_instances_share_models_and_reload_only_what_changed(run_parameters, reference, other_decoder):
+    first_workflow, first = add_task(run_parameters)
+    first_workflow.run()
+    cache = model_cache(first)
+    loads = dict(cache.load_counts)
+    second_workflow, second = add_task(run_parameters)
+    second_workflow.run()
+    first_workflow.run()
+    assert cache.load_counts == loads
+    assert np.array_equal(second.get_output(0).get_image(), first.get_output(0).get_image())
+    second.set_parameters({"model_name": str(other_decoder)})
+    second_workflow.run()
+    assert cache.load_counts == {"prior": loads["prior"], "decoder": loads["decoder"] + 1}
+
+
+def test_init_long_process_preloads_the_models(run_parameters, other_decoder):
+    workflow, task = add_task({**run_parameters, "model_name": str(other_decoder) + "/"})
+    cache = model_cache(task)
+    workflow.init_long_process()
+    assert cache.loaded_keys()["decoder"].model_name == str(other_decoder) + "/"
+    loads = dict(cache.load_counts)
+    workflow.run()
+    assert cache.load_counts == loads
+
+
+def test_progress_advances_once_per_prior_and_decoder_step(run_parameters):
+    workflow, task = add_task(run_parameters)
+    steps = []
+    task.emit_step_progress = lambda: steps.append(1)
+    assert task.get_progress_steps() == 3 + 4
+    workflow.run()
+    assert len(steps) == 3 + 4
+
+
+def test_stop_ends_a_running_generation_and_the_task_stays_usable(run_parameters, reference):
+    workflow, task = add_task(run_parameters)
+    steps = []
+
+    def step_then_stop_at_the_fifth() -> None:
+        steps.append(1)
+        if len(steps) == 5:
+            task.stop()
+
+    task.emit_step_progress = step_then_stop_at_the_fifth
+    stopped = "Generation stopped by the user after step 2 of 4 of the decoder."
+    with pytest.raises(RuntimeError, match=re.escape(stopped)):
+        workflow.run()
+    assert len(steps) == 5
+    workflow.run()
+    assert max_difference(task.get_output(0).get_image(), reference) <= 1
+
+
+def test_a_bad_value_is_refused_before_any_model_work_and_nothing_is_lost(run_parameters, reference):
+    workflow, task = add_task(run_parameters)
+    cache = model_cache(task)
+    loads = dict(cache.load_counts)
+    task.set_parameters({"height": "100", "model_name": "/no/such/folder"})
+    refused = "height: received '100'; accepted: a multiple of 64 from 64 to 2048."
+    with pytest.raises(RuntimeError, match=re.escape(refused)):
+        workflow.run()
+    assert cache.load_counts == loads
+    assert task.get_parameters()["height"] == "100"
+    assert not task.get_output(1).data
+    task.set_parameters({"height": "64", "model_name": run_parameters["model_name"]})
+    workflow.run()
+    assert max_difference(task.get_output(0).get_image(), reference) <= 1
+
+
+def test_a_model_that_cannot_load_names_its_parameter(run_parameters, tmp_path):
+    workflow, _task = add_task({**run_parameters, "prior_model_name": str(tmp_path / "absent")})
+    with pytest.raises(RuntimeError, match=re.escape(f"prior_model_name: folder '{tmp_path / 'absent'}' not found.")):
+        workflow.run()
+
+
+def test_the_hub_test_entry_point_returns_ok(run_parameters):
+    from infer_kandinsky_2_2.infer_kandinsky_2_2_test import test as hub_test
+
+    _, task = add_task(run_parameters)
+    parameters, status = hub_test(task, {})
+    assert status == "OK"
+    assert parameters == task.get_parameters()

@@ -1,0 +1,145 @@
+"""The single parameter definition: names, defaults, parsing, refusals and the README table."""
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
+    PARAMETERS,
+    Settings,
+    SettingsError,
+    markdown_table,
+)
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
+
+
+def test_names_and_defaults_are_those_of_the_specification():
+    defaults = {name: value for name, value in Settings().to_strings().items() if name != "cuda"}
+    assert defaults == {
+        "model_name": "kandinsky-community/kandinsky-2-2-decoder",
+        "prior_model_name": "kandinsky-community/kandinsky-2-2-prior",
+        "prompt": "portrait of a young women, blue eyes, cinematic",
+        "negative_prompt": "low quality, bad quality",
+        "prior_num_inference_steps": "25",
+        "prior_guidance_scale": "4.0",
+        "num_inference_steps": "100",
+        "guidance_scale": "1.0",
+        "height": "768",
+        "width": "768",
+        "seed": "-1",
+    }
+    assert list(BY_NAME) == [*defaults, "cuda"]
+
+
+def test_cuda_defaults_to_what_the_machine_has():
+    import torch
+
+    assert Settings().cuda is torch.cuda.is_available()
+
+
+def test_every_value_survives_a_round_trip_through_strings():
+    settings = Settings(
+        model_name="/models/decoder",
+        prior_model_name="me/prior",
+        prompt="a red cat",
+        negative_prompt="",
+        prior_num_inference_steps=2,
+        prior_guidance_scale=7.5,
+        num_inference_steps=1,
+        guidance_scale=20.0,
+        height=2048,
+        width=64,
+        seed=2**63 - 1,
+        cuda=False,
+    )
+    assert Settings.from_strings(settings.to_strings()) == settings
+
+
+@given(st.integers(min_value=1, max_value=32))
+def test_sizes_parse_from_any_multiple_of_64(multiple):
+    assert Settings.from_strings({"height": str(64 * multiple)}).height == 64 * multiple
+
+
+@given(st.integers(min_value=-(2**70), max_value=2**70))
+def test_seed_accepts_exactly_minus_one_and_non_negative_63_bit_integers(seed):
+    if -1 <= seed < 2**63:
+        assert Settings.from_strings({"seed": str(seed)}).seed == seed
+    else:
+        with pytest.raises(SettingsError, match=r"^seed: received"):
+            Settings.from_strings({"seed": str(seed)})
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False))
+def test_guidance_accepts_exactly_the_finite_numbers_from_1_to_20(scale):
+    if 1.0 <= scale <= 20.0:
+        assert Settings.from_strings({"guidance_scale": repr(scale)}).guidance_scale == scale
+    else:
+        with pytest.raises(SettingsError, match=r"^guidance_scale: received"):
+            Settings.from_strings({"guidance_scale": repr(scale)})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("true", True), ("False", False), (" 1 ", True), ("0", False), ("yes", True), ("off", False)],
+)
+def test_cuda_parses_the_usual_words(text, value):
+    assert Settings.from_strings({"cuda": text}).cuda is value
+
+
+def test_whole_numbers_written_as_floats_are_accepted():
+    assert Settings.from_strings({"num_inference_steps": "30.0"}).num_inference_steps == 30
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("height", "100", "a multiple of 64 from 64 to 2048"),
+        ("width", "0", "a multiple of 64 from 64 to 2048"),
+        ("width", "4096", "a multiple of 64 from 64 to 2048"),
+        ("height", "big", "a multiple of 64 from 64 to 2048"),
+        ("prior_num_inference_steps", "1", "a whole number from 2 to 1000"),
+        ("num_inference_steps", "0", "a whole number from 1 to 1000"),
+        ("num_inference_steps", "2.5", "a whole number from 1 to 1000"),
+        ("num_inference_steps", "1001", "a whole number from 1 to 1000"),
+        ("prior_guidance_scale", "0.5", "a number from 1 to 20"),
+        ("guidance_scale", "nan", "a number from 1 to 20"),
+        ("guidance_scale", "inf", "a number from 1 to 20"),
+        ("guidance_scale", "four", "a number from 1 to 20"),
+        ("seed", "-2", "a whole number from -1 to 9223372036854775807"),
+        ("seed", "1e3", "a whole number from -1 to 9223372036854775807"),
+        ("cuda", "maybe", "True or False"),
+        ("model_name", "", "non-empty text"),
+        ("prior_model_name", "   ", "non-empty text"),
+    ],
+)
+def test_a_refused_value_names_the_parameter_the_value_and_what_is_accepted(name, value, accepted):
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_strings({name: value})
+    assert str(refused.value) == f"{name}: received {value!r}; accepted: {accepted}. {BY_NAME[name].help}"
+
+
+def test_every_refused_value_is_reported_at_once():
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_strings({"height": "65", "cuda": "2", "steps": "3"})
+    lines = str(refused.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["steps", "height", "cuda"]
+    assert lines[0].startswith("steps: unknown parameter; known parameters: model_name, prior_model_name")
+
+
+def test_values_given_from_python_are_checked_too():
+    with pytest.raises(SettingsError, match=r"^height: received '65'"):
+        Settings(height=65)
+    with pytest.raises(SettingsError, match=r"^num_inference_steps: received 'True'"):
+        Settings(num_inference_steps=True)
+
+
+def test_readme_table_is_the_one_generated_from_the_definitions():
+    readme = README.read_text(encoding="utf-8")
+    block = re.search(r"<!-- parameters:start -->\n(.*?)\n<!-- parameters:end -->", readme, re.S)
+    assert block is not None, "README.md has no parameters block"
+    assert block.group(1) == markdown_table(), "run: python scripts/update_readme.py"
