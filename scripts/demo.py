@@ -48,21 +48,21 @@ def main() -> None:
     from PIL import Image
 
     parameters = dict(item.split("=", 1) for item in arguments.set)
-    if arguments.tiny:
-        from infer_kandinsky_2_2.kandinsky22_engine.tiny import build_tiny_repos
+    with tempfile.TemporaryDirectory(prefix="tiny_kandinsky_") as tiny_folder:
+        if arguments.tiny:
+            from infer_kandinsky_2_2.kandinsky22_engine.tiny import build_tiny_repos
 
-        repos = build_tiny_repos(tempfile.mkdtemp(prefix="tiny_kandinsky_"))
-        parameters = {
-            "model_name": str(repos.decoder),
-            "prior_model_name": str(repos.prior),
-            **TINY_DEFAULTS,
-            **parameters,
-        }
-
-    workflow = Workflow()
-    task = workflow.add_task(name=PLUGIN_NAME, public_hub=False)
-    task.set_parameters(parameters)
-    workflow.run()
+            repos = build_tiny_repos(tiny_folder)
+            parameters = {
+                "model_name": str(repos.decoder),
+                "prior_model_name": str(repos.prior),
+                **TINY_DEFAULTS,
+                **parameters,
+            }
+        workflow = Workflow()
+        task = workflow.add_task(name=PLUGIN_NAME, public_hub=False)
+        task.set_parameters(parameters)
+        workflow.run()
 
     Image.fromarray(task.get_output(0).get_image()).save(arguments.output)
     print(json.dumps(task.get_output(1).data, indent=2))
