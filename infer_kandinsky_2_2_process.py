@@ -23,12 +23,14 @@ class InferKandinsky22Param(core.CWorkflowTaskParam):
     """The task's parameters as Ikomia keeps them: one string per parameter of ``Settings``.
 
     Values are kept exactly as given and checked when the task runs, so a wrong value is
-    reported with its name and what is accepted, and is never silently changed.
+    reported with its name and what is accepted, and is never silently changed. ``last_seed`` is
+    the seed of the task's last run, which the widget offers to reuse.
     """
 
     def __init__(self) -> None:
         core.CWorkflowTaskParam.__init__(self)
         self.values = Settings().to_strings()
+        self.last_seed: int | None = None
 
     def set_values(self, params: dict) -> None:
         self.values.update({name: str(value) for name, value in params.items()})
@@ -79,6 +81,7 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         )
         self.get_output(0).set_image(result.image)
         self.get_output(1).data = result.metadata
+        self.get_param_object().last_seed = result.metadata["seed"]
         self.end_task_run()
 
 

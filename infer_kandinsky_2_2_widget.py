@@ -1,14 +1,203 @@
-"""The Studio widget of infer_kandinsky_2_2: one control per parameter, built from ``PARAMETERS``.
+"""The Studio widget of infer_kandinsky_2_2, built from the parameter definitions.
 
-Values are shown and returned as the strings Ikomia stores; the task checks them when it runs.
+Each parameter of ``PARAMETERS`` gets the control its definition calls for (multi-line text,
+model combo with a folder picker, bounded spin box, seed field, check box), labelled, limited to
+its accepted range and explained by its help text, inside a box per group. A new parameter shows up
+here without widget code.
 """
 
+import math
+from collections.abc import Callable
+from itertools import groupby
+
+import torch
 from ikomia import core, dataprocess
 from ikomia.utils import qtconversion
-from PyQt6.QtWidgets import QCheckBox, QGridLayout, QLabel, QLineEdit, QWidget
+from PyQt6.QtCore import QRegularExpression
+from PyQt6.QtGui import QRegularExpressionValidator, QValidator
+from PyQt6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .infer_kandinsky_2_2_process import InferKandinsky22Param
-from .kandinsky22_engine.parameters import PARAMETERS, TRUE_WORDS
+from .kandinsky22_engine.parameters import PARAMETERS, RANDOM_SEED, TRUE_WORDS, Parameter, SettingsError
+
+NO_CUDA_TOOLTIP = "CUDA is not available on this machine: the task runs on the CPU in float32."
+PROMPT_LINES = 3
+
+
+class MultipleSpinBox(QSpinBox):
+    """A spin box that accepts only multiples of its step, and rounds what is typed to the nearest."""
+
+    def validate(self, text: str, position: int) -> tuple[QValidator.State, str, int]:
+        state, text, position = super().validate(text, position)
+        if state == QValidator.State.Acceptable and self.valueFromText(text) % self.singleStep():
+            state = QValidator.State.Intermediate
+        return state, text, position
+
+    def fixup(self, text: str) -> str:
+        try:
+            value = round(int(text) / self.singleStep()) * self.singleStep()
+        except ValueError:
+            return super().fixup(text)
+        return str(min(max(value, self.minimum()), self.maximum()))
+
+
+class Control:
+    """One parameter's editor: the widget to place and how to read it back as Ikomia's string."""
+
+    def __init__(self, widget: QWidget, read: Callable[[], str]) -> None:
+        self.widget = widget
+        self.read = read
+
+
+def text_control(parameter: Parameter, value: str) -> Control:
+    if parameter.suggestions:
+        return model_control(parameter, value)
+    if parameter.multiline:
+        editor = QPlainTextEdit(value)
+        editor.setTabChangesFocus(True)
+        editor.setFixedHeight(editor.fontMetrics().lineSpacing() * PROMPT_LINES + 12)
+        return Control(editor, editor.toPlainText)
+    editor = QLineEdit(value)
+    return Control(editor, editor.text)
+
+
+def model_control(parameter: Parameter, value: str) -> Control:
+    """Editable list of the known repos plus the current value, and a button to pick a local folder."""
+    combo = QComboBox()
+    combo.setEditable(True)
+    combo.addItems(list(dict.fromkeys([*parameter.suggestions, value])))
+    combo.setCurrentText(value)
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(combo, 1)
+    if parameter.accepts_folder:
+        browse = QToolButton()
+        browse.setText("…")
+        browse.setToolTip(f"Pick a local folder for {parameter.label.lower()}")
+
+        def pick_folder() -> None:
+            folder = QFileDialog.getExistingDirectory(row, f"{parameter.label}: local folder")
+            if folder:
+                combo.setCurrentText(folder)
+
+        browse.clicked.connect(pick_folder)
+        layout.addWidget(browse)
+    return Control(row, combo.currentText)
+
+
+def shown_number(parameter: Parameter, value: str) -> float:
+    """The number a spin box shows for ``value``; Qt then clamps it to the range.
+
+    A value set from Python that the task would refuse (say a height of 100) is shown as the nearest
+    value the control can hold, or as the default when it is not a number at all.
+    """
+    try:
+        return parameter.parse(value)
+    except SettingsError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return parameter.default
+    return number if math.isfinite(number) else parameter.default
+
+
+def help_text(parameter: Parameter) -> str:
+    return f"{parameter.help} Accepted: {parameter.accepted()}."
+
+
+def integer_control(parameter: Parameter, value: str) -> Control:
+    spin = MultipleSpinBox() if parameter.multiple_of else QSpinBox()
+    spin.setRange(int(parameter.minimum), int(parameter.maximum))
+    spin.setSingleStep(int(parameter.step))
+    spin.setValue(round(shown_number(parameter, value) / parameter.step) * int(parameter.step))
+    return Control(spin, lambda: str(spin.value()))
+
+
+def float_control(parameter: Parameter, value: str) -> Control:
+    spin = QDoubleSpinBox()
+    spin.setDecimals(2)
+    spin.setRange(parameter.minimum, parameter.maximum)
+    spin.setSingleStep(parameter.step)
+    spin.setValue(shown_number(parameter, value))
+    return Control(spin, lambda: str(spin.value()))
+
+
+def bool_control(parameter: Parameter, value: str) -> Control:
+    check = QCheckBox()
+    check.setChecked(value.strip().lower() in TRUE_WORDS)
+    if parameter.name == "cuda" and not torch.cuda.is_available():
+        check.setEnabled(False)
+        check.setToolTip(NO_CUDA_TOOLTIP)
+    return Control(check, lambda: str(check.isChecked()))
+
+
+def seed_control(parameter: Parameter, value: str, last_seed: Callable[[], int | None]) -> Control:
+    """A seed field, a "Random" box (-1) and a button that takes the seed of the task's last run."""
+    field = QLineEdit()
+    field.setValidator(QRegularExpressionValidator(QRegularExpression(r"\d{1,18}")))
+    field.setPlaceholderText("random")
+    random = QCheckBox("Random")
+    reuse = QPushButton("Reuse last seed")
+    reuse.setToolTip("Use the seed of the task's last run, as its metadata output reports it")
+    seed = int(shown_number(parameter, value))
+    random.setChecked(seed == RANDOM_SEED)
+    field.setText("" if seed == RANDOM_SEED else str(seed))
+    field.setEnabled(seed != RANDOM_SEED)
+    random.toggled.connect(lambda checked: field.setEnabled(not checked))
+
+    def reuse_last_seed() -> None:
+        seed = last_seed()
+        if seed is not None:
+            random.setChecked(False)
+            field.setText(str(seed))
+
+    reuse.clicked.connect(reuse_last_seed)
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(field, 1)
+    layout.addWidget(random)
+    layout.addWidget(reuse)
+
+    def read() -> str:
+        return str(RANDOM_SEED) if random.isChecked() or not field.text() else field.text()
+
+    return Control(row, read)
+
+
+def make_control(parameter: Parameter, value: str, last_seed: Callable[[], int | None]) -> Control:
+    """The control the parameter's definition calls for, showing ``value``."""
+    if parameter.name == "seed":
+        control = seed_control(parameter, value, last_seed)
+    elif parameter.type is bool:
+        control = bool_control(parameter, value)
+    elif parameter.type is int:
+        control = integer_control(parameter, value)
+    elif parameter.type is float:
+        control = float_control(parameter, value)
+    else:
+        control = text_control(parameter, value)
+    if not control.widget.toolTip():
+        control.widget.setToolTip(help_text(parameter))
+    return control
 
 
 class InferKandinsky22Widget(core.CWorkflowTaskWidget):
@@ -17,31 +206,37 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
     def __init__(self, param: InferKandinsky22Param | None, parent: QWidget | None) -> None:
         core.CWorkflowTaskWidget.__init__(self, parent)
         self.parameters = param if param is not None else InferKandinsky22Param()
-        self.grid_layout = QGridLayout()
-        self.controls: dict[str, QLineEdit | QCheckBox] = {}
-        for row, parameter in enumerate(PARAMETERS):
-            value = self.parameters.values[parameter.name]
-            tooltip = f"{parameter.help} Accepted: {parameter.accepted()}."
-            if parameter.type is bool:
-                control = QCheckBox(parameter.label)
-                control.setChecked(value.strip().lower() in TRUE_WORDS)
-                self.grid_layout.addWidget(control, row, 0, 1, 2)
-            else:
-                label = QLabel(parameter.label)
-                label.setToolTip(tooltip)
-                control = QLineEdit(value)
-                self.grid_layout.addWidget(label, row, 0)
-                self.grid_layout.addWidget(control, row, 1)
-            control.setToolTip(tooltip)
-            self.controls[parameter.name] = control
-        self.set_layout(qtconversion.PyQtToQt(self.grid_layout))
+        self.main_layout = QVBoxLayout()
+        self.controls: dict[str, Control] = {}
+        for group, members in groupby(PARAMETERS, key=lambda parameter: parameter.group):
+            box = QGroupBox(group)
+            form = QFormLayout(box)
+            for parameter in members:
+                value = self.parameters.values[parameter.name]
+                control = make_control(parameter, value, lambda: self.parameters.last_seed)
+                form.addRow(parameter.label, control.widget)
+                form.labelForField(control.widget).setToolTip(help_text(parameter))
+                self.controls[parameter.name] = control
+            self.main_layout.addWidget(box)
+        self.main_layout.addStretch(1)
+        self._align_labels()
+        self.set_layout(qtconversion.PyQtToQt(self.main_layout))
+
+    def _align_labels(self) -> None:
+        """Give every group's labels one width, so that the controls line up from box to box."""
+        labels = [self.label_of(name) for name in self.controls]
+        width = max(label.sizeHint().width() for label in labels)
+        for label in labels:
+            label.setMinimumWidth(width)
+
+    def label_of(self, name: str) -> QLabel:
+        """The label shown beside the control of parameter ``name``."""
+        control = self.controls[name].widget
+        return control.parentWidget().layout().labelForField(control)
 
     def control_values(self) -> dict[str, str]:
         """What the controls show, as the strings the parameters keep."""
-        return {
-            name: str(control.isChecked()) if isinstance(control, QCheckBox) else control.text()
-            for name, control in self.controls.items()
-        }
+        return {name: control.read() for name, control in self.controls.items()}
 
     def on_apply(self) -> None:
         self.parameters.set_values(self.control_values())

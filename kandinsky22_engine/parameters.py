@@ -16,6 +16,12 @@ import torch
 
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
+KNOWN_DECODERS = (
+    DEFAULT_DECODER,
+    "kandinsky-community/kandinsky-2-2-decoder-inpaint",
+    "kandinsky-community/kandinsky-2-2-controlnet-depth",
+)
+KNOWN_PRIORS = (DEFAULT_PRIOR,)
 RANDOM_SEED = -1
 MAX_RANDOM_SEED = 191965535
 MAX_SIDE = 2048
@@ -45,6 +51,11 @@ class Parameter:
     multiple_of: int | None = None
     allow_blank: bool = True
     default_text: str | None = None
+    # How the Studio widget edits it: spin step, several lines of text, a list of known values, a folder.
+    step: float = 1
+    multiline: bool = False
+    suggestions: tuple[str, ...] = ()
+    accepts_folder: bool = False
 
     def accepted(self) -> str:
         """Describe, for people, the values this parameter accepts."""
@@ -131,6 +142,8 @@ class Settings:
         group="Models",
         help="Hugging Face hub id or local folder of a Kandinsky 2.2 decoder repo (UNet and MoVQ).",
         allow_blank=False,
+        suggestions=KNOWN_DECODERS,
+        accepts_folder=True,
     )
     prior_model_name: str = _setting(
         DEFAULT_PRIOR,
@@ -138,23 +151,27 @@ class Settings:
         group="Models",
         help="Hugging Face hub id or local folder of a Kandinsky 2.2 prior repo (CLIP encoders and prior).",
         allow_blank=False,
+        suggestions=KNOWN_PRIORS,
+        accepts_folder=True,
     )
     prompt: str = _setting(
         "portrait of a young women, blue eyes, cinematic",
         label="Prompt",
         group="Prompt",
         help="What the image should show. CLIP reads the first 77 tokens.",
+        multiline=True,
     )
     negative_prompt: str = _setting(
         "low quality, bad quality",
         label="Negative prompt",
         group="Prompt",
         help="What the image should not show. Empty: the prior's zero-image embedding is the negative.",
+        multiline=True,
     )
     prior_num_inference_steps: int = _setting(
         25,
         label="Prior steps",
-        group="Prior",
+        group="Prior: prompt to image embedding",
         help="Denoising steps of the prior (diffusers' UnCLIPScheduler divides by zero at 1).",
         minimum=2,
         maximum=MAX_STEPS,
@@ -162,15 +179,16 @@ class Settings:
     prior_guidance_scale: float = _setting(
         4.0,
         label="Prior guidance scale",
-        group="Prior",
+        group="Prior: prompt to image embedding",
         help="Classifier-free guidance of the prior: higher follows the prompt more closely.",
         minimum=1.0,
         maximum=20.0,
+        step=0.5,
     )
     num_inference_steps: int = _setting(
         100,
         label="Decoder steps",
-        group="Decoder",
+        group="Decoder: embedding to image",
         help="Denoising steps of the decoder: more is slower and usually finer.",
         minimum=1,
         maximum=MAX_STEPS,
@@ -178,10 +196,11 @@ class Settings:
     guidance_scale: float = _setting(
         1.0,
         label="Decoder guidance scale",
-        group="Decoder",
+        group="Decoder: embedding to image",
         help="Classifier-free guidance of the decoder; on only above 1, where it doubles the decoder's work.",
         minimum=1.0,
         maximum=20.0,
+        step=0.5,
     )
     height: int = _setting(
         768,
@@ -191,6 +210,7 @@ class Settings:
         minimum=SIDE_STEP,
         maximum=MAX_SIDE,
         multiple_of=SIDE_STEP,
+        step=SIDE_STEP,
     )
     width: int = _setting(
         768,
@@ -200,6 +220,7 @@ class Settings:
         minimum=SIDE_STEP,
         maximum=MAX_SIDE,
         multiple_of=SIDE_STEP,
+        step=SIDE_STEP,
     )
     seed: int = _setting(
         RANDOM_SEED,

@@ -3,11 +3,28 @@
 import os
 
 import pytest
+import torch
 
-from infer_kandinsky_2_2.kandinsky22_engine.parameters import PARAMETERS, Settings
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import KNOWN_DECODERS, KNOWN_PRIORS, PARAMETERS, Settings
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 QtWidgets = pytest.importorskip("PyQt6.QtWidgets")
+QValidator = pytest.importorskip("PyQt6.QtGui").QValidator
+
+NON_DEFAULT = {
+    "model_name": "/models/my-decoder",
+    "prior_model_name": "kandinsky-community/kandinsky-2-2-prior",
+    "prompt": "a red cat\non a blue chair",
+    "negative_prompt": "",
+    "prior_num_inference_steps": "2",
+    "prior_guidance_scale": "7.5",
+    "num_inference_steps": "1000",
+    "guidance_scale": "20.0",
+    "height": "2048",
+    "width": "64",
+    "seed": "123456789012345678",
+    "cuda": "False",
+}
 
 
 @pytest.fixture(scope="module")
@@ -16,23 +33,162 @@ def application():
 
 
 @pytest.fixture
-def plugin():
+def plugin(application):
     from infer_kandinsky_2_2.infer_kandinsky_2_2 import IkomiaPlugin
 
     return IkomiaPlugin()
 
 
-def test_the_widget_shows_the_parameters_it_is_given_and_apply_returns_the_controls(application, plugin):
+def open_widget(plugin, values: dict[str, str] | None = None):
+    """The widget Studio would open on parameters set from Python to ``values``."""
     parameters = plugin.get_param_factory().create()
-    given = {**Settings().to_strings(), "prompt": "a red cat", "height": "512", "cuda": "False"}
-    parameters.set_values(given)
-    widget = plugin.get_widget_factory().create(parameters)
-    assert widget.control_values() == given
+    if values is not None:
+        parameters.set_values(values)
+    return parameters, plugin.get_widget_factory().create(parameters)
+
+
+def inner(widget, name: str, kind: type):
+    control = widget.controls[name].widget
+    return control if isinstance(control, kind) else control.findChild(kind)
+
+
+def test_every_parameter_has_a_labelled_control_with_its_help_in_a_box_of_its_group(plugin):
+    _, widget = open_widget(plugin)
     assert list(widget.controls) == [parameter.name for parameter in PARAMETERS]
-    widget.controls["seed"].setText("42")
-    widget.controls["cuda"].setChecked(True)
-    applied = []
-    widget.emit_apply = lambda emitted: applied.append(emitted.get_values())
+    for parameter in PARAMETERS:
+        label = widget.label_of(parameter.name)
+        assert label.text() == parameter.label
+        assert parameter.help in label.toolTip()
+        assert widget.controls[parameter.name].widget.parentWidget().title() == parameter.group
+
+
+def test_defaults_are_shown_with_the_kind_of_control_and_the_range_of_each_parameter(plugin):
+    _, widget = open_widget(plugin)
+    assert widget.control_values() == Settings().to_strings()
+    assert isinstance(widget.controls["prompt"].widget, QtWidgets.QPlainTextEdit)
+    assert isinstance(widget.controls["negative_prompt"].widget, QtWidgets.QPlainTextEdit)
+    decoders = inner(widget, "model_name", QtWidgets.QComboBox)
+    assert decoders.isEditable()
+    assert [decoders.itemText(index) for index in range(decoders.count())] == list(KNOWN_DECODERS)
+    priors = inner(widget, "prior_model_name", QtWidgets.QComboBox)
+    assert [priors.itemText(index) for index in range(priors.count())] == list(KNOWN_PRIORS)
+    assert inner(widget, "model_name", QtWidgets.QToolButton) is not None
+    ranges = {
+        name: (spin.minimum(), spin.maximum(), spin.singleStep())
+        for name in ("prior_num_inference_steps", "num_inference_steps", "height", "width")
+        for spin in [widget.controls[name].widget]
+    }
+    assert ranges == {
+        "prior_num_inference_steps": (2, 1000, 1),
+        "num_inference_steps": (1, 1000, 1),
+        "height": (64, 2048, 64),
+        "width": (64, 2048, 64),
+    }
+    for name in ("prior_guidance_scale", "guidance_scale"):
+        spin = widget.controls[name].widget
+        assert (spin.minimum(), spin.maximum(), spin.singleStep()) == (1.0, 20.0, 0.5)
+    assert inner(widget, "seed", QtWidgets.QCheckBox).isChecked()
+    assert not inner(widget, "seed", QtWidgets.QLineEdit).isEnabled()
+
+
+def test_parameters_set_from_python_are_shown_exactly(plugin):
+    _, widget = open_widget(plugin, NON_DEFAULT)
+    assert widget.control_values() == NON_DEFAULT
+    assert inner(widget, "model_name", QtWidgets.QComboBox).currentText() == "/models/my-decoder"
+    assert not inner(widget, "seed", QtWidgets.QCheckBox).isChecked()
+
+
+def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
+    parameters, widget = open_widget(plugin)
+    widgets = {name: widget.controls[name].widget for name in widget.controls}
+    inner(widget, "model_name", QtWidgets.QComboBox).setCurrentText("/models/my-decoder")
+    inner(widget, "prior_model_name", QtWidgets.QComboBox).setCurrentText("someone/prior")
+    widgets["prompt"].setPlainText("a red cat\non a blue chair")
+    widgets["negative_prompt"].setPlainText("")
+    widgets["prior_num_inference_steps"].setValue(2)
+    widgets["prior_guidance_scale"].setValue(7.5)
+    widgets["num_inference_steps"].setValue(30)
+    widgets["guidance_scale"].setValue(4.0)
+    widgets["height"].setValue(512)
+    widgets["width"].setValue(1024)
+    inner(widget, "seed", QtWidgets.QCheckBox).setChecked(False)
+    inner(widget, "seed", QtWidgets.QLineEdit).setText("42")
+    widgets["cuda"].setChecked(not widgets["cuda"].isChecked())
+    emitted = []
+    widget.emit_apply = lambda applied: emitted.append(dict(applied.get_values()))
     widget.on_apply()
-    assert applied == [{**given, "seed": "42", "cuda": "True"}], "Apply must copy the controls before emitting"
-    assert parameters.get_values() == applied[0]
+    expected = {
+        "model_name": "/models/my-decoder",
+        "prior_model_name": "someone/prior",
+        "prompt": "a red cat\non a blue chair",
+        "negative_prompt": "",
+        "prior_num_inference_steps": "2",
+        "prior_guidance_scale": "7.5",
+        "num_inference_steps": "30",
+        "guidance_scale": "4.0",
+        "height": "512",
+        "width": "1024",
+        "seed": "42",
+        "cuda": str(widgets["cuda"].isChecked()),
+    }
+    assert emitted == [expected]
+    assert parameters.get_values() == expected
+    assert Settings.from_strings(expected).seed == 42
+
+
+def test_values_outside_the_accepted_range_cannot_be_entered(plugin):
+    _, widget = open_widget(plugin)
+    height = widget.controls["height"].widget
+    height.setValue(5000)
+    assert height.value() == 2048
+    assert height.validate("100", 3)[0] == QValidator.State.Intermediate
+    assert height.fixup("100") == "128"
+    assert height.fixup("9999") == "2048"
+    steps = widget.controls["prior_num_inference_steps"].widget
+    steps.setValue(1)
+    assert steps.value() == 2
+    guidance = widget.controls["guidance_scale"].widget
+    guidance.setValue(0.2)
+    assert guidance.value() == 1.0
+    seed = inner(widget, "seed", QtWidgets.QLineEdit)
+    for text in ("-5", "abc", "1.5", "1234567890123456789"):
+        assert seed.validator().validate(text, len(text))[0] == QValidator.State.Invalid, text
+
+
+def test_a_refused_value_set_from_python_is_shown_as_the_nearest_accepted_one(plugin):
+    _, widget = open_widget(plugin, {"height": "100", "num_inference_steps": "5000", "guidance_scale": "nan"})
+    values = widget.control_values()
+    assert (values["height"], values["num_inference_steps"], values["guidance_scale"]) == ("128", "1000", "1.0")
+
+
+def test_the_cuda_box_is_disabled_and_says_why_without_cuda(plugin, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _, widget = open_widget(plugin, {"cuda": "False"})
+    cuda = widget.controls["cuda"].widget
+    assert not cuda.isEnabled()
+    assert not cuda.isChecked()
+    assert cuda.toolTip() == "CUDA is not available on this machine: the task runs on the CPU in float32."
+
+
+def test_the_cuda_box_is_enabled_where_cuda_is(plugin, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    _, widget = open_widget(plugin, {"cuda": "True"})
+    cuda = widget.controls["cuda"].widget
+    assert cuda.isEnabled()
+    assert cuda.isChecked()
+
+
+def test_reuse_last_seed_takes_the_seed_of_the_last_run(plugin, tiny_strings):
+    from ikomia.dataprocess.workflow import Workflow
+
+    workflow = Workflow()
+    task = workflow.add_task(name="infer_kandinsky_2_2", public_hub=False)
+    task.set_parameters({**tiny_strings, "seed": "-1", "cuda": "False"})
+    widget = plugin.get_widget_factory().create(task.get_param_object())
+    reuse = inner(widget, "seed", QtWidgets.QPushButton)
+    reuse.click()
+    assert widget.control_values()["seed"] == "-1", "no run yet: nothing to reuse"
+    workflow.run()
+    reuse.click()
+    assert widget.control_values()["seed"] == str(task.get_output(1).data["seed"])
+    assert not inner(widget, "seed", QtWidgets.QCheckBox).isChecked()
