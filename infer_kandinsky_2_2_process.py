@@ -1,19 +1,40 @@
 """The Ikomia task infer_kandinsky_2_2: its parameters, the task and its factory.
 
 A thin layer over the ``kandinsky22_engine`` package: Ikomia's string parameters become checked
-``Settings``, the engine generates, and the image and its metadata become the task's outputs.
+``Settings``, the task's inputs become arrays, the engine generates, and the image and its metadata
+become the task's outputs.
+
+The inputs follow the mode: text2img has none (Ikomia runs a task with unconnected inputs only if
+it has no inputs at all), img2img an image, inpaint an image, a mask drawing and a mask image,
+controlnet_depth a depth map, mix ``mix_images`` images. They are rebuilt whenever the mode or
+``mix_images`` changes, however the parameters are set.
 """
 
-import copy
 import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from ikomia import core, dataprocess, utils
 from ikomia.dataprocess.io import DataDictIO
 
-from .kandinsky22_engine.generation import generate, load_pipelines, progress_steps
+from .kandinsky22_engine.generation import (
+    DEPTH_INPUT,
+    DRAWING_INPUT,
+    IMAGE_INPUT,
+    MASK_INPUT,
+    Inputs,
+    generate,
+    input_names,
+    load_pipelines,
+    prepare_inputs,
+    progress_steps,
+)
 from .kandinsky22_engine.models import MODEL_CACHE
-from .kandinsky22_engine.parameters import Settings
+from .kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError
+
+PARAMETER = {parameter.name: parameter for parameter in PARAMETERS}
 
 PLUGIN_FOLDER = Path(__file__).resolve().parent
 VERSION = "1.0.0"
@@ -31,9 +52,11 @@ class InferKandinsky22Param(core.CWorkflowTaskParam):
         core.CWorkflowTaskParam.__init__(self)
         self.values = Settings().to_strings()
         self.last_seed: int | None = None
+        self.values_changed: Callable[[], None] = lambda: None
 
     def set_values(self, params: dict) -> None:
         self.values.update({name: str(value) for name, value in params.items()})
+        self.values_changed()
 
     def get_values(self) -> dict:
         return dict(self.values)
@@ -50,8 +73,57 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         dataprocess.CWorkflowTask.__init__(self, name)
         self.add_output(dataprocess.CImageIO())
         self.add_output(DataDictIO())
-        self.set_param_object(copy.deepcopy(param) if param is not None else InferKandinsky22Param())
+        parameters = InferKandinsky22Param()
+        if param is not None:
+            parameters.set_values(param.get_values())
+        self.set_param_object(parameters)
         self._stop_requested = threading.Event()
+        self._input_names: tuple[str, ...] = ()
+        self._update_inputs()
+        update = weakref.WeakMethod(self._update_inputs)
+        parameters.values_changed = lambda: update()()
+
+    def _update_inputs(self) -> None:
+        """Offer the inputs of the current mode; values that do not parse leave the inputs as they are."""
+        values = self.get_param_object().values
+        try:
+            names = input_names(
+                PARAMETER["mode"].parse(values["mode"]), PARAMETER["mix_images"].parse(values["mix_images"])
+            )
+        except SettingsError:
+            return
+        if names == self._input_names:
+            return
+        self.clear_inputs()
+        for name in names:
+            if name == DRAWING_INPUT:
+                self.add_input(dataprocess.CGraphicsInput(name))
+            else:
+                self.add_input(dataprocess.CImageIO(core.IODataType.IMAGE, name))
+        self._input_names = names
+
+    def _read_inputs(self, settings: Settings) -> Inputs:
+        """The arrays of the inputs, read afresh at every run (a mask from an earlier run is never reused)."""
+        arrays = {}
+        for index, name in enumerate(self._input_names):
+            source = self.get_input(index)
+            if name != DRAWING_INPUT and source is not None and source.is_data_available():
+                arrays[name] = source.get_image()
+        drawn_mask = None
+        if DRAWING_INPUT in self._input_names and IMAGE_INPUT in arrays:
+            graphics = self.get_input(self._input_names.index(DRAWING_INPUT))
+            if graphics.is_data_available():
+                rows, columns = arrays[IMAGE_INPUT].shape[:2]
+                drawn_mask = rasterize(graphics, rows, columns)
+        return Inputs(
+            image=arrays.get(IMAGE_INPUT),
+            mask=arrays.get(MASK_INPUT),
+            drawn_mask=drawn_mask,
+            depth=arrays.get(DEPTH_INPUT),
+            mix_images=tuple(arrays.get(name) for name in input_names("mix", settings.mix_images))
+            if settings.mode == "mix"
+            else (),
+        )
 
     def get_progress_steps(self) -> int:
         try:
@@ -69,12 +141,16 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         self._stop_requested.set()
 
     def run(self) -> None:
-        self.begin_task_run()
         self._stop_requested.clear()
         self.get_output(0).clear_data()
         self.get_output(1).clear_data()
+        settings = self.get_param_object().settings()
+        # Checked before Ikomia's own check of the inputs, whose message does not say which input is empty.
+        prepared = prepare_inputs(settings, self._read_inputs(settings))
+        self.begin_task_run()
         result = generate(
-            self.get_param_object().settings(),
+            settings,
+            prepared,
             cache=MODEL_CACHE,
             on_step=self.emit_step_progress,
             should_stop=self._stop_requested.is_set,
@@ -83,6 +159,16 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         self.get_output(1).data = result.metadata
         self.get_param_object().last_seed = result.metadata["seed"]
         self.end_task_run()
+
+
+def rasterize(graphics: dataprocess.CGraphicsInput, rows: int, columns: int) -> np.ndarray:
+    """The graphics drawn over an image as a uint8 mask of its size, white inside the shapes.
+
+    Ikomia draws the mask; a new helper task each time means no mask of an earlier run can be returned.
+    """
+    painter = dataprocess.C2dImageTask("infer_kandinsky_2_2_mask", False)
+    painter.create_graphics_mask(columns, rows, graphics)
+    return painter.get_graphics_mask(0)
 
 
 class InferKandinsky22Factory(dataprocess.CTaskFactory):

@@ -34,6 +34,7 @@ from PyQt6.QtWidgets import (
 )
 
 from .infer_kandinsky_2_2_process import InferKandinsky22Param
+from .kandinsky22_engine.generation import input_names
 from .kandinsky22_engine.parameters import PARAMETERS, RANDOM_SEED, TRUE_WORDS, Parameter, SettingsError
 
 NO_CUDA_TOOLTIP = "CUDA is not available on this machine: the task runs on the CPU in float32."
@@ -66,6 +67,11 @@ class Control:
 
 
 def text_control(parameter: Parameter, value: str) -> Control:
+    if parameter.choices:
+        combo = QComboBox()
+        combo.addItems(list(parameter.choices))
+        combo.setCurrentText(value if value in parameter.choices else str(parameter.default))
+        return Control(combo, combo.currentText)
     if parameter.suggestions:
         return model_control(parameter, value)
     if parameter.multiline:
@@ -74,6 +80,8 @@ def text_control(parameter: Parameter, value: str) -> Control:
         editor.setFixedHeight(editor.fontMetrics().lineSpacing() * PROMPT_LINES + 12)
         return Control(editor, editor.toPlainText)
     editor = QLineEdit(value)
+    if parameter.pattern:
+        editor.setValidator(QRegularExpressionValidator(QRegularExpression(parameter.pattern)))
     return Control(editor, editor.text)
 
 
@@ -208,6 +216,7 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
         self.parameters = param if param is not None else InferKandinsky22Param()
         self.main_layout = QVBoxLayout()
         self.controls: dict[str, Control] = {}
+        self.groups: dict[str, QGroupBox] = {}
         for group, members in groupby(PARAMETERS, key=lambda parameter: parameter.group):
             box = QGroupBox(group)
             form = QFormLayout(box)
@@ -217,14 +226,36 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
                 form.addRow(parameter.label, control.widget)
                 form.labelForField(control.widget).setToolTip(help_text(parameter))
                 self.controls[parameter.name] = control
+            self.groups[group] = box
             self.main_layout.addWidget(box)
+        self.inputs_caption, self.inputs_label = QLabel("Inputs"), QLabel()
+        self.inputs_label.setWordWrap(True)
+        self.inputs_caption.setToolTip("The task's inputs in this mode, by index")
+        self.groups[PARAMETERS[0].group].layout().addRow(self.inputs_caption, self.inputs_label)
         self.main_layout.addStretch(1)
         self._align_labels()
+        self.controls["mode"].widget.currentTextChanged.connect(self.show_mode)
+        self.controls["mix_images"].widget.valueChanged.connect(self.show_mode)
+        self.show_mode()
         self.set_layout(qtconversion.PyQtToQt(self.main_layout))
+
+    def show_mode(self) -> None:
+        """Show only the controls that the chosen mode uses, and the inputs it reads."""
+        mode = self.controls["mode"].read()
+        for parameter in PARAMETERS:
+            used = parameter.used_in(mode)
+            self.controls[parameter.name].widget.setVisible(used)
+            self.label_of(parameter.name).setVisible(used)
+        for group, box in self.groups.items():
+            box.setVisible(any(parameter.used_in(mode) for parameter in PARAMETERS if parameter.group == group))
+        names = input_names(mode, int(self.controls["mix_images"].read()))
+        self.inputs_label.setText(
+            ", ".join(f"{index}: {name}" for index, name in enumerate(names)) or "none: the prompt is enough"
+        )
 
     def _align_labels(self) -> None:
         """Give every group's labels one width, so that the controls line up from box to box."""
-        labels = [self.label_of(name) for name in self.controls]
+        labels = [self.label_of(name) for name in self.controls] + [self.inputs_caption]
         width = max(label.sizeHint().width() for label in labels)
         for label in labels:
             label.setMinimumWidth(width)

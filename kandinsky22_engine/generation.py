@@ -1,25 +1,45 @@
-"""Text-to-image generation with Kandinsky 2.2: the prior, then the decoder.
+"""Kandinsky 2.2 generation in every mode: the prior, then the decoder of the mode.
 
-The two stages run as diffusers' ``KandinskyV22CombinedPipeline`` runs them, with one CPU
-generator made anew for every run, so a plugin image equals what diffusers returns for the same
-arguments and seed. Loading the stages separately keeps each one cached on its own.
+Each mode runs as diffusers' own pipelines run it (``KandinskyV22CombinedPipeline`` and its
+img2img and inpaint siblings, the prior then the ControlNet pipeline, the prior's ``interpolate``
+then the decoder), with one CPU generator made anew for every run, so a plugin image equals what
+diffusers returns for the same arguments and seed. Where the task departs from diffusers, it is to
+fix a diffusers bug, and the docstring of that step says which.
 """
 
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import diffusers
 import numpy as np
 import torch
-from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+from diffusers import (
+    DiffusionPipeline,
+    KandinskyV22ControlnetPipeline,
+    KandinskyV22Img2ImgPipeline,
+    KandinskyV22InpaintPipeline,
+    KandinskyV22Pipeline,
+    KandinskyV22PriorPipeline,
+)
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image
 
+from .images import InputError, as_rgb, depth_hint, fit, mask_from
 from .models import MODEL_CACHE, ModelCache, ModelKey
-from .parameters import MAX_RANDOM_SEED, RANDOM_SEED, Settings
+from .parameters import (
+    DEFAULT_CONTROLNET_DECODER,
+    DEFAULT_DECODER,
+    DEFAULT_INPAINT_DECODER,
+    MAX_RANDOM_SEED,
+    RANDOM_SEED,
+    Settings,
+)
 
 logger = logging.getLogger(__name__)
+StepCallback = Callable[[], None]
 
 
 class GenerationStopped(RuntimeError):
@@ -36,6 +56,58 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """The images a run reads, as arrays (height x width, or height x width x channels); each mode reads its own.
+
+    ``image``: img2img and inpaint. ``mask`` and ``drawn_mask``: inpaint, white where to repaint (the two are
+    combined; one is enough). ``depth``: controlnet_depth. ``mix_images``: mix, in order.
+    """
+
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    drawn_mask: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    mix_images: tuple[np.ndarray | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """The decoder a mode uses: its cache role, its diffusers pipeline and its default repo."""
+
+    role: str
+    pipeline_class: type[DiffusionPipeline]
+    default_model: str
+
+
+DECODERS = {
+    "text2img": Decoder("decoder", KandinskyV22Pipeline, DEFAULT_DECODER),
+    "img2img": Decoder("decoder", KandinskyV22Pipeline, DEFAULT_DECODER),
+    "mix": Decoder("decoder", KandinskyV22Pipeline, DEFAULT_DECODER),
+    "inpaint": Decoder("inpaint_decoder", KandinskyV22InpaintPipeline, DEFAULT_INPAINT_DECODER),
+    "controlnet_depth": Decoder("controlnet_decoder", KandinskyV22ControlnetPipeline, DEFAULT_CONTROLNET_DECODER),
+}
+
+IMAGE_INPUT = "image"
+DRAWING_INPUT = "mask drawing"
+MASK_INPUT = "mask"
+DEPTH_INPUT = "depth map"
+# The inputs of each mode, in the order the Ikomia task offers them (mix's come from mix_images).
+INPUT_NAMES = {
+    "text2img": (),
+    "img2img": (IMAGE_INPUT,),
+    "inpaint": (IMAGE_INPUT, DRAWING_INPUT, MASK_INPUT),
+    "controlnet_depth": (DEPTH_INPUT,),
+}
+
+
+def input_names(mode: str, mix_images: int) -> tuple[str, ...]:
+    """The names of the inputs that ``mode`` reads (mix reads ``mix_images`` images)."""
+    if mode == "mix":
+        return tuple(f"image {index}" for index in range(1, mix_images + 1))
+    return INPUT_NAMES[mode]
+
+
+@dataclass(frozen=True)
 class Generation:
     """One generated image (height x width x 3, RGB uint8) and what produced it."""
 
@@ -48,7 +120,18 @@ class Pipelines:
     """The loaded stages of one run."""
 
     prior: KandinskyV22PriorPipeline
-    decoder: KandinskyV22Pipeline
+    decoder: DiffusionPipeline
+
+
+@dataclass
+class Prepared:
+    """A run's inputs at the output size, ready for the pipelines, and notes on what was done to them."""
+
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    hint: torch.Tensor | None = None
+    mix_images: tuple[Image.Image, ...] = ()
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def choose_runtime(cuda: bool) -> Runtime:
@@ -65,9 +148,17 @@ def resolve_seed(seed: int) -> int:
     return secrets.randbelow(MAX_RANDOM_SEED + 1) if seed == RANDOM_SEED else seed
 
 
+def decoder_model_name(settings: Settings) -> str:
+    """The decoder repo of the run: the mode's own default when model_name is left at its default."""
+    if settings.model_name == DEFAULT_DECODER:
+        return DECODERS[settings.mode].default_model
+    return settings.model_name
+
+
 def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipelines:
-    """Load (or reuse) the prior and decoder that ``settings`` ask for."""
+    """Load (or reuse) the prior and the decoder of the mode that ``settings`` ask for."""
     runtime = choose_runtime(settings.cuda)
+    decoder = DECODERS[settings.mode]
     with cache.lock:
         prior = cache.get(
             "prior",
@@ -75,31 +166,73 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
             "prior_model_name",
             ModelKey(settings.prior_model_name, runtime.device, runtime.dtype),
         )
-        decoder = cache.get(
-            "decoder",
-            KandinskyV22Pipeline,
+        decoder_pipeline = cache.get(
+            decoder.role,
+            decoder.pipeline_class,
             "model_name",
-            ModelKey(settings.model_name, runtime.device, runtime.dtype),
+            ModelKey(decoder_model_name(settings), runtime.device, runtime.dtype),
         )
-    return Pipelines(prior=prior, decoder=decoder)
+    return Pipelines(prior=prior, decoder=decoder_pipeline)
+
+
+def decoder_steps(settings: Settings) -> int:
+    """The denoising steps the decoder runs: img2img skips the start of the schedule."""
+    return settings.img2img_steps() if settings.mode == "img2img" else settings.num_inference_steps
 
 
 def progress_steps(settings: Settings) -> int:
-    """How many step callbacks a run makes: one per prior step and one per decoder step."""
-    return settings.prior_num_inference_steps + settings.num_inference_steps
+    """How many step callbacks a run makes: one per denoising step of every prior run and of the decoder."""
+    prior_runs = 1 + (1 if settings.prompt else 0) if settings.mode == "mix" else 1
+    return settings.prior_num_inference_steps * prior_runs + decoder_steps(settings)
+
+
+def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
+    """Check and convert the inputs the mode reads; raise ``InputError`` naming a missing or unusable one."""
+    mode, height, width = settings.mode, settings.height, settings.width
+    runtime = choose_runtime(settings.cuda)
+    prepared = Prepared()
+    if mode in ("img2img", "inpaint"):
+        image = as_rgb(inputs.image, f"{mode} input '{IMAGE_INPUT}'")
+        fitted = fit(image, height, width)
+        prepared.image, prepared.notes[IMAGE_INPUT] = fitted.array, fitted.note
+    if mode == "inpaint":
+        masks = [
+            mask_from(array, f"inpaint input '{name}'", image.shape[:2], height, width)
+            for name, array in ((DRAWING_INPUT, inputs.drawn_mask), (MASK_INPUT, inputs.mask))
+            if array is not None and array.size
+        ]
+        if not masks:
+            raise InputError(
+                f"inpaint needs a mask, white where to repaint: draw it over the image (input '{DRAWING_INPUT}') "
+                f"or give a mask image (input '{MASK_INPUT}')."
+            )
+        prepared.mask = np.maximum.reduce(masks)
+    if mode == "controlnet_depth":
+        prepared.hint, prepared.notes[DEPTH_INPUT] = depth_hint(
+            inputs.depth, f"controlnet_depth input '{DEPTH_INPUT}'", height, width, runtime.device, runtime.dtype
+        )
+    if mode == "mix":
+        names = input_names(mode, settings.mix_images)
+        given = (*inputs.mix_images, *[None] * len(names))[: len(names)]
+        prepared.mix_images = tuple(
+            Image.fromarray(as_rgb(array, f"mix input '{name}'")) for name, array in zip(names, given, strict=True)
+        )
+    return prepared
 
 
 def generate(
     settings: Settings,
+    inputs: Inputs | Prepared = Inputs(),
     *,
     cache: ModelCache = MODEL_CACHE,
-    on_step: Callable[[], None] = lambda: None,
+    on_step: StepCallback = lambda: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generation:
-    """Generate one image from ``settings``.
+    """Generate one image from ``settings`` and the ``inputs`` its mode reads.
 
     Args:
         settings: checked settings of the run.
+        inputs: the input images (text2img reads none), or what ``prepare_inputs`` made of them.
         cache: where the pipelines are loaded once and shared.
         on_step: called after every denoising step of the prior and of the decoder.
         should_stop: polled after every step; when it returns True the run raises ``GenerationStopped``.
@@ -107,46 +240,46 @@ def generate(
     runtime = choose_runtime(settings.cuda)
     if runtime.note:
         logger.warning("infer_kandinsky_2_2: %s; running on the CPU in float32.", runtime.note)
+    prepared = inputs if isinstance(inputs, Prepared) else prepare_inputs(settings, inputs)
     seed = resolve_seed(settings.seed)
-    with cache.lock:
+    with cache.lock, torch.no_grad():
         started = time.perf_counter()
         pipelines = load_pipelines(settings, cache)
         loaded = time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(seed)
-        image_embeds, negative_image_embeds = pipelines.prior(
-            prompt=settings.prompt,
-            negative_prompt=settings.negative_prompt or None,
-            num_inference_steps=settings.prior_num_inference_steps,
-            guidance_scale=settings.prior_guidance_scale,
-            generator=generator,
-            output_type="pt",
-            return_dict=False,
-            callback_on_step_end=_step_callback("prior", settings.prior_num_inference_steps, on_step, should_stop),
-        )
+        prior_callback = _step_callback("prior", settings.prior_num_inference_steps, on_step, should_stop)
+        if settings.mode == "mix":
+            image_embeds, negative_image_embeds = _mix_embeddings(
+                pipelines.prior, settings, prepared.mix_images, generator, prior_callback
+            )
+        else:
+            image_embeds, negative_image_embeds = pipelines.prior(
+                prompt=settings.prompt,
+                negative_prompt=settings.negative_prompt or None,
+                num_inference_steps=settings.prior_num_inference_steps,
+                guidance_scale=settings.prior_guidance_scale,
+                generator=generator,
+                output_type="pt",
+                return_dict=False,
+                callback_on_step_end=prior_callback,
+            )
         _synchronize(runtime)
         prior_done = time.perf_counter()
-        # With guidance at 1 diffusers' decoder does not cast the embeddings to the UNet's dtype.
-        unet_dtype = pipelines.decoder.unet.dtype
-        images = pipelines.decoder(
-            image_embeds=image_embeds.to(unet_dtype),
-            negative_image_embeds=negative_image_embeds.to(unet_dtype),
-            height=settings.height,
-            width=settings.width,
-            num_inference_steps=settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale,
-            generator=generator,
-            output_type="np",
-            callback_on_step_end=_step_callback("decoder", settings.num_inference_steps, on_step, should_stop),
-        ).images
+        decoder_callback = _step_callback("decoder", decoder_steps(settings), on_step, should_stop)
+        image = _decode(
+            pipelines.decoder, settings, prepared, (image_embeds, negative_image_embeds), generator, decoder_callback
+        )
         decoded = time.perf_counter()
     metadata = {
+        "mode": settings.mode,
         "seed": seed,
         "random_seed": settings.seed == RANDOM_SEED,
         "device": runtime.device,
         "dtype": str(runtime.dtype).removeprefix("torch."),
         "device_note": runtime.note,
-        "model_name": settings.model_name,
+        "model_name": decoder_model_name(settings),
         "prior_model_name": settings.prior_model_name,
+        "inputs": prepared.notes,
         "seconds": {
             "load": round(loaded - started, 4),
             "prior": round(prior_done - loaded, 4),
@@ -156,7 +289,96 @@ def generate(
         "diffusers": diffusers.__version__,
         "torch": torch.__version__,
     }
-    return Generation(image=to_uint8(images[0]), metadata=metadata)
+    return Generation(image=to_uint8(image), metadata=metadata)
+
+
+def _mix_embeddings(
+    prior: KandinskyV22PriorPipeline,
+    settings: Settings,
+    images: tuple[Image.Image, ...],
+    generator: torch.Generator,
+    callback: Callable[..., dict],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted sum of the items' image embeddings, and the negative embedding.
+
+    This is ``KandinskyV22PriorPipeline.interpolate`` step for step (the images, then the prompt), with the
+    step callback passed to every prior run, which ``interpolate`` cannot do: progress and stop then work in
+    mix as in every other mode. An empty negative prompt gives the zero-image embedding as the negative.
+    """
+    items: list[Image.Image | str] = [*images, *([settings.prompt] if settings.prompt else [])]
+    prior_arguments = {
+        "num_inference_steps": settings.prior_num_inference_steps,
+        "guidance_scale": settings.prior_guidance_scale,
+        "generator": generator,
+        "callback_on_step_end": callback,
+    }
+    weighted = []
+    for item, weight in zip(items, settings.mix_weight_values(), strict=True):
+        if isinstance(item, str):
+            embedding = prior(item, **prior_arguments).image_embeds.unsqueeze(0)
+        else:
+            pixels = prior.image_processor(item, return_tensors="pt").pixel_values[0].unsqueeze(0)
+            pixels = pixels.to(dtype=prior.image_encoder.dtype, device=prior.device)
+            embedding = prior.image_encoder(pixels)["image_embeds"].unsqueeze(0)
+        weighted.append(embedding * weight)
+    negative = prior(settings.negative_prompt, **prior_arguments)
+    negative_embeds = negative.negative_image_embeds if settings.negative_prompt == "" else negative.image_embeds
+    return torch.cat(weighted).sum(dim=0), negative_embeds
+
+
+def _decode(
+    decoder: DiffusionPipeline,
+    settings: Settings,
+    prepared: Prepared,
+    embeds: tuple[torch.Tensor, torch.Tensor],
+    generator: torch.Generator,
+    callback: Callable[..., dict],
+) -> np.ndarray:
+    """Run the mode's decoder on the (image, negative) embeddings and return its float RGB image in [0, 1]."""
+    image_embeds, negative_image_embeds = embeds
+    # With guidance at 1, diffusers' decoders do not cast the embeddings (nor the hint) to the UNet's dtype.
+    unet_dtype = decoder.unet.dtype
+    arguments = {
+        "image_embeds": image_embeds.to(unet_dtype),
+        "negative_image_embeds": negative_image_embeds.to(unet_dtype),
+        "height": settings.height,
+        "width": settings.width,
+        "num_inference_steps": settings.num_inference_steps,
+        "guidance_scale": settings.guidance_scale,
+        "generator": generator,
+        "output_type": "np",
+    }
+    if settings.mode == "controlnet_depth":
+        # diffusers' ControlNet pipelines take only the legacy per-step callback.
+        return decoder(
+            **arguments,
+            hint=prepared.hint,
+            callback=lambda step, timestep, latents: callback(decoder, step, timestep, {}),
+            callback_steps=1,
+        ).images[0]
+    if settings.mode == "img2img":
+        decoder = _img2img_pipeline(decoder)
+        arguments.update(image=Image.fromarray(prepared.image), strength=settings.strength)
+    elif settings.mode == "inpaint":
+        arguments.update(image=prepared.image, mask_image=prepared.mask)
+    return decoder(**arguments, callback_on_step_end=callback).images[0]
+
+
+def _img2img_pipeline(decoder: KandinskyV22Pipeline) -> KandinskyV22Img2ImgPipeline:
+    """An img2img pipeline over the text2img decoder's own components: nothing is loaded again.
+
+    diffusers' img2img resizer is called with height and width swapped (asked for 64 tall x 128 wide, it
+    returns 64 wide x 128 tall), so it is replaced by one that does not resize: the input already has
+    the output size (see ``images.fit``).
+    """
+    pipeline = KandinskyV22Img2ImgPipeline(**decoder.components)
+    pipeline.image_processor = VaeImageProcessor(
+        vae_scale_factor=2 ** (len(decoder.movq.config.block_out_channels) - 1),
+        vae_latent_channels=decoder.movq.config.latent_channels,
+        do_resize=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -165,7 +387,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def _step_callback(
-    stage: str, total: int, on_step: Callable[[], None], should_stop: Callable[[], bool]
+    stage: str, total: int, on_step: StepCallback, should_stop: Callable[[], bool]
 ) -> Callable[..., dict]:
     def callback(pipeline: object, step: int, timestep: object, tensors: dict) -> dict:
         on_step()

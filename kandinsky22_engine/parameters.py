@@ -16,11 +16,11 @@ import torch
 
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
-KNOWN_DECODERS = (
-    DEFAULT_DECODER,
-    "kandinsky-community/kandinsky-2-2-decoder-inpaint",
-    "kandinsky-community/kandinsky-2-2-controlnet-depth",
-)
+DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
+DEFAULT_CONTROLNET_DECODER = "kandinsky-community/kandinsky-2-2-controlnet-depth"
+KNOWN_DECODERS = (DEFAULT_DECODER, DEFAULT_INPAINT_DECODER, DEFAULT_CONTROLNET_DECODER)
+MODES = ("text2img", "img2img", "inpaint", "controlnet_depth", "mix")
+MAX_MIX_IMAGES = 8
 KNOWN_PRIORS = (DEFAULT_PRIOR,)
 RANDOM_SEED = -1
 MAX_RANDOM_SEED = 191965535
@@ -30,6 +30,7 @@ MAX_STEPS = 1000
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 _INTEGER = re.compile(r"[+-]?\d+(\.0*)?")
+_WEIGHT_SEPARATORS = re.compile(r"[\s,;]+")
 
 
 class SettingsError(ValueError):
@@ -56,11 +57,22 @@ class Parameter:
     multiline: bool = False
     suggestions: tuple[str, ...] = ()
     accepts_folder: bool = False
+    choices: tuple[str, ...] = ()
+    # For free text: the characters the widget lets through (a regular expression over the whole text).
+    pattern: str | None = None
+    # The modes that use it; empty: every mode.
+    modes: tuple[str, ...] = ()
+
+    def used_in(self, mode: str) -> bool:
+        """Whether a run in ``mode`` reads this parameter."""
+        return not self.modes or mode in self.modes
 
     def accepted(self) -> str:
         """Describe, for people, the values this parameter accepts."""
         if self.type is bool:
             return "True or False"
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
         if self.type is str:
             return "text" if self.allow_blank else "non-empty text"
         noun = "a whole number" if self.type is int else "a number"
@@ -89,6 +101,8 @@ class Parameter:
         return value
 
     def _convert(self, text: str) -> object:
+        if self.choices:
+            return text if text in self.choices else None
         if self.type is str:
             return text if (text or self.allow_blank) else None
         if self.type is bool:
@@ -136,11 +150,24 @@ def _setting(
 class Settings:
     """Checked settings of one generation; the fields, in order, are the task's parameters."""
 
+    mode: str = _setting(
+        "text2img",
+        label="Mode",
+        group="Mode",
+        help=(
+            "text2img: from the prompt alone; img2img: transform an input image; inpaint: repaint the masked part "
+            "of an image; controlnet_depth: follow the layout of a depth map; mix: blend images and the prompt."
+        ),
+        choices=MODES,
+    )
     model_name: str = _setting(
         DEFAULT_DECODER,
         label="Decoder model",
         group="Models",
-        help="Hugging Face hub id or local folder of a Kandinsky 2.2 decoder repo (UNet and MoVQ).",
+        help=(
+            "Hugging Face hub id or local folder of a Kandinsky 2.2 decoder repo (UNet and MoVQ). Left at the "
+            f"default, inpaint uses {DEFAULT_INPAINT_DECODER} and controlnet_depth {DEFAULT_CONTROLNET_DECODER}."
+        ),
         allow_blank=False,
         suggestions=KNOWN_DECODERS,
         accepts_folder=True,
@@ -202,6 +229,19 @@ class Settings:
         maximum=20.0,
         step=0.5,
     )
+    strength: float = _setting(
+        0.3,
+        label="Strength",
+        group="Decoder: embedding to image",
+        help=(
+            "img2img: how far the image may move from the input: 0 keeps it, 1 repaints it all. The decoder runs "
+            "int(num_inference_steps x strength) steps, at least one."
+        ),
+        minimum=0.0,
+        maximum=1.0,
+        step=0.05,
+        modes=("img2img",),
+    )
     height: int = _setting(
         768,
         label="Height",
@@ -230,6 +270,26 @@ class Settings:
         minimum=RANDOM_SEED,
         maximum=2**63 - 1,
     )
+    mix_images: int = _setting(
+        2,
+        label="Images to mix",
+        group="Mix",
+        help=f"mix: how many image inputs the task offers, from 2 to {MAX_MIX_IMAGES}; each must be given an image.",
+        minimum=2,
+        maximum=MAX_MIX_IMAGES,
+        modes=("mix",),
+    )
+    mix_weights: str = _setting(
+        "",
+        label="Mix weights",
+        group="Mix",
+        help=(
+            "mix: one weight per item, in order: image 1, image 2, ..., then the prompt when it is not empty; "
+            "numbers separated by commas or spaces, 0 or more, not all 0. Empty: equal weights."
+        ),
+        pattern=r"[0-9.eE+\s,;]*",
+        modes=("mix",),
+    )
     cuda: bool = _setting(
         default_factory=torch.cuda.is_available,
         label="Use CUDA",
@@ -242,6 +302,36 @@ class Settings:
         """Check values given directly from Python as strictly as those parsed from strings."""
         for parameter in PARAMETERS:
             parameter.parse(parameter.to_string(getattr(self, parameter.name)))
+        if self.mode == "img2img" and self.img2img_steps() < 1:
+            raise SettingsError(
+                f"strength: received '{self.strength}' with num_inference_steps {self.num_inference_steps}; accepted: "
+                "a strength that leaves img2img at least one decoder step (num_inference_steps x strength >= 1)."
+            )
+        if self.mode == "mix":
+            self.mix_weight_values()
+
+    def img2img_steps(self) -> int:
+        """The decoder steps img2img runs: diffusers skips the first (1 - strength) of the schedule."""
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+
+    def mix_item_count(self) -> int:
+        """Mixed items: every image input, and the prompt when it is not empty."""
+        return self.mix_images + (1 if self.prompt else 0)
+
+    def mix_weight_values(self) -> tuple[float, ...]:
+        """The mix weights as numbers (never evaluated as code); equal weights when none are given."""
+        count = self.mix_item_count()
+        text = self.mix_weights.strip()
+        if not text:
+            return (1.0 / count,) * count
+        expected = f"{count} numbers, 0 or more and not all 0 (one per image, then one for the prompt if it is set)"
+        try:
+            weights = tuple(float(part) for part in _WEIGHT_SEPARATORS.split(text))
+        except ValueError:
+            weights = ()
+        if len(weights) != count or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+            raise SettingsError(f"mix_weights: received {self.mix_weights!r}; accepted: {expected}.")
+        return weights
 
     @classmethod
     def from_strings(cls, values: Mapping[str, object]) -> "Settings":
@@ -291,7 +381,8 @@ def markdown_table() -> str:
     rows = ["| name | type | default | accepted | what it does |", "|---|---|---|---|---|"]
     for parameter in PARAMETERS:
         default = parameter.default_as_text()
-        default = f"`{default}`" if parameter.default_text is None else default
+        if parameter.default_text is None:
+            default = f"`{default}`" if default else "(empty)"
         rows.append(
             f"| {parameter.name} | {parameter.type.__name__} | {default} | {parameter.accepted()} | {parameter.help} |"
         )

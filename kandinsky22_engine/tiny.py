@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 from diffusers import (
     DDPMScheduler,
+    DiffusionPipeline,
+    KandinskyV22ControlnetPipeline,
+    KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
     PriorTransformer,
@@ -38,10 +41,12 @@ END_TOKEN = "<|endoftext|>"
 
 @dataclass(frozen=True)
 class TinyRepos:
-    """Paths of a tiny prior repo and a tiny decoder repo."""
+    """Paths of the tiny repos: the prior and the decoders of text2img, inpaint and ControlNet depth."""
 
     prior: Path
     decoder: Path
+    inpaint_decoder: Path
+    controlnet_decoder: Path
 
 
 def _byte_symbols() -> list[str]:
@@ -131,12 +136,16 @@ def _build_prior_pipeline(vocab_size: int, tokenizer: CLIPTokenizer) -> Kandinsk
     )
 
 
-def _build_decoder_pipeline() -> KandinskyV22Pipeline:
+def _build_decoder_pipeline(
+    pipeline_class: type[DiffusionPipeline] = KandinskyV22Pipeline, in_channels: int = 4, addition: str = "image"
+) -> DiffusionPipeline:
+    """A decoder: 4 latent channels in for text2img, 9 for inpainting (latents, masked image, mask), and 8 with
+    an image hint for ControlNet depth."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=8,
-        addition_embed_type="image",
+        addition_embed_type=addition,
         down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
         mid_block_type="UNetMidBlock2DSimpleCrossAttn",
@@ -172,7 +181,7 @@ def _build_decoder_pipeline() -> KandinskyV22Pipeline:
         prediction_type="epsilon",
         thresholding=False,
     )
-    return KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq)
+    return pipeline_class(unet=unet, scheduler=scheduler, movq=movq)
 
 
 def _make_loadable_by_transformers_4(prior_folder: Path) -> None:
@@ -190,12 +199,17 @@ def _make_loadable_by_transformers_4(prior_folder: Path) -> None:
 
 
 def build_tiny_repos(folder: str | Path) -> TinyRepos:
-    """Build a tiny prior repo and a tiny decoder repo under ``folder`` and return their paths.
+    """Build the tiny prior and decoder repos under ``folder`` and return their paths.
 
     The weights are random but fixed (seeded), so two builds give the same models.
     """
     folder = Path(folder)
-    repos = TinyRepos(prior=folder / "tiny-kandinsky-2-2-prior", decoder=folder / "tiny-kandinsky-2-2-decoder")
+    repos = TinyRepos(
+        prior=folder / "tiny-kandinsky-2-2-prior",
+        decoder=folder / "tiny-kandinsky-2-2-decoder",
+        inpaint_decoder=folder / "tiny-kandinsky-2-2-decoder-inpaint",
+        controlnet_decoder=folder / "tiny-kandinsky-2-2-controlnet-depth",
+    )
     tokenizer_folder = repos.prior / "tokenizer"
     tokenizer_folder.mkdir(parents=True, exist_ok=True)
     vocab_size = _write_tokenizer(tokenizer_folder)
@@ -204,4 +218,10 @@ def build_tiny_repos(folder: str | Path) -> TinyRepos:
     _write_tokenizer(tokenizer_folder)
     _make_loadable_by_transformers_4(repos.prior)
     _build_decoder_pipeline().save_pretrained(repos.decoder, safe_serialization=True)
+    _build_decoder_pipeline(KandinskyV22InpaintPipeline, in_channels=9).save_pretrained(
+        repos.inpaint_decoder, safe_serialization=True
+    )
+    _build_decoder_pipeline(KandinskyV22ControlnetPipeline, in_channels=8, addition="image_hint").save_pretrained(
+        repos.controlnet_decoder, safe_serialization=True
+    )
     return repos

@@ -1,17 +1,29 @@
-"""Helpers shared by the tests: the diffusers reference a plugin image must equal."""
+"""Helpers shared by the tests: what diffusers' own pipelines return, which a plugin image must equal.
+
+Each reference loads its own copies of the models and calls diffusers the way its documentation
+does, with ``torch.Generator("cpu").manual_seed(seed)``.
+"""
 
 import numpy as np
 import torch
-from diffusers import KandinskyV22CombinedPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
+from diffusers import (
+    KandinskyV22CombinedPipeline,
+    KandinskyV22ControlnetPipeline,
+    KandinskyV22Img2ImgCombinedPipeline,
+    KandinskyV22InpaintCombinedPipeline,
+    KandinskyV22InpaintPipeline,
+    KandinskyV22Pipeline,
+    KandinskyV22PriorPipeline,
+)
+from PIL import Image
 
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 
 
-def diffusers_reference(settings: Settings, seed: int) -> np.ndarray:
-    """What diffusers' own combined pipeline returns for the same arguments and seed."""
+def _combined(combined_class: type, decoder_class: type, settings: Settings):
     prior = KandinskyV22PriorPipeline.from_pretrained(settings.prior_model_name)
-    decoder = KandinskyV22Pipeline.from_pretrained(settings.model_name)
-    combined = KandinskyV22CombinedPipeline(
+    decoder = decoder_class.from_pretrained(settings.model_name)
+    return combined_class(
         unet=decoder.unet,
         scheduler=decoder.scheduler,
         movq=decoder.movq,
@@ -22,16 +34,102 @@ def diffusers_reference(settings: Settings, seed: int) -> np.ndarray:
         prior_scheduler=prior.scheduler,
         prior_image_processor=prior.image_processor,
     )
-    image = combined(
-        prompt=settings.prompt,
+
+
+def _arguments(settings: Settings, seed: int) -> dict:
+    return {
+        "prompt": settings.prompt,
+        "negative_prompt": settings.negative_prompt or None,
+        "prior_num_inference_steps": settings.prior_num_inference_steps,
+        "prior_guidance_scale": settings.prior_guidance_scale,
+        "num_inference_steps": settings.num_inference_steps,
+        "guidance_scale": settings.guidance_scale,
+        "height": settings.height,
+        "width": settings.width,
+        "generator": torch.Generator("cpu").manual_seed(seed),
+    }
+
+
+def diffusers_reference(settings: Settings, seed: int) -> np.ndarray:
+    """text2img: diffusers' ``KandinskyV22CombinedPipeline``."""
+    combined = _combined(KandinskyV22CombinedPipeline, KandinskyV22Pipeline, settings)
+    return np.asarray(combined(**_arguments(settings, seed)).images[0])
+
+
+def img2img_reference(settings: Settings, seed: int, image: np.ndarray, *, swap_sizes: bool) -> np.ndarray:
+    """img2img: ``KandinskyV22Img2ImgCombinedPipeline`` on an image that already has the output size.
+
+    diffusers resizes the image with height and width swapped; ``swap_sizes`` asks for the swapped size,
+    which leaves the image as it is, so that the reference is free of that bug.
+    """
+    combined = _combined(KandinskyV22Img2ImgCombinedPipeline, KandinskyV22Pipeline, settings)
+    arguments = _arguments(settings, seed)
+    if swap_sizes:
+        arguments["height"], arguments["width"] = settings.width, settings.height
+    return np.asarray(combined(**arguments, image=Image.fromarray(image), strength=settings.strength).images[0])
+
+
+def inpaint_reference(settings: Settings, seed: int, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """inpaint: ``KandinskyV22InpaintCombinedPipeline``, mask white (1) where to repaint."""
+    combined = _combined(KandinskyV22InpaintCombinedPipeline, KandinskyV22InpaintPipeline, settings)
+    return np.asarray(combined(**_arguments(settings, seed), image=image, mask_image=mask).images[0])
+
+
+def controlnet_reference(settings: Settings, seed: int, depth: np.ndarray) -> np.ndarray:
+    """controlnet_depth: the prior, then ``KandinskyV22ControlnetPipeline`` with the same generator.
+
+    The hint is built as in diffusers' example: the depth map over three channels, divided by 255.
+    """
+    prior = KandinskyV22PriorPipeline.from_pretrained(settings.prior_model_name)
+    decoder = KandinskyV22ControlnetPipeline.from_pretrained(settings.model_name)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    image_embeds, negative_image_embeds = prior(
+        settings.prompt,
         negative_prompt=settings.negative_prompt or None,
-        prior_num_inference_steps=settings.prior_num_inference_steps,
-        prior_guidance_scale=settings.prior_guidance_scale,
-        num_inference_steps=settings.num_inference_steps,
-        guidance_scale=settings.guidance_scale,
+        num_inference_steps=settings.prior_num_inference_steps,
+        guidance_scale=settings.prior_guidance_scale,
+        generator=generator,
+        return_dict=False,
+    )
+    rgb = np.repeat(depth[:, :, None], 3, axis=2) if depth.ndim == 2 else depth
+    hint = torch.from_numpy(rgb).float().div(255).permute(2, 0, 1).unsqueeze(0)
+    image = decoder(
+        image_embeds=image_embeds,
+        negative_image_embeds=negative_image_embeds,
+        hint=hint,
         height=settings.height,
         width=settings.width,
-        generator=torch.Generator("cpu").manual_seed(seed),
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        generator=generator,
+        output_type="pil",
+    ).images[0]
+    return np.asarray(image)
+
+
+def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> np.ndarray:
+    """mix: ``KandinskyV22PriorPipeline.interpolate`` over the images then the prompt, then the decoder."""
+    prior = KandinskyV22PriorPipeline.from_pretrained(settings.prior_model_name)
+    decoder = KandinskyV22Pipeline.from_pretrained(settings.model_name)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    items = [Image.fromarray(image) for image in images] + ([settings.prompt] if settings.prompt else [])
+    embeddings = prior.interpolate(
+        items,
+        list(settings.mix_weight_values()),
+        num_inference_steps=settings.prior_num_inference_steps,
+        generator=generator,
+        negative_prompt=settings.negative_prompt,
+        guidance_scale=settings.prior_guidance_scale,
+    )
+    image = decoder(
+        image_embeds=embeddings.image_embeds,
+        negative_image_embeds=embeddings.negative_image_embeds,
+        height=settings.height,
+        width=settings.width,
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        generator=generator,
+        output_type="pil",
     ).images[0]
     return np.asarray(image)
 

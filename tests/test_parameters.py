@@ -21,6 +21,7 @@ BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 def test_names_and_defaults_are_those_of_the_specification():
     defaults = {name: value for name, value in Settings().to_strings().items() if name != "cuda"}
     assert defaults == {
+        "mode": "text2img",
         "model_name": "kandinsky-community/kandinsky-2-2-decoder",
         "prior_model_name": "kandinsky-community/kandinsky-2-2-prior",
         "prompt": "portrait of a young women, blue eyes, cinematic",
@@ -29,9 +30,12 @@ def test_names_and_defaults_are_those_of_the_specification():
         "prior_guidance_scale": "4.0",
         "num_inference_steps": "100",
         "guidance_scale": "1.0",
+        "strength": "0.3",
         "height": "768",
         "width": "768",
         "seed": "-1",
+        "mix_images": "2",
+        "mix_weights": "",
     }
     assert list(BY_NAME) == [*defaults, "cuda"]
 
@@ -128,7 +132,7 @@ def test_every_refused_value_is_reported_at_once():
         Settings.from_strings({"height": "65", "cuda": "2", "steps": "3"})
     lines = str(refused.value).splitlines()
     assert [line.split(":")[0] for line in lines] == ["steps", "height", "cuda"]
-    assert lines[0].startswith("steps: unknown parameter; known parameters: model_name, prior_model_name")
+    assert lines[0].startswith("steps: unknown parameter; known parameters: mode, model_name, prior_model_name")
 
 
 def test_values_given_from_python_are_checked_too():

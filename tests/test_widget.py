@@ -5,13 +5,20 @@ import os
 import pytest
 import torch
 
-from infer_kandinsky_2_2.kandinsky22_engine.parameters import KNOWN_DECODERS, KNOWN_PRIORS, PARAMETERS, Settings
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
+    KNOWN_DECODERS,
+    KNOWN_PRIORS,
+    MODES,
+    PARAMETERS,
+    Settings,
+)
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 QtWidgets = pytest.importorskip("PyQt6.QtWidgets")
 QValidator = pytest.importorskip("PyQt6.QtGui").QValidator
 
 NON_DEFAULT = {
+    "mode": "mix",
     "model_name": "/models/my-decoder",
     "prior_model_name": "kandinsky-community/kandinsky-2-2-prior",
     "prompt": "a red cat\non a blue chair",
@@ -20,9 +27,12 @@ NON_DEFAULT = {
     "prior_guidance_scale": "7.5",
     "num_inference_steps": "1000",
     "guidance_scale": "20.0",
+    "strength": "0.75",
     "height": "2048",
     "width": "64",
     "seed": "123456789012345678",
+    "mix_images": "3",
+    "mix_weights": "0.2, 0.3, 0.1 0.4",
     "cuda": "False",
 }
 
@@ -109,6 +119,10 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     widgets["prior_guidance_scale"].setValue(7.5)
     widgets["num_inference_steps"].setValue(30)
     widgets["guidance_scale"].setValue(4.0)
+    widgets["mode"].setCurrentText("img2img")
+    widgets["strength"].setValue(0.55)
+    widgets["mix_images"].setValue(5)
+    widgets["mix_weights"].setText("1 2 3 4 5 6")
     widgets["height"].setValue(512)
     widgets["width"].setValue(1024)
     inner(widget, "seed", QtWidgets.QCheckBox).setChecked(False)
@@ -118,6 +132,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     widget.emit_apply = lambda applied: emitted.append(dict(applied.get_values()))
     widget.on_apply()
     expected = {
+        "mode": "img2img",
         "model_name": "/models/my-decoder",
         "prior_model_name": "someone/prior",
         "prompt": "a red cat\non a blue chair",
@@ -126,9 +141,12 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "prior_guidance_scale": "7.5",
         "num_inference_steps": "30",
         "guidance_scale": "4.0",
+        "strength": "0.55",
         "height": "512",
         "width": "1024",
         "seed": "42",
+        "mix_images": "5",
+        "mix_weights": "1 2 3 4 5 6",
         "cuda": str(widgets["cuda"].isChecked()),
     }
     assert emitted == [expected]
@@ -153,6 +171,13 @@ def test_values_outside_the_accepted_range_cannot_be_entered(plugin):
     seed = inner(widget, "seed", QtWidgets.QLineEdit)
     for text in ("-5", "abc", "1.5", "1234567890123456789"):
         assert seed.validator().validate(text, len(text))[0] == QValidator.State.Invalid, text
+    weights = widget.controls["mix_weights"].widget
+    for text in ("__import__('os')", "-1", "0.5 x"):
+        assert weights.validator().validate(text, len(text))[0] == QValidator.State.Invalid, text
+    assert weights.validator().validate("0.5, 0.25 2.5e1", 3)[0] == QValidator.State.Acceptable
+    mode = widget.controls["mode"].widget
+    assert [mode.itemText(index) for index in range(mode.count())] == list(MODES)
+    assert not mode.isEditable()
 
 
 def test_a_refused_value_set_from_python_is_shown_as_the_nearest_accepted_one(plugin):
@@ -192,3 +217,31 @@ def test_reuse_last_seed_takes_the_seed_of_the_last_run(plugin, tiny_strings):
     reuse.click()
     assert widget.control_values()["seed"] == str(task.get_output(1).data["seed"])
     assert not inner(widget, "seed", QtWidgets.QCheckBox).isChecked()
+
+
+@pytest.mark.parametrize(
+    ("mode", "only_there", "inputs"),
+    [
+        ("text2img", set(), "none: the prompt is enough"),
+        ("img2img", {"strength"}, "0: image"),
+        ("inpaint", set(), "0: image, 1: mask drawing, 2: mask"),
+        ("controlnet_depth", set(), "0: depth map"),
+        ("mix", {"mix_images", "mix_weights"}, "0: image 1, 1: image 2"),
+    ],
+)
+def test_the_mode_selector_shows_only_the_controls_and_inputs_of_the_mode(plugin, mode, only_there, inputs):
+    _, widget = open_widget(plugin)
+    widget.controls["mode"].widget.setCurrentText(mode)
+    mode_specific = {"strength", "mix_images", "mix_weights"}
+    shown = {name for name, control in widget.controls.items() if not control.widget.isHidden()}
+    assert shown == set(widget.controls) - mode_specific | only_there
+    assert all(widget.label_of(name).isHidden() == (name not in shown) for name in widget.controls)
+    assert widget.groups["Mix"].isHidden() == (mode != "mix")
+    assert widget.inputs_label.text() == inputs
+
+
+def test_the_listed_mix_inputs_follow_mix_images(plugin):
+    _, widget = open_widget(plugin, {"mode": "mix", "mix_images": "3"})
+    assert widget.inputs_label.text() == "0: image 1, 1: image 2, 2: image 3"
+    widget.controls["mix_images"].widget.setValue(4)
+    assert widget.inputs_label.text().endswith("3: image 4")

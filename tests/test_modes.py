@@ -1,0 +1,281 @@
+"""img2img, inpaint, controlnet_depth and mix through the Ikomia API, against diffusers' own pipelines."""
+
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import (
+    controlnet_reference,
+    img2img_reference,
+    inpaint_reference,
+    max_difference,
+    mix_reference,
+)
+from infer_kandinsky_2_2.kandinsky22_engine.generation import decoder_model_name, progress_steps
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+
+dataprocess = pytest.importorskip("ikomia.dataprocess")
+core = pytest.importorskip("ikomia.core")
+Workflow = pytest.importorskip("ikomia.dataprocess.workflow").Workflow
+
+HEIGHT, WIDTH = 64, 128
+
+
+class ImageSource(dataprocess.CWorkflowTask):
+    """A task that outputs a fixed image: what a depth, segmentation or loader task gives in a real workflow."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        dataprocess.CWorkflowTask.__init__(self, "image_source")
+        self.add_output(dataprocess.CImageIO())
+        self.image = image
+
+    def run(self) -> None:
+        self.begin_task_run()
+        self.get_output(0).set_image(self.image)
+        self.end_task_run()
+
+
+def random_image(seed: int, shape: tuple[int, ...] = (HEIGHT, WIDTH, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def left_half_mask() -> np.ndarray:
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[:, : WIDTH // 2] = 255
+    return mask
+
+
+@pytest.fixture
+def strings(tiny_strings, tiny_repos) -> dict[str, dict[str, str]]:
+    """Parameters of a quick non-square run in each mode, with the mode's tiny decoder."""
+    base = {**tiny_strings, "cuda": "False", "guidance_scale": "2.0"}
+    return {
+        "img2img": {**base, "mode": "img2img", "strength": "0.5"},
+        "inpaint": {**base, "mode": "inpaint", "model_name": str(tiny_repos.inpaint_decoder)},
+        "controlnet_depth": {**base, "mode": "controlnet_depth", "model_name": str(tiny_repos.controlnet_decoder)},
+        "mix": {**base, "mode": "mix", "mix_weights": "0.2, 0.3 0.5"},
+    }
+
+
+def workflow_with(parameters: dict[str, str], sources: dict[int, np.ndarray]):
+    """A workflow where image sources feed the task's inputs by index."""
+    workflow = Workflow()
+    task = workflow.add_task(name="infer_kandinsky_2_2", public_hub=False)
+    task.set_parameters(parameters)
+    for index, image in sources.items():
+        source = ImageSource(image)
+        workflow.add_task(source)
+        workflow.connect_tasks(source, task, [(0, index)])
+    return workflow, task
+
+
+def run(parameters: dict[str, str], sources: dict[int, np.ndarray]) -> tuple[np.ndarray, dict]:
+    workflow, task = workflow_with(parameters, sources)
+    workflow.run()
+    return task.get_output(0).get_image(), task.get_output(1).data
+
+
+@pytest.mark.parametrize(
+    ("mode", "names"),
+    [
+        ("text2img", []),
+        ("img2img", ["image"]),
+        ("inpaint", ["image", "mask drawing", "mask"]),
+        ("controlnet_depth", ["depth map"]),
+        ("mix", ["image 1", "image 2"]),
+    ],
+)
+def test_each_mode_offers_its_own_inputs(mode, names):
+    workflow = Workflow()
+    task = workflow.add_task(name="infer_kandinsky_2_2", public_hub=False)
+    task.set_parameters({"mode": mode})
+    assert [task.get_input(index).name for index in range(task.get_input_count())] == names
+    if mode == "inpaint":
+        assert task.get_input(1).data_type == core.IODataType.INPUT_GRAPHICS
+    task.set_parameters({"mode": "mix", "mix_images": "4"})
+    assert task.get_input_count() == 4
+
+
+def test_img2img_equals_diffusers_and_keeps_a_non_square_image_upright(strings):
+    init = random_image(1)
+    image, metadata = run(strings["img2img"], {0: init})
+    settings = Settings.from_strings(strings["img2img"])
+    assert image.shape == (HEIGHT, WIDTH, 3)
+    assert max_difference(image, img2img_reference(settings, settings.seed, init, swap_sizes=True)) <= 1
+    assert metadata["inputs"] == {"image": "128x64, used as it is"}
+
+
+def test_diffusers_img2img_alone_transposes_a_non_square_image(strings):
+    settings = Settings.from_strings(strings["img2img"])
+    plain = img2img_reference(settings, settings.seed, random_image(1), swap_sizes=False)
+    assert plain.shape == (WIDTH, HEIGHT, 3), "diffusers fixed its img2img resize: the guard can go"
+
+
+def test_img2img_of_another_size_is_scaled_and_centre_cut_never_stretched(strings):
+    wide = np.zeros((40, 200, 3), np.uint8)
+    wide[:, 100:] = 255
+    image, metadata = run(strings["img2img"], {0: wide})
+    assert image.shape == (HEIGHT, WIDTH, 3)
+    assert metadata["inputs"]["image"] == "200x40 scaled to 320x64, centre cut, 192 x 0 pixels left out"
+
+
+def test_img2img_runs_int_steps_times_strength_decoder_steps(strings):
+    workflow, task = workflow_with(strings["img2img"], {0: random_image(1)})
+    steps = []
+    task.emit_step_progress = lambda: steps.append(1)
+    workflow.run()
+    assert len(steps) == task.get_progress_steps() == 3 + 2
+
+
+@pytest.mark.parametrize("mask_kind", ["mask image", "drawn rectangle"])
+def test_inpaint_equals_diffusers_with_the_mask_upright_on_a_non_square_image(strings, mask_kind):
+    init = random_image(2)
+    expected_mask = np.zeros((HEIGHT, WIDTH), np.float32)
+    if mask_kind == "mask image":
+        expected_mask[:, : WIDTH // 2] = 1
+        workflow, task = workflow_with(strings["inpaint"], {0: init, 2: left_half_mask()})
+    else:
+        expected_mask[8:24, 16:56] = 1
+        workflow, task = workflow_with(strings["inpaint"], {0: init})
+        task.get_input(1).set_items([core.CGraphicsRectangle(16, 8, 39, 15)])
+    workflow.run()
+    settings = Settings.from_strings(strings["inpaint"])
+    reference = inpaint_reference(settings, settings.seed, init, expected_mask)
+    assert max_difference(task.get_output(0).get_image(), reference) <= 1
+    transposed = inpaint_reference(settings, settings.seed, init, np.ascontiguousarray(expected_mask[::-1, ::-1]))
+    assert max_difference(task.get_output(0).get_image(), transposed) > 1, "the mask must matter"
+
+
+def test_inpaint_never_reuses_the_mask_of_an_earlier_run(strings):
+    workflow, task = workflow_with(strings["inpaint"], {0: random_image(2)})
+    task.get_input(1).set_items([core.CGraphicsRectangle(16, 8, 39, 15)])
+    workflow.run()
+    task.get_input(1).set_items([])
+    with pytest.raises(RuntimeError, match=re.escape("inpaint needs a mask, white where to repaint")):
+        workflow.run()
+
+
+@pytest.mark.parametrize(
+    ("mode", "sources", "message"),
+    [
+        ("img2img", {}, "img2img input 'image': no image was given."),
+        ("inpaint", {2: left_half_mask()}, "inpaint input 'image': no image was given."),
+        (
+            "inpaint",
+            {0: random_image(2)},
+            "inpaint needs a mask, white where to repaint: draw it over the image (input 'mask drawing') "
+            "or give a mask image (input 'mask').",
+        ),
+        (
+            "inpaint",
+            {0: random_image(2), 2: np.zeros((HEIGHT, HEIGHT), np.uint8)},
+            "inpaint input 'mask': the mask is 64x64 but the image is 128x64; accepted: a mask of the image's size.",
+        ),
+        ("controlnet_depth", {}, "controlnet_depth input 'depth map': no image was given."),
+        ("mix", {0: random_image(3)}, "mix input 'image 2': no image was given."),
+    ],
+)
+def test_a_missing_or_unusable_input_is_named_and_the_task_stays_usable(strings, mode, sources, message):
+    parameters = strings[mode]
+    workflow, task = workflow_with(parameters, sources)
+    if not sources:
+        workflow.connect_tasks(workflow.root(), task, [(0, 0)])
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        workflow.run()
+    image, _ = run(strings["img2img"], {0: random_image(1)})
+    assert image.shape == (HEIGHT, WIDTH, 3)
+
+
+@pytest.mark.parametrize("depth_kind", ["grayscale", "gray-in-rgb"])
+def test_controlnet_depth_equals_diffusers(strings, depth_kind):
+    depth = random_image(4, (HEIGHT, WIDTH))
+    if depth_kind == "gray-in-rgb":
+        depth = np.repeat(depth[:, :, None], 3, axis=2)
+    image, metadata = run(strings["controlnet_depth"], {0: depth})
+    settings = Settings.from_strings(strings["controlnet_depth"])
+    assert image.shape == (HEIGHT, WIDTH, 3)
+    assert max_difference(image, controlnet_reference(settings, settings.seed, depth)) <= 1
+    assert metadata["inputs"] == {"depth map": "128x64, used as it is"}
+
+
+@pytest.mark.parametrize("negative_prompt", ["", "blurry"])
+def test_mix_equals_diffusers_interpolate_then_decoder(strings, negative_prompt):
+    parameters = {**strings["mix"], "negative_prompt": negative_prompt}
+    images = [random_image(5), random_image(6, (32, 32, 3))]
+    workflow, task = workflow_with(parameters, dict(enumerate(images)))
+    steps = []
+    task.emit_step_progress = lambda: steps.append(1)
+    workflow.run()
+    settings = Settings.from_strings(parameters)
+    assert len(steps) == task.get_progress_steps() == 3 * 2 + 4
+    reference = mix_reference(settings, settings.seed, images)
+    assert max_difference(task.get_output(0).get_image(), reference) <= 1
+
+
+def test_mix_weights_are_counted_against_the_items(strings):
+    workflow, _ = workflow_with({**strings["mix"], "mix_weights": "0.5, 0.5"}, {0: random_image(5), 1: random_image(6)})
+    message = (
+        "mix_weights: received '0.5, 0.5'; accepted: 3 numbers, 0 or more and not all 0 "
+        "(one per image, then one for the prompt if it is set)."
+    )
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        workflow.run()
+
+
+@pytest.mark.parametrize("mode", ["controlnet_depth", "mix", "img2img", "inpaint"])
+def test_stop_works_in_every_mode(strings, mode):
+    sources = {
+        "controlnet_depth": {0: random_image(4, (HEIGHT, WIDTH))},
+        "mix": {0: random_image(5), 1: random_image(6)},
+        "img2img": {0: random_image(1)},
+        "inpaint": {0: random_image(2), 2: left_half_mask()},
+    }[mode]
+    workflow, task = workflow_with(strings[mode], sources)
+    steps = []
+
+    def step_then_stop() -> None:
+        steps.append(1)
+        if len(steps) == task.get_progress_steps() - 1:
+            task.stop()
+
+    task.emit_step_progress = step_then_stop
+    last_step = "1 of 2" if mode == "img2img" else "3 of 4"
+    stopped = f"Generation stopped by the user after step {last_step} of the decoder."
+    with pytest.raises(RuntimeError, match=re.escape(stopped)):
+        workflow.run()
+    task.emit_step_progress = lambda: None
+    workflow.run()
+    assert task.get_output(0).get_image().shape == (HEIGHT, WIDTH, 3)
+
+
+def test_every_mode_shares_one_prior_and_img2img_and_mix_share_the_text2img_decoder(strings, tiny_strings):
+    workflow, task = workflow_with({**tiny_strings, "cuda": "False"}, {})
+    workflow.run()
+    cache = sys.modules[type(task).__module__].MODEL_CACHE
+    before = dict(cache.load_counts)
+    run(strings["img2img"], {0: random_image(1)})
+    run(strings["mix"], {0: random_image(5), 1: random_image(6)})
+    assert cache.load_counts == before
+    run(strings["inpaint"], {0: random_image(2), 2: left_half_mask()})
+    run(strings["controlnet_depth"], {0: random_image(4, (HEIGHT, WIDTH))})
+    run(strings["inpaint"], {0: random_image(2), 2: left_half_mask()})
+    assert cache.load_counts["prior"] == before["prior"]
+    assert cache.load_counts["decoder"] == before["decoder"]
+    assert set(cache.loaded_keys()) == {"prior", "decoder", "inpaint_decoder", "controlnet_decoder"}
+
+
+def test_each_mode_uses_its_own_default_repo_unless_model_name_is_set():
+    names = {mode: decoder_model_name(Settings(mode=mode)) for mode in ("text2img", "img2img", "mix")}
+    assert set(names.values()) == {"kandinsky-community/kandinsky-2-2-decoder"}
+    assert decoder_model_name(Settings(mode="inpaint")) == "kandinsky-community/kandinsky-2-2-decoder-inpaint"
+    controlnet = decoder_model_name(Settings(mode="controlnet_depth"))
+    assert controlnet == "kandinsky-community/kandinsky-2-2-controlnet-depth"
+    assert decoder_model_name(Settings(mode="inpaint", model_name="/my/inpaint")) == "/my/inpaint"
+
+
+def test_progress_steps_count_every_prior_run_of_mix():
+    assert progress_steps(Settings(mode="mix", prompt="a cat")) == 25 * 2 + 100
+    assert progress_steps(Settings(mode="mix", prompt="")) == 25 + 100
+    assert progress_steps(Settings(mode="img2img", strength=0.3)) == 25 + 30
