@@ -179,14 +179,16 @@ class InferKandinsky22Factory(dataprocess.CTaskFactory):
         info = self.info
         info.name = "infer_kandinsky_2_2"
         info.short_description = (
-            "Kandinsky 2.2 text-to-image generation, reproducible and with models loaded once per process."
+            "Kandinsky 2.2 text-to-image, image-to-image, inpainting, ControlNet depth and image mixing in one task."
         )
         info.description = (
             "Kandinsky 2.2 turns a prompt into an image in two stages: a prior (CLIP text encoder and prior "
             "transformer) predicts a CLIP image embedding, and a decoder (UNet and MoVQ) paints the image from it. "
-            "The task runs both stages through Hugging Face diffusers, keeps the models loaded and shared by every "
-            "task of the process, gives the same pixels for the same seed as diffusers' own pipeline, shows "
-            "progress per denoising step and can be stopped."
+            "This task runs every Kandinsky 2.2 mode through Hugging Face diffusers: text2img, img2img, inpaint "
+            "(mask drawn in Studio or given as an image), controlnet_depth (from any depth task) and mix (images "
+            "and the prompt blended with weights). One prior serves every mode; models load once per process and "
+            "are shared by every task; the same seed gives the same pixels as diffusers' own pipelines; progress "
+            "shows per denoising step and Stop ends a run after the current step."
         )
         info.path = "Plugins/Python/Diffusion"
         info.version = VERSION
@@ -203,7 +205,10 @@ class InferKandinsky22Factory(dataprocess.CTaskFactory):
         info.documentation_link = "https://huggingface.co/docs/diffusers/api/pipelines/kandinsky_v22"
         info.repository = "https://github.com/Ikomia-hub/infer_kandinsky_2_2"
         info.original_repository = "https://github.com/ai-forever/Kandinsky-2"
-        info.keywords = "Kandinsky,Kandinsky 2.2,diffusion,latent diffusion,text-to-image,generative,diffusers"
+        info.keywords = (
+            "Kandinsky,Kandinsky 2.2,diffusion,latent diffusion,text-to-image,image-to-image,inpainting,"
+            "ControlNet,depth,image mixing,generative,diffusers"
+        )
         info.algo_type = core.AlgoType.INFER
         info.algo_tasks = "IMAGE_GENERATION"
         info.min_ikomia_version = "0.16.0"

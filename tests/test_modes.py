@@ -279,3 +279,25 @@ def test_progress_steps_count_every_prior_run_of_mix():
     assert progress_steps(Settings(mode="mix", prompt="a cat")) == 25 * 2 + 100
     assert progress_steps(Settings(mode="mix", prompt="")) == 25 + 100
     assert progress_steps(Settings(mode="img2img", strength=0.3)) == 25 + 30
+
+
+def test_the_readme_workflows_feed_inputs_from_the_workflow_input_and_from_python(strings):
+    """As the README shows: the workflow's own input feeds input 0; set_image feeds an unconnected input."""
+    workflow = Workflow()
+    task = workflow.add_task(name="infer_kandinsky_2_2", public_hub=False)
+    task.set_parameters(strings["img2img"])
+    workflow.connect_tasks(workflow.root(), task, [(0, 0)])
+    workflow.run_on(array=random_image(1))
+    settings = Settings.from_strings(strings["img2img"])
+    reference = img2img_reference(settings, settings.seed, random_image(1), swap_sizes=True)
+    assert max_difference(task.get_output(0).get_image(), reference) <= 1
+
+    workflow = Workflow()
+    task = workflow.add_task(name="infer_kandinsky_2_2", public_hub=False)
+    task.set_parameters(strings["mix"])
+    workflow.connect_tasks(workflow.root(), task, [(0, 0)])
+    task.get_input(1).set_image(random_image(6))
+    workflow.run_on(array=random_image(5))
+    settings = Settings.from_strings(strings["mix"])
+    reference = mix_reference(settings, settings.seed, [random_image(5), random_image(6)])
+    assert max_difference(task.get_output(0).get_image(), reference) <= 1
