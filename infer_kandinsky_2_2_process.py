@@ -80,8 +80,7 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         self._stop_requested = threading.Event()
         self._input_names: tuple[str, ...] = ()
         self._update_inputs()
-        update = weakref.WeakMethod(self._update_inputs)
-        parameters.values_changed = lambda: update()()
+        parameters.values_changed = _call_while_alive(weakref.WeakMethod(self._update_inputs))
 
     def _update_inputs(self) -> None:
         """Offer the inputs of the current mode; values that do not parse leave the inputs as they are."""
@@ -159,6 +158,17 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         self.get_output(1).data = result.metadata
         self.get_param_object().last_seed = result.metadata["seed"]
         self.end_task_run()
+
+
+def _call_while_alive(method: weakref.WeakMethod) -> Callable[[], None]:
+    """Call a task's method while the task exists: its parameters must not keep it alive."""
+
+    def call() -> None:
+        bound = method()
+        if bound is not None:
+            bound()
+
+    return call
 
 
 def rasterize(graphics: dataprocess.CGraphicsInput, rows: int, columns: int) -> np.ndarray:
