@@ -84,7 +84,7 @@ def test_task_instances_share_models_and_reload_only_what_changed(run_parameters
     assert np.array_equal(second.get_output(0).get_image(), first.get_output(0).get_image())
     second.set_parameters({"model_name": str(other_decoder)})
     second_workflow.run()
-    assert cache.load_counts == {"prior": loads["prior"], "decoder": loads["decoder"] + 1}
+    assert cache.load_counts == {**loads, "decoder": loads["decoder"] + 1}
 
 
 def test_init_long_process_preloads_the_models(run_parameters, other_decoder):
