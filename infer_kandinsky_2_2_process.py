@@ -79,27 +79,37 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         self.set_param_object(parameters)
         self._stop_requested = threading.Event()
         self._input_names: tuple[str, ...] = ()
-        self._update_inputs()
-        parameters.values_changed = _call_while_alive(weakref.WeakMethod(self._update_inputs))
+        self._update_io()
+        parameters.values_changed = _call_while_alive(weakref.WeakMethod(self._update_io))
 
-    def _update_inputs(self) -> None:
-        """Offer the inputs of the current mode; values that do not parse leave the inputs as they are."""
+    def _update_io(self) -> None:
+        """Offer the inputs of the current mode and one image output per picture.
+
+        Values that do not parse leave the inputs and outputs as they are; the run reports them.
+        """
         values = self.get_param_object().values
         try:
-            names = input_names(
-                PARAMETER["mode"].parse(values["mode"]), PARAMETER["mix_images"].parse(values["mix_images"])
-            )
+            mode = PARAMETER["mode"].parse(values["mode"])
+            names = input_names(mode, PARAMETER["mix_images"].parse(values["mix_images"]))
+            pictures = PARAMETER["num_images"].parse(values["num_images"])
         except SettingsError:
             return
-        if names == self._input_names:
-            return
-        self.clear_inputs()
-        for name in names:
-            if name == DRAWING_INPUT:
-                self.add_input(dataprocess.CGraphicsInput(name))
-            else:
-                self.add_input(dataprocess.CImageIO(core.IODataType.IMAGE, name))
-        self._input_names = names
+        if names != self._input_names:
+            self.clear_inputs()
+            for name in names:
+                if name == DRAWING_INPUT:
+                    self.add_input(dataprocess.CGraphicsInput(name))
+                else:
+                    self.add_input(dataprocess.CImageIO(core.IODataType.IMAGE, name))
+            self._input_names = names
+        # Output 0: picture 1; output 1: the metadata; outputs 2 and on: pictures 2 and on.
+        while self.get_output_count() > max(pictures + 1, 2):
+            self.remove_output(self.get_output_count() - 1)
+        while self.get_output_count() < pictures + 1:
+            self.add_output(dataprocess.CImageIO())
+
+    def _picture_outputs(self) -> list:
+        return [self.get_output(0), *(self.get_output(index) for index in range(2, self.get_output_count()))]
 
     def _read_inputs(self, settings: Settings) -> Inputs:
         """The arrays of the inputs, read afresh at every run (a mask from an earlier run is never reused)."""
@@ -141,8 +151,8 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
 
     def run(self) -> None:
         self._stop_requested.clear()
-        self.get_output(0).clear_data()
-        self.get_output(1).clear_data()
+        for output in self.get_outputs():
+            output.clear_data()
         settings = self.get_param_object().settings()
         # Checked before Ikomia's own check of the inputs, whose message does not say which input is empty.
         prepared = prepare_inputs(settings, self._read_inputs(settings))
@@ -154,7 +164,8 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
             on_step=self.emit_step_progress,
             should_stop=self._stop_requested.is_set,
         )
-        self.get_output(0).set_image(result.image)
+        for output, image in zip(self._picture_outputs(), result.images, strict=True):
+            output.set_image(image)
         self.get_output(1).data = result.metadata
         self.get_param_object().last_seed = result.metadata["seed"]
         self.end_task_run()

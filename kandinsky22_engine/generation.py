@@ -109,9 +109,9 @@ def input_names(mode: str, mix_images: int) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Generation:
-    """One generated image (height x width x 3, RGB uint8) and what produced it."""
+    """The generated pictures (each height x width x 3, RGB uint8) and what produced them."""
 
-    image: np.ndarray
+    images: tuple[np.ndarray, ...]
     metadata: dict
 
 
@@ -256,6 +256,7 @@ def generate(
             image_embeds, negative_image_embeds = pipelines.prior(
                 prompt=settings.prompt,
                 negative_prompt=settings.negative_prompt or None,
+                num_images_per_prompt=settings.num_images,
                 num_inference_steps=settings.prior_num_inference_steps,
                 guidance_scale=settings.prior_guidance_scale,
                 generator=generator,
@@ -266,12 +267,13 @@ def generate(
         _synchronize(runtime)
         prior_done = time.perf_counter()
         decoder_callback = _step_callback("decoder", decoder_steps(settings), on_step, should_stop)
-        image = _decode(
+        images = _decode(
             pipelines.decoder, settings, prepared, (image_embeds, negative_image_embeds), generator, decoder_callback
         )
         decoded = time.perf_counter()
     metadata = {
         "mode": settings.mode,
+        "num_images": settings.num_images,
         "seed": seed,
         "random_seed": settings.seed == RANDOM_SEED,
         "device": runtime.device,
@@ -289,7 +291,7 @@ def generate(
         "diffusers": diffusers.__version__,
         "torch": torch.__version__,
     }
-    return Generation(image=to_uint8(image), metadata=metadata)
+    return Generation(images=tuple(to_uint8(image) for image in images), metadata=metadata)
 
 
 def _mix_embeddings(
@@ -307,6 +309,7 @@ def _mix_embeddings(
     """
     items: list[Image.Image | str] = [*images, *([settings.prompt] if settings.prompt else [])]
     prior_arguments = {
+        "num_images_per_prompt": settings.num_images,
         "num_inference_steps": settings.prior_num_inference_steps,
         "guidance_scale": settings.prior_guidance_scale,
         "generator": generator,
@@ -319,7 +322,7 @@ def _mix_embeddings(
         else:
             pixels = prior.image_processor(item, return_tensors="pt").pixel_values[0].unsqueeze(0)
             pixels = pixels.to(dtype=prior.image_encoder.dtype, device=prior.device)
-            embedding = prior.image_encoder(pixels)["image_embeds"].unsqueeze(0)
+            embedding = prior.image_encoder(pixels)["image_embeds"].repeat(settings.num_images, 1).unsqueeze(0)
         weighted.append(embedding * weight)
     negative = prior(settings.negative_prompt, **prior_arguments)
     negative_embeds = negative.negative_image_embeds if settings.negative_prompt == "" else negative.image_embeds
@@ -334,8 +337,13 @@ def _decode(
     generator: torch.Generator,
     callback: Callable[..., dict],
 ) -> np.ndarray:
-    """Run the mode's decoder on the (image, negative) embeddings and return its float RGB image in [0, 1]."""
+    """Run the mode's decoder on the (image, negative) embeddings; return its float RGB images in [0, 1].
+
+    The prior made one embedding per picture; the input image, mask or hint is repeated to match, as
+    diffusers' combined pipelines repeat theirs.
+    """
     image_embeds, negative_image_embeds = embeds
+    count = settings.num_images
     # With guidance at 1, diffusers' decoders do not cast the embeddings (nor the hint) to the UNet's dtype.
     unet_dtype = decoder.unet.dtype
     arguments = {
@@ -352,16 +360,16 @@ def _decode(
         # diffusers' ControlNet pipelines take only the legacy per-step callback.
         return decoder(
             **arguments,
-            hint=prepared.hint,
+            hint=prepared.hint.repeat(count, 1, 1, 1),
             callback=lambda step, timestep, latents: callback(decoder, step, timestep, {}),
             callback_steps=1,
-        ).images[0]
+        ).images
     if settings.mode == "img2img":
         decoder = _img2img_pipeline(decoder)
-        arguments.update(image=Image.fromarray(prepared.image), strength=settings.strength)
+        arguments.update(image=[Image.fromarray(prepared.image)] * count, strength=settings.strength)
     elif settings.mode == "inpaint":
-        arguments.update(image=prepared.image, mask_image=prepared.mask)
-    return decoder(**arguments, callback_on_step_end=callback).images[0]
+        arguments.update(image=[prepared.image] * count, mask_image=[prepared.mask] * count)
+    return decoder(**arguments, callback_on_step_end=callback).images
 
 
 def _img2img_pipeline(decoder: KandinskyV22Pipeline) -> KandinskyV22Img2ImgPipeline:

@@ -21,6 +21,7 @@ DEFAULT_CONTROLNET_DECODER = "kandinsky-community/kandinsky-2-2-controlnet-depth
 KNOWN_DECODERS = (DEFAULT_DECODER, DEFAULT_INPAINT_DECODER, DEFAULT_CONTROLNET_DECODER)
 MODES = ("text2img", "img2img", "inpaint", "controlnet_depth", "mix")
 MAX_MIX_IMAGES = 8
+MAX_IMAGES = 16
 KNOWN_PRIORS = (DEFAULT_PRIOR,)
 RANDOM_SEED = -1
 MAX_RANDOM_SEED = 191965535
@@ -261,6 +262,17 @@ class Settings:
         maximum=MAX_SIDE,
         multiple_of=SIDE_STEP,
         step=SIDE_STEP,
+    )
+    num_images: int = _setting(
+        1,
+        label="Images",
+        group="Output",
+        help=(
+            f"How many pictures one run makes, as one batch (faster per picture than separate runs), from 1 to "
+            f"{MAX_IMAGES}. Picture 1 is output 0; pictures 2 and on are outputs 2 and on (output 1 is the metadata)."
+        ),
+        minimum=1,
+        maximum=MAX_IMAGES,
     )
     seed: int = _setting(
         RANDOM_SEED,

@@ -1,7 +1,7 @@
 """Helpers shared by the tests: what diffusers' own pipelines return, which a plugin image must equal.
 
 Each reference loads its own copies of the models and calls diffusers the way its documentation
-does, with ``torch.Generator("cpu").manual_seed(seed)``.
+does, with ``torch.Generator("cpu").manual_seed(seed)``, and returns the list of pictures.
 """
 
 import numpy as np
@@ -46,14 +46,19 @@ def _arguments(settings: Settings, seed: int) -> dict:
         "guidance_scale": settings.guidance_scale,
         "height": settings.height,
         "width": settings.width,
+        "num_images_per_prompt": settings.num_images,
         "generator": torch.Generator("cpu").manual_seed(seed),
     }
+
+
+def _pictures(images: list) -> list[np.ndarray]:
+    return [np.asarray(image) for image in images]
 
 
 def diffusers_reference(settings: Settings, seed: int) -> np.ndarray:
     """text2img: diffusers' ``KandinskyV22CombinedPipeline``."""
     combined = _combined(KandinskyV22CombinedPipeline, KandinskyV22Pipeline, settings)
-    return np.asarray(combined(**_arguments(settings, seed)).images[0])
+    return _pictures(combined(**_arguments(settings, seed)).images)
 
 
 def img2img_reference(settings: Settings, seed: int, image: np.ndarray, *, swap_sizes: bool) -> np.ndarray:
@@ -66,13 +71,17 @@ def img2img_reference(settings: Settings, seed: int, image: np.ndarray, *, swap_
     arguments = _arguments(settings, seed)
     if swap_sizes:
         arguments["height"], arguments["width"] = settings.width, settings.height
-    return np.asarray(combined(**arguments, image=Image.fromarray(image), strength=settings.strength).images[0])
+    return _pictures(combined(**arguments, image=Image.fromarray(image), strength=settings.strength).images)
 
 
 def inpaint_reference(settings: Settings, seed: int, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """inpaint: ``KandinskyV22InpaintCombinedPipeline``, mask white (1) where to repaint."""
+    """inpaint: ``KandinskyV22InpaintCombinedPipeline``, mask white (1) where to repaint.
+
+    Arrays go in as lists of one per picture: the combined pipeline repeats only PIL images.
+    """
     combined = _combined(KandinskyV22InpaintCombinedPipeline, KandinskyV22InpaintPipeline, settings)
-    return np.asarray(combined(**_arguments(settings, seed), image=image, mask_image=mask).images[0])
+    count = settings.num_images
+    return _pictures(combined(**_arguments(settings, seed), image=[image] * count, mask_image=[mask] * count).images)
 
 
 def controlnet_reference(settings: Settings, seed: int, depth: np.ndarray) -> np.ndarray:
@@ -86,14 +95,15 @@ def controlnet_reference(settings: Settings, seed: int, depth: np.ndarray) -> np
     image_embeds, negative_image_embeds = prior(
         settings.prompt,
         negative_prompt=settings.negative_prompt or None,
+        num_images_per_prompt=settings.num_images,
         num_inference_steps=settings.prior_num_inference_steps,
         guidance_scale=settings.prior_guidance_scale,
         generator=generator,
         return_dict=False,
     )
     rgb = np.repeat(depth[:, :, None], 3, axis=2) if depth.ndim == 2 else depth
-    hint = torch.from_numpy(rgb).float().div(255).permute(2, 0, 1).unsqueeze(0)
-    image = decoder(
+    hint = torch.from_numpy(rgb).float().div(255).permute(2, 0, 1).unsqueeze(0).repeat(settings.num_images, 1, 1, 1)
+    images = decoder(
         image_embeds=image_embeds,
         negative_image_embeds=negative_image_embeds,
         hint=hint,
@@ -103,8 +113,8 @@ def controlnet_reference(settings: Settings, seed: int, depth: np.ndarray) -> np
         guidance_scale=settings.guidance_scale,
         generator=generator,
         output_type="pil",
-    ).images[0]
-    return np.asarray(image)
+    ).images
+    return _pictures(images)
 
 
 def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> np.ndarray:
@@ -116,12 +126,13 @@ def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> np
     embeddings = prior.interpolate(
         items,
         list(settings.mix_weight_values()),
+        num_images_per_prompt=settings.num_images,
         num_inference_steps=settings.prior_num_inference_steps,
         generator=generator,
         negative_prompt=settings.negative_prompt,
         guidance_scale=settings.prior_guidance_scale,
     )
-    image = decoder(
+    images = decoder(
         image_embeds=embeddings.image_embeds,
         negative_image_embeds=embeddings.negative_image_embeds,
         height=settings.height,
@@ -130,8 +141,8 @@ def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> np
         guidance_scale=settings.guidance_scale,
         generator=generator,
         output_type="pil",
-    ).images[0]
-    return np.asarray(image)
+    ).images
+    return _pictures(images)
 
 
 def max_difference(first: np.ndarray, second: np.ndarray) -> int:

@@ -39,15 +39,15 @@ def settings(tiny_strings: dict[str, str]) -> Settings:
 def test_image_equals_diffusers_combined_pipeline(settings, cache, changes):
     settings = Settings(**{**settings.__dict__, **changes})
     result = generate(settings, cache=cache)
-    assert result.image.dtype == np.uint8
-    assert result.image.shape == (settings.height, settings.width, 3)
-    assert max_difference(result.image, diffusers_reference(settings, settings.seed)) <= 1
+    assert result.images[0].dtype == np.uint8
+    assert result.images[0].shape == (settings.height, settings.width, 3)
+    assert max_difference(result.images[0], diffusers_reference(settings, settings.seed)[0]) <= 1
 
 
 def test_same_seed_same_pixels_and_a_fresh_generator_every_run(settings, cache):
-    first = generate(settings, cache=cache).image
-    other_seed = generate(Settings(**{**settings.__dict__, "seed": 99}), cache=cache).image
-    again = generate(settings, cache=cache).image
+    first = generate(settings, cache=cache).images[0]
+    other_seed = generate(Settings(**{**settings.__dict__, "seed": 99}), cache=cache).images[0]
+    again = generate(settings, cache=cache).images[0]
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other_seed)
 
@@ -58,7 +58,7 @@ def test_random_seed_is_drawn_in_range_reported_and_reproducible(settings, cache
     assert 0 <= seed <= MAX_RANDOM_SEED
     assert result.metadata["random_seed"] is True
     replay = generate(Settings(**{**settings.__dict__, "seed": seed}), cache=cache)
-    assert np.array_equal(result.image, replay.image)
+    assert np.array_equal(result.images[0], replay.images[0])
     assert replay.metadata["random_seed"] is False
 
 
@@ -78,7 +78,7 @@ def test_cuda_requested_without_cuda_runs_on_the_cpu_and_says_so(settings, cache
     assert (result.metadata["device"], result.metadata["dtype"]) == ("cpu", "float32")
     assert result.metadata["device_note"] == "cuda was requested but CUDA is not available"
     assert "cuda was requested but CUDA is not available; running on the CPU in float32." in caplog.text
-    assert np.array_equal(result.image, generate(settings, cache=cache).image)
+    assert np.array_equal(result.images[0], generate(settings, cache=cache).images[0])
 
 
 def test_models_load_once_and_a_new_model_name_reloads_only_the_decoder(settings, cache, other_decoder):
@@ -104,13 +104,13 @@ def test_progress_is_reported_once_per_prior_and_decoder_step(settings, cache):
     ],
 )
 def test_stop_ends_the_run_after_the_current_step_and_the_next_run_is_unchanged(settings, cache, stop_after, message):
-    expected = generate(settings, cache=cache).image
+    expected = generate(settings, cache=cache).images[0]
     steps = []
     with pytest.raises(GenerationStopped) as stopped:
         generate(settings, cache=cache, on_step=lambda: steps.append(1), should_stop=lambda: len(steps) >= stop_after)
     assert str(stopped.value) == message
     assert len(steps) == stop_after
-    assert np.array_equal(generate(settings, cache=cache).image, expected)
+    assert np.array_equal(generate(settings, cache=cache).images[0], expected)
 
 
 def broken_decoder(source: Path, folder: Path, damage: str) -> Path:
@@ -134,14 +134,14 @@ def broken_decoder(source: Path, folder: Path, damage: str) -> Path:
 @pytest.mark.parametrize("damage", ["missing-unet", "corrupted", "pickle-only"])
 def test_a_broken_decoder_folder_is_named_and_nothing_half_loaded_stays(settings, cache, tiny_repos, tmp_path, damage):
     folder = broken_decoder(tiny_repos.decoder, tmp_path, damage)
-    expected = generate(settings, cache=cache).image
+    expected = generate(settings, cache=cache).images[0]
     with pytest.raises(ModelLoadError) as refused:
         generate(Settings(**{**settings.__dict__, "model_name": str(folder)}), cache=cache)
     assert str(refused.value).startswith(
         f"model_name: folder {str(folder)!r} is not a usable KandinskyV22Pipeline repo (broken or incomplete): "
     )
     assert "decoder" not in cache.loaded_keys()
-    assert np.array_equal(generate(settings, cache=cache).image, expected)
+    assert np.array_equal(generate(settings, cache=cache).images[0], expected)
 
 
 def test_a_missing_folder_is_named(settings, cache, tmp_path):

@@ -34,7 +34,7 @@ def run_parameters(tiny_strings: dict[str, str]) -> dict[str, str]:
 @pytest.fixture
 def reference(run_parameters) -> np.ndarray:
     settings = Settings.from_strings(run_parameters)
-    return diffusers_reference(settings, settings.seed)
+    return diffusers_reference(settings, settings.seed)[0]
 
 
 def test_the_plugin_loads_by_name_and_describes_itself_for_the_hub():

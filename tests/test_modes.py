@@ -8,6 +8,7 @@ import pytest
 
 from helpers import (
     controlnet_reference,
+    diffusers_reference,
     img2img_reference,
     inpaint_reference,
     max_difference,
@@ -103,13 +104,13 @@ def test_img2img_equals_diffusers_and_keeps_a_non_square_image_upright(strings):
     image, metadata = run(strings["img2img"], {0: init})
     settings = Settings.from_strings(strings["img2img"])
     assert image.shape == (HEIGHT, WIDTH, 3)
-    assert max_difference(image, img2img_reference(settings, settings.seed, init, swap_sizes=True)) <= 1
+    assert max_difference(image, img2img_reference(settings, settings.seed, init, swap_sizes=True)[0]) <= 1
     assert metadata["inputs"] == {"image": "128x64, used as it is"}
 
 
 def test_diffusers_img2img_alone_transposes_a_non_square_image(strings):
     settings = Settings.from_strings(strings["img2img"])
-    plain = img2img_reference(settings, settings.seed, random_image(1), swap_sizes=False)
+    plain = img2img_reference(settings, settings.seed, random_image(1), swap_sizes=False)[0]
     assert plain.shape == (WIDTH, HEIGHT, 3), "diffusers fixed its img2img resize: the guard can go"
 
 
@@ -142,9 +143,9 @@ def test_inpaint_equals_diffusers_with_the_mask_upright_on_a_non_square_image(st
         task.get_input(1).set_items([core.CGraphicsRectangle(16, 8, 39, 15)])
     workflow.run()
     settings = Settings.from_strings(strings["inpaint"])
-    reference = inpaint_reference(settings, settings.seed, init, expected_mask)
+    reference = inpaint_reference(settings, settings.seed, init, expected_mask)[0]
     assert max_difference(task.get_output(0).get_image(), reference) <= 1
-    transposed = inpaint_reference(settings, settings.seed, init, np.ascontiguousarray(expected_mask[::-1, ::-1]))
+    transposed = inpaint_reference(settings, settings.seed, init, np.ascontiguousarray(expected_mask[::-1, ::-1]))[0]
     assert max_difference(task.get_output(0).get_image(), transposed) > 1, "the mask must matter"
 
 
@@ -196,7 +197,7 @@ def test_controlnet_depth_equals_diffusers(strings, depth_kind):
     image, metadata = run(strings["controlnet_depth"], {0: depth})
     settings = Settings.from_strings(strings["controlnet_depth"])
     assert image.shape == (HEIGHT, WIDTH, 3)
-    assert max_difference(image, controlnet_reference(settings, settings.seed, depth)) <= 1
+    assert max_difference(image, controlnet_reference(settings, settings.seed, depth)[0]) <= 1
     assert metadata["inputs"] == {"depth map": "128x64, used as it is"}
 
 
@@ -210,7 +211,7 @@ def test_mix_equals_diffusers_interpolate_then_decoder(strings, negative_prompt)
     workflow.run()
     settings = Settings.from_strings(parameters)
     assert len(steps) == task.get_progress_steps() == 3 * 2 + 4
-    reference = mix_reference(settings, settings.seed, images)
+    reference = mix_reference(settings, settings.seed, images)[0]
     assert max_difference(task.get_output(0).get_image(), reference) <= 1
 
 
@@ -289,7 +290,7 @@ def test_the_readme_workflows_feed_inputs_from_the_workflow_input_and_from_pytho
     workflow.connect_tasks(workflow.root(), task, [(0, 0)])
     workflow.run_on(array=random_image(1))
     settings = Settings.from_strings(strings["img2img"])
-    reference = img2img_reference(settings, settings.seed, random_image(1), swap_sizes=True)
+    reference = img2img_reference(settings, settings.seed, random_image(1), swap_sizes=True)[0]
     assert max_difference(task.get_output(0).get_image(), reference) <= 1
 
     workflow = Workflow()
@@ -299,5 +300,40 @@ def test_the_readme_workflows_feed_inputs_from_the_workflow_input_and_from_pytho
     task.get_input(1).set_image(random_image(6))
     workflow.run_on(array=random_image(5))
     settings = Settings.from_strings(strings["mix"])
-    reference = mix_reference(settings, settings.seed, [random_image(5), random_image(6)])
+    reference = mix_reference(settings, settings.seed, [random_image(5), random_image(6)])[0]
     assert max_difference(task.get_output(0).get_image(), reference) <= 1
+
+
+@pytest.mark.parametrize("mode", ["text2img", "img2img", "inpaint", "controlnet_depth", "mix"])
+def test_a_batch_gives_one_output_per_picture_each_equal_to_diffusers(strings, tiny_strings, mode):
+    parameters = {**({**tiny_strings, "cuda": "False"} if mode == "text2img" else strings[mode]), "num_images": "3"}
+    inputs = {
+        "text2img": {},
+        "img2img": {0: random_image(1)},
+        "inpaint": {0: random_image(2), 2: left_half_mask()},
+        "controlnet_depth": {0: random_image(4, (HEIGHT, WIDTH))},
+        "mix": {0: random_image(5), 1: random_image(6)},
+    }[mode]
+    workflow, task = workflow_with(parameters, inputs)
+    assert task.get_output_count() == 4
+    assert task.get_output(1).data_type == core.IODataType.DATA_DICT
+    workflow.run()
+    pictures = [task.get_output(index).get_image() for index in (0, 2, 3)]
+    settings = Settings.from_strings(parameters)
+    mask = (left_half_mask() > 0).astype(np.float32)
+    references = {
+        "text2img": lambda: diffusers_reference(settings, settings.seed),
+        "img2img": lambda: img2img_reference(settings, settings.seed, inputs[0], swap_sizes=True),
+        "inpaint": lambda: inpaint_reference(settings, settings.seed, inputs[0], mask),
+        "controlnet_depth": lambda: controlnet_reference(settings, settings.seed, inputs[0]),
+        "mix": lambda: mix_reference(settings, settings.seed, [inputs[0], inputs[1]]),
+    }[mode]()
+    assert [max_difference(picture, reference) for picture, reference in zip(pictures, references, strict=True)] == [
+        0
+    ] * 3 or all(
+        max_difference(picture, reference) <= 1 for picture, reference in zip(pictures, references, strict=True)
+    )
+    assert not np.array_equal(pictures[0], pictures[1])
+    assert task.get_output(1).data["num_images"] == 3
+    task.set_parameters({"num_images": "1"})
+    assert task.get_output_count() == 2

@@ -33,6 +33,7 @@ def test_names_and_defaults_are_those_of_the_specification():
         "strength": "0.3",
         "height": "768",
         "width": "768",
+        "num_images": "1",
         "seed": "-1",
         "mix_images": "2",
         "mix_weights": "",

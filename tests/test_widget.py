@@ -30,6 +30,7 @@ NON_DEFAULT = {
     "strength": "0.75",
     "height": "2048",
     "width": "64",
+    "num_images": "3",
     "seed": "123456789012345678",
     "mix_images": "3",
     "mix_weights": "0.2, 0.3, 0.1 0.4",
@@ -120,6 +121,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     widgets["num_inference_steps"].setValue(30)
     widgets["guidance_scale"].setValue(4.0)
     widgets["mode"].setCurrentText("img2img")
+    widgets["num_images"].setValue(2)
     widgets["strength"].setValue(0.55)
     widgets["mix_images"].setValue(5)
     widgets["mix_weights"].setText("1 2 3 4 5 6")
@@ -144,6 +146,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "strength": "0.55",
         "height": "512",
         "width": "1024",
+        "num_images": "2",
         "seed": "42",
         "mix_images": "5",
         "mix_weights": "1 2 3 4 5 6",
