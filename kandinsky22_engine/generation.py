@@ -48,11 +48,16 @@ class GenerationStopped(RuntimeError):
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where the models run, and why there when it is not where the user asked."""
+    """Where the models run, how they use the GPU, and why there when it is not where the user asked."""
 
     device: str
     dtype: torch.dtype
+    memory_mode: str = "none"
     note: str = ""
+
+    def key(self, model_name: str) -> ModelKey:
+        """The cache key of ``model_name`` loaded for this runtime."""
+        return ModelKey(model_name, self.device, self.dtype, self.memory_mode)
 
 
 @dataclass(frozen=True)
@@ -134,11 +139,14 @@ class Prepared:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def choose_runtime(cuda: bool) -> Runtime:
-    """CUDA in float16 when asked for and present, else the CPU in float32."""
-    if cuda and torch.cuda.is_available():
-        return Runtime(device="cuda", dtype=torch.float16)
-    if cuda:
+def choose_runtime(settings: Settings) -> Runtime:
+    """CUDA in float16 with the chosen memory mode when asked for and present, else the CPU in float32.
+
+    Offloading is never asked of diffusers without an accelerator, where it fails.
+    """
+    if settings.cuda and torch.cuda.is_available():
+        return Runtime(device="cuda", dtype=torch.float16, memory_mode=settings.memory_mode)
+    if settings.cuda:
         return Runtime(device="cpu", dtype=torch.float32, note="cuda was requested but CUDA is not available")
     return Runtime(device="cpu", dtype=torch.float32)
 
@@ -157,21 +165,17 @@ def decoder_model_name(settings: Settings) -> str:
 
 def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipelines:
     """Load (or reuse) the prior and the decoder of the mode that ``settings`` ask for."""
-    runtime = choose_runtime(settings.cuda)
+    runtime = choose_runtime(settings)
     decoder = DECODERS[settings.mode]
     with cache.lock:
         prior = cache.get(
-            "prior",
-            KandinskyV22PriorPipeline,
-            "prior_model_name",
-            ModelKey(settings.prior_model_name, runtime.device, runtime.dtype),
+            "prior", KandinskyV22PriorPipeline, "prior_model_name", runtime.key(settings.prior_model_name)
         )
         decoder_pipeline = cache.get(
-            decoder.role,
-            decoder.pipeline_class,
-            "model_name",
-            ModelKey(decoder_model_name(settings), runtime.device, runtime.dtype),
+            decoder.role, decoder.pipeline_class, "model_name", runtime.key(decoder_model_name(settings))
         )
+        if settings.mode == "mix" and runtime.memory_mode == "gpu":
+            prior.image_encoder.to(runtime.device)
     return Pipelines(prior=prior, decoder=decoder_pipeline)
 
 
@@ -189,7 +193,7 @@ def progress_steps(settings: Settings) -> int:
 def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
     """Check and convert the inputs the mode reads; raise ``InputError`` naming a missing or unusable one."""
     mode, height, width = settings.mode, settings.height, settings.width
-    runtime = choose_runtime(settings.cuda)
+    runtime = choose_runtime(settings)
     prepared = Prepared()
     if mode in ("img2img", "inpaint"):
         image = as_rgb(inputs.image, f"{mode} input '{IMAGE_INPUT}'")
@@ -237,7 +241,7 @@ def generate(
         on_step: called after every denoising step of the prior and of the decoder.
         should_stop: polled after every step; when it returns True the run raises ``GenerationStopped``.
     """
-    runtime = choose_runtime(settings.cuda)
+    runtime = choose_runtime(settings)
     if runtime.note:
         logger.warning("infer_kandinsky_2_2: %s; running on the CPU in float32.", runtime.note)
     prepared = inputs if isinstance(inputs, Prepared) else prepare_inputs(settings, inputs)
@@ -278,6 +282,7 @@ def generate(
         "random_seed": settings.seed == RANDOM_SEED,
         "device": runtime.device,
         "dtype": str(runtime.dtype).removeprefix("torch."),
+        "memory_mode": runtime.memory_mode,
         "device_note": runtime.note,
         "model_name": decoder_model_name(settings),
         "prior_model_name": settings.prior_model_name,

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -28,11 +28,16 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelKey:
-    """What identifies a loaded pipeline: where it comes from and where it runs."""
+    """What identifies a loaded pipeline: where it comes from, where it runs, and how it uses the GPU.
+
+    ``memory_mode`` is "gpu" (every model on the GPU), "model_offload" or "sequential_offload" on CUDA,
+    and "none" on the CPU, where there is nothing to offload.
+    """
 
     model_name: str
     device: str
     dtype: torch.dtype
+    memory_mode: str = "none"
 
 
 class ModelCache:
@@ -109,7 +114,7 @@ def load_pipeline(pipeline_class: type[DiffusionPipeline], parameter_name: str, 
                 f"{parameter_name}: folder {name!r} is not a usable {pipeline_class.__name__} repo "
                 f"(broken or incomplete): {_first_line(error)}"
             ) from error
-        return _prepare(pipeline, key.device)
+        return _prepare(pipeline, key)
     if not _HUB_ID.fullmatch(name):
         raise ModelLoadError(
             f"{parameter_name}: {name!r} is neither an existing folder nor a Hugging Face hub id (owner/name)."
@@ -127,7 +132,7 @@ def load_pipeline(pipeline_class: type[DiffusionPipeline], parameter_name: str, 
             pipeline = _from_pretrained(pipeline_class, name, key.dtype, local_files_only=False)
         except Exception as error:
             raise ModelLoadError(_describe_hub_failure(parameter_name, name, pipeline_class, error)) from error
-    return _prepare(pipeline, key.device)
+    return _prepare(pipeline, key)
 
 
 def _from_pretrained(
@@ -136,9 +141,40 @@ def _from_pretrained(
     return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local_files_only)
 
 
-def _prepare(pipeline: DiffusionPipeline, device: str) -> DiffusionPipeline:
+def _prepare(pipeline: DiffusionPipeline, key: ModelKey) -> DiffusionPipeline:
+    """Place a freshly loaded pipeline as ``key`` says; a prior also gets its zero-image embedding cached."""
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to(device)
+    if isinstance(pipeline, KandinskyV22PriorPipeline):
+        _cache_zero_image_embedding(pipeline, key.device)
+    if key.memory_mode == "model_offload":
+        pipeline.enable_model_cpu_offload(device=key.device)
+    elif key.memory_mode == "sequential_offload":
+        pipeline.enable_sequential_cpu_offload(device=key.device)
+    else:
+        pipeline.to(key.device)
+        if isinstance(pipeline, KandinskyV22PriorPipeline):
+            # 1.8B parameters that only mix needs once the zero-image embedding is known: off the GPU.
+            pipeline.image_encoder.to("cpu")
+    return pipeline
+
+
+def _cache_zero_image_embedding(prior: KandinskyV22PriorPipeline, device: str) -> None:
+    """Compute once the embedding of an all-zero image (the negative when there is no negative prompt).
+
+    diffusers' prior runs its 1.8B-parameter CLIP image encoder on an all-zero image for every
+    generation without a negative prompt; the answer never changes, so it is computed here, with the
+    encoder on ``device``, and ``get_zero_embed`` returns it from then on.
+    """
+    encoder = prior.image_encoder.to(device)
+    size = encoder.config.image_size
+    zeros = torch.zeros(1, 3, size, size, device=device, dtype=encoder.dtype)
+    with torch.no_grad():
+        zero_embedding = encoder(zeros)["image_embeds"]
+
+    def get_zero_embed(batch_size: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+        return zero_embedding.repeat(batch_size, 1).to(device or zero_embedding.device)
+
+    prior.get_zero_embed = get_zero_embed
 
 
 def _describe_hub_failure(

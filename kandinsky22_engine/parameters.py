@@ -20,6 +20,7 @@ DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
 DEFAULT_CONTROLNET_DECODER = "kandinsky-community/kandinsky-2-2-controlnet-depth"
 KNOWN_DECODERS = (DEFAULT_DECODER, DEFAULT_INPAINT_DECODER, DEFAULT_CONTROLNET_DECODER)
 MODES = ("text2img", "img2img", "inpaint", "controlnet_depth", "mix")
+MEMORY_MODES = ("gpu", "model_offload", "sequential_offload")
 MAX_MIX_IMAGES = 8
 MAX_IMAGES = 16
 KNOWN_PRIORS = (DEFAULT_PRIOR,)
@@ -308,6 +309,17 @@ class Settings:
         group="Device",
         help="Run on the GPU in float16 where CUDA is available; otherwise, or when off, on the CPU in float32.",
         default_text="True where CUDA is available",
+    )
+    memory_mode: str = _setting(
+        "gpu",
+        label="GPU memory",
+        group="Device",
+        help=(
+            "On CUDA: gpu keeps the models on the GPU (fastest; the CLIP image encoder stays off it unless mix "
+            "needs it); model_offload moves each model to the GPU only while it runs; sequential_offload moves "
+            "each layer (least memory, slowest). Ignored on the CPU."
+        ),
+        choices=MEMORY_MODES,
     )
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+from diffusers import DiffusionPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from helpers import diffusers_reference, max_difference
@@ -225,3 +225,28 @@ def test_a_hub_id_already_in_the_cache_loads_without_the_network(settings, cache
     load_pipelines(Settings(**{**settings.__dict__, "prior_model_name": "someone/prior"}), cache)
     assert calls[0] == ("someone/prior", True)
     assert len(calls) == 2
+
+
+def test_the_zero_image_embedding_is_computed_once_per_prior(settings, cache):
+    no_negative = Settings(**{**settings.__dict__, "negative_prompt": ""})
+    first = generate(no_negative, cache=cache).images[0]
+    encoder = load_pipelines(no_negative, cache).prior.image_encoder
+    calls = []
+    encoder.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    again = generate(no_negative, cache=cache).images[0]
+    assert calls == []
+    assert np.array_equal(first, again)
+
+
+def test_memory_modes_are_ignored_on_the_cpu_where_offloading_fails(settings, cache, monkeypatch):
+    def refuse(*arguments, **keywords):
+        raise AssertionError("offloading asked for without an accelerator")
+
+    monkeypatch.setattr(DiffusionPipeline, "enable_model_cpu_offload", refuse)
+    monkeypatch.setattr(DiffusionPipeline, "enable_sequential_cpu_offload", refuse)
+    expected = generate(settings, cache=cache).images[0]
+    for memory_mode in ("model_offload", "sequential_offload"):
+        result = generate(Settings(**{**settings.__dict__, "memory_mode": memory_mode, "cuda": True}), cache=cache)
+        assert np.array_equal(result.images[0], expected)
+        assert result.metadata["memory_mode"] == "none"
+    assert cache.load_counts == {"prior": 1, "decoder": 1}

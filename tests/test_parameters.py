@@ -19,7 +19,7 @@ BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 
 
 def test_names_and_defaults_are_those_of_the_specification():
-    defaults = {name: value for name, value in Settings().to_strings().items() if name != "cuda"}
+    defaults = {name: value for name, value in Settings().to_strings().items() if name not in ("cuda", "memory_mode")}
     assert defaults == {
         "mode": "text2img",
         "model_name": "kandinsky-community/kandinsky-2-2-decoder",
@@ -38,13 +38,14 @@ def test_names_and_defaults_are_those_of_the_specification():
         "mix_images": "2",
         "mix_weights": "",
     }
-    assert list(BY_NAME) == [*defaults, "cuda"]
+    assert list(BY_NAME) == [*defaults, "cuda", "memory_mode"]
 
 
-def test_cuda_defaults_to_what_the_machine_has():
+def test_cuda_defaults_to_what_the_machine_has_and_memory_to_the_gpu():
     import torch
 
     assert Settings().cuda is torch.cuda.is_available()
+    assert Settings().memory_mode == "gpu"
 
 
 def test_every_value_survives_a_round_trip_through_strings():

@@ -35,6 +35,7 @@ NON_DEFAULT = {
     "mix_images": "3",
     "mix_weights": "0.2, 0.3, 0.1 0.4",
     "cuda": "False",
+    "memory_mode": "model_offload",
 }
 
 
@@ -130,6 +131,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     inner(widget, "seed", QtWidgets.QCheckBox).setChecked(False)
     inner(widget, "seed", QtWidgets.QLineEdit).setText("42")
     widgets["cuda"].setChecked(not widgets["cuda"].isChecked())
+    widgets["memory_mode"].setCurrentText("sequential_offload")
     emitted = []
     widget.emit_apply = lambda applied: emitted.append(dict(applied.get_values()))
     widget.on_apply()
@@ -151,6 +153,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "mix_images": "5",
         "mix_weights": "1 2 3 4 5 6",
         "cuda": str(widgets["cuda"].isChecked()),
+        "memory_mode": "sequential_offload",
     }
     assert emitted == [expected]
     assert parameters.get_values() == expected
