@@ -66,6 +66,12 @@ class ModelCache:
             self.load_counts[role] += 1
             return pipeline
 
+    def adopt(self, role: str, key: ModelKey, pipeline: DiffusionPipeline) -> None:
+        """Cache a pipeline built elsewhere (the benchmarks build theirs in memory) as if loaded for ``key``."""
+        with self.lock:
+            self.release(role)
+            self._pipelines[role] = (key, _prepare(pipeline, key))
+
     def release(self, role: str | None = None) -> None:
         """Drop the pipeline of ``role`` (all of them when None) and give its memory back."""
         with self.lock:
