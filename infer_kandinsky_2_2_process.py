@@ -32,7 +32,7 @@ from .kandinsky22_engine.generation import (
     progress_steps,
 )
 from .kandinsky22_engine.models import MODEL_CACHE
-from .kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError
+from .kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError, unknown_names
 
 PARAMETER = {parameter.name: parameter for parameter in PARAMETERS}
 
@@ -133,6 +133,13 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
             if settings.mode == "mix"
             else (),
         )
+
+    def set_parameters(self, params: dict) -> None:
+        """Set parameters from Python; an unknown name is refused here, where Ikomia would drop it silently."""
+        problems = unknown_names(params)
+        if problems:
+            raise SettingsError("\n".join(problems))
+        dataprocess.CWorkflowTask.set_parameters(self, params)
 
     def get_progress_steps(self) -> int:
         try:

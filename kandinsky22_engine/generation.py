@@ -7,10 +7,12 @@ diffusers returns for the same arguments and seed. Where the task departs from d
 fix a diffusers bug, and the docstring of that step says which.
 """
 
+import gc
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import diffusers
@@ -26,6 +28,7 @@ from diffusers import (
 )
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
+from transformers import CLIPTokenizer
 
 from .images import InputError, as_rgb, depth_hint, fit, mask_from
 from .models import MODEL_CACHE, ModelCache, ModelKey
@@ -44,6 +47,13 @@ StepCallback = Callable[[], None]
 
 class GenerationStopped(RuntimeError):
     """The user asked to stop; the run ended after the current denoising step."""
+
+
+class GenerationOutOfMemory(RuntimeError):
+    """The GPU ran out of memory; the message says what was asked and what to try."""
+
+
+LESS_MEMORY = {"gpu": "model_offload", "model_offload": "sequential_offload"}
 
 
 @dataclass(frozen=True)
@@ -246,10 +256,11 @@ def generate(
         logger.warning("infer_kandinsky_2_2: %s; running on the CPU in float32.", runtime.note)
     prepared = inputs if isinstance(inputs, Prepared) else prepare_inputs(settings, inputs)
     seed = resolve_seed(settings.seed)
-    with cache.lock, torch.no_grad():
+    with cache.lock, torch.no_grad(), _explain_out_of_memory(settings, runtime):
         started = time.perf_counter()
         pipelines = load_pipelines(settings, cache)
         loaded = time.perf_counter()
+        truncated = _truncated_prompts(pipelines.prior.tokenizer, settings)
         generator = torch.Generator("cpu").manual_seed(seed)
         prior_callback = _step_callback("prior", settings.prior_num_inference_steps, on_step, should_stop)
         if settings.mode == "mix":
@@ -287,6 +298,7 @@ def generate(
         "model_name": decoder_model_name(settings),
         "prior_model_name": settings.prior_model_name,
         "inputs": prepared.notes,
+        "truncated": truncated,
         "seconds": {
             "load": round(loaded - started, 4),
             "prior": round(prior_done - loaded, 4),
@@ -297,6 +309,41 @@ def generate(
         "torch": torch.__version__,
     }
     return Generation(images=tuple(to_uint8(image) for image in images), metadata=metadata)
+
+
+@contextmanager
+def _explain_out_of_memory(settings: Settings, runtime: Runtime) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into one that says what was asked and what to try, and empty the
+    CUDA cache, so that the next run starts from a clean GPU."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as error:
+        gc.collect()
+        torch.cuda.empty_cache()
+        less = LESS_MEMORY.get(runtime.memory_mode)
+        advice = f"memory_mode {less} (less memory, slower), " if less else ""
+        raise GenerationOutOfMemory(
+            f"Out of GPU memory while generating {settings.num_images} picture(s) of {settings.width}x"
+            f"{settings.height} in {settings.mode} with memory_mode {runtime.memory_mode}. Try {advice}fewer "
+            "images or a smaller size. The GPU cache was emptied: the task can run again."
+        ) from error
+
+
+def _truncated_prompts(tokenizer: CLIPTokenizer, settings: Settings) -> dict[str, str]:
+    """The part of each prompt that CLIP does not read (it reads 77 tokens), as diffusers truncates it."""
+    truncated = {}
+    for name in ("prompt", "negative_prompt"):
+        ids = tokenizer(getattr(settings, name), padding="longest").input_ids
+        if len(ids) > tokenizer.model_max_length:
+            # The first model_max_length - 1 tokens and the end token are kept.
+            truncated[name] = tokenizer.decode(ids[tokenizer.model_max_length - 1 : -1])
+            logger.warning(
+                "infer_kandinsky_2_2: %s is longer than the %d tokens CLIP reads; left out: %r",
+                name,
+                tokenizer.model_max_length,
+                truncated[name],
+            )
+    return truncated
 
 
 def _mix_embeddings(

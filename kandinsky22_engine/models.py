@@ -109,6 +109,10 @@ def load_pipeline(pipeline_class: type[DiffusionPipeline], parameter_name: str, 
     ``ModelLoadError`` that says whether the model was not found, could not be fetched, or is broken.
     """
     name = key.model_name
+    if "://" in name:
+        raise ModelLoadError(
+            f"{parameter_name}: {name!r} is a URL; accepted: a Hugging Face hub id (owner/name) or a local folder."
+        )
     if is_folder_name(name):
         folder = os.path.expanduser(name)
         if not os.path.isdir(folder):

@@ -364,11 +364,7 @@ class Settings:
         Raises ``SettingsError`` naming every refused value, and every unknown name, at once.
         """
         parameters = {parameter.name: parameter for parameter in PARAMETERS}
-        problems = [
-            f"{name}: unknown parameter; known parameters: {', '.join(parameters)}"
-            for name in values
-            if name not in parameters
-        ]
+        problems = unknown_names(values)
         parsed = {}
         for name, raw in values.items():
             if name in parameters:
@@ -383,6 +379,12 @@ class Settings:
     def to_strings(self) -> dict[str, str]:
         """Every parameter as the string Ikomia stores."""
         return {parameter.name: parameter.to_string(getattr(self, parameter.name)) for parameter in PARAMETERS}
+
+
+def unknown_names(values: Mapping[str, object]) -> list[str]:
+    """A message for each name in ``values`` that is not a parameter (a typo would otherwise be ignored)."""
+    known = [parameter.name for parameter in PARAMETERS]
+    return [f"{name}: unknown parameter; known parameters: {', '.join(known)}" for name in values if name not in known]
 
 
 def _parameter_from_field(settings_field: Field, annotation: type) -> Parameter:

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ikomia_home import CHECKOUT, PLUGIN_NAME, use_ikomia_home
+from ikomia_home import CHECKOUT, use_ikomia_home
 
 WIDTH = 560
 
@@ -22,7 +22,9 @@ def main() -> None:
     from PyQt6.QtWidgets import QApplication
 
     application = QApplication.instance() or QApplication([])
-    plugin = __import__(f"{PLUGIN_NAME}.{PLUGIN_NAME}", fromlist=["IkomiaPlugin"]).IkomiaPlugin()
+    from infer_kandinsky_2_2.infer_kandinsky_2_2 import IkomiaPlugin
+
+    plugin = IkomiaPlugin()
     widget = plugin.get_widget_factory().create(plugin.get_param_factory().create())
     host = widget.main_layout.parentWidget()
     host.resize(WIDTH, host.sizeHint().height())

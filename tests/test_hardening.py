@@ -1,0 +1,290 @@
+"""What holds when things go wrong: bad values and inputs, long prompts, out of memory, threads, long runs,
+untrusted model names, and code that never evaluates user strings."""
+
+import ast
+import logging
+import re
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline, KandinskyV22Pipeline
+from hypothesis import given
+from hypothesis import strategies as st
+
+from helpers import diffusers_reference, max_difference
+from infer_kandinsky_2_2.kandinsky22_engine import models
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError
+
+Workflow = pytest.importorskip("ikomia.dataprocess.workflow").Workflow
+CHECKOUT = Path(__file__).resolve().parent.parent
+WIDE = np.zeros((64, 128, 3), np.uint8)
+
+BAD_VALUES = [
+    (
+        "mode",
+        "txt2img",
+        "mode: received 'txt2img'; accepted: one of text2img, img2img, inpaint, controlnet_depth, mix.",
+    ),
+    ("mode", " ", "mode: received ' '; accepted: one of"),
+    ("model_name", "", "model_name: received ''; accepted: non-empty text."),
+    ("prior_model_name", "\t", "prior_model_name: received '\\t'; accepted: non-empty text."),
+    ("prior_num_inference_steps", "1", "prior_num_inference_steps: received '1'; accepted: a whole number from 2"),
+    ("prior_num_inference_steps", "-3", "prior_num_inference_steps: received '-3'; accepted: a whole number"),
+    ("prior_num_inference_steps", "ten", "prior_num_inference_steps: received 'ten'; accepted: a whole number"),
+    ("prior_guidance_scale", "nan", "prior_guidance_scale: received 'nan'; accepted: a number from 1 to 20."),
+    ("prior_guidance_scale", "-inf", "prior_guidance_scale: received '-inf'; accepted: a number from 1 to 20."),
+    ("prior_guidance_scale", "21", "prior_guidance_scale: received '21'; accepted: a number from 1 to 20."),
+    ("num_inference_steps", "0", "num_inference_steps: received '0'; accepted: a whole number from 1 to 1000."),
+    ("num_inference_steps", "1e9", "num_inference_steps: received '1e9'; accepted: a whole number from 1 to 1000."),
+    ("num_inference_steps", "3.5", "num_inference_steps: received '3.5'; accepted: a whole number from 1 to 1000."),
+    ("guidance_scale", "0.99", "guidance_scale: received '0.99'; accepted: a number from 1 to 20."),
+    ("guidance_scale", "inf", "guidance_scale: received 'inf'; accepted: a number from 1 to 20."),
+    ("guidance_scale", "", "guidance_scale: received ''; accepted: a number from 1 to 20."),
+    ("strength", "1.5", "strength: received '1.5'; accepted: a number from 0 to 1."),
+    ("strength", "NaN", "strength: received 'NaN'; accepted: a number from 0 to 1."),
+    ("height", "100", "height: received '100'; accepted: a multiple of 64 from 64 to 2048."),
+    ("height", "4096", "height: received '4096'; accepted: a multiple of 64 from 64 to 2048."),
+    ("width", "-64", "width: received '-64'; accepted: a multiple of 64 from 64 to 2048."),
+    ("width", "0x40", "width: received '0x40'; accepted: a multiple of 64 from 64 to 2048."),
+    ("num_images", "0", "num_images: received '0'; accepted: a whole number from 1 to 16."),
+    ("num_images", "100", "num_images: received '100'; accepted: a whole number from 1 to 16."),
+    ("seed", "-2", "seed: received '-2'; accepted: a whole number from -1 to 9223372036854775807."),
+    ("seed", "9223372036854775808", "seed: received '9223372036854775808'; accepted: a whole number from -1"),
+    ("seed", "4.2", "seed: received '4.2'; accepted: a whole number from -1 to 9223372036854775807."),
+    ("mix_images", "1", "mix_images: received '1'; accepted: a whole number from 2 to 8."),
+    ("mix_images", "9", "mix_images: received '9'; accepted: a whole number from 2 to 8."),
+    ("cuda", "maybe", "cuda: received 'maybe'; accepted: True or False."),
+    ("cuda", "", "cuda: received ''; accepted: True or False."),
+    ("memory_mode", "cpu", "memory_mode: received 'cpu'; accepted: one of gpu, model_offload, sequential_offload."),
+]
+BAD_COMBINATIONS = [
+    ({"mode": "img2img", "strength": "0.0"}, "strength: received '0.0' with num_inference_steps 4; accepted"),
+    ({"mode": "mix", "mix_weights": "1, 1"}, "mix_weights: received '1, 1'; accepted: 3 numbers"),
+    ({"mode": "mix", "mix_weights": "1, -1, 1"}, "mix_weights: received '1, -1, 1'; accepted: 3 numbers"),
+    ({"mode": "mix", "mix_weights": "0 0 0"}, "mix_weights: received '0 0 0'; accepted: 3 numbers"),
+    ({"mode": "mix", "mix_weights": "exec('x')"}, "mix_weights: received \"exec('x')\"; accepted: 3 numbers"),
+    ({"model_name": "https://example.com/model"}, "model_name: 'https://example.com/model' is a URL; accepted: a"),
+    ({"model_name": "a/b/../../../etc"}, "model_name: folder 'a/b/../../../etc' not found."),
+]
+
+
+@pytest.fixture
+def run_parameters(tiny_strings: dict[str, str]) -> dict[str, str]:
+    return {**tiny_strings, "cuda": "False"}
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_repos) -> np.ndarray:
+    from conftest import TINY_RUN
+
+    settings = Settings(
+        model_name=str(tiny_repos.decoder), prior_model_name=str(tiny_repos.prior), cuda=False, **TINY_RUN
+    )
+    return diffusers_reference(settings, settings.seed)[0]
+
+
+def new_task(parameters: dict[str, str]):
+    workflow = Workflow()
+    task = workflow.add_task(name="infer_kandinsky_2_2", public_hub=False)
+    task.set_parameters(parameters)
+    return workflow, task
+
+
+def test_a_misspelt_parameter_name_is_refused_when_set_not_dropped():
+    _, task = new_task({})
+    with pytest.raises(SettingsError, match=r"^num_inference_step: unknown parameter; known parameters: mode, "):
+        task.set_parameters({"num_inference_step": "30"})
+    assert "num_inference_step" not in task.get_parameters()
+
+
+def test_at_least_thirty_distinct_bad_values_are_covered():
+    assert len({(name, value) for name, value, _ in BAD_VALUES}) + len(BAD_COMBINATIONS) + 1 >= 30
+    assert {name for name, _, _ in BAD_VALUES} >= {parameter.name for parameter in PARAMETERS} - {
+        "prompt",
+        "negative_prompt",
+        "mix_weights",
+    }
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD_VALUES, ids=[f"{n}={v!r}" for n, v, _ in BAD_VALUES])
+def test_a_bad_value_is_refused_clearly_and_the_next_run_is_unchanged(run_parameters, expected, name, value, message):
+    workflow, task = new_task({**run_parameters, name: value})
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        workflow.run()
+    task.set_parameters({name: run_parameters.get(name, Settings().to_strings()[name])})
+    workflow.run()
+    assert max_difference(task.get_output(0).get_image(), expected) <= 1
+
+
+@pytest.mark.parametrize(("changes", "message"), BAD_COMBINATIONS)
+def test_a_bad_combination_or_model_name_is_refused_clearly(run_parameters, expected, changes, message):
+    workflow, task = new_task({**run_parameters, **changes})
+    if changes.get("mode") == "img2img":
+        workflow.connect_tasks(workflow.root(), task, [(0, 0)])
+        workflow.set_image_input(WIDE, index=0)
+    if changes.get("mode") == "mix":
+        task.get_input(0).set_image(WIDE)
+        task.get_input(1).set_image(WIDE)
+        workflow.connect_tasks(workflow.root(), task, [(0, 0)])
+        workflow.set_image_input(WIDE, index=0)
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        workflow.run()
+    workflow, task = new_task(run_parameters)
+    workflow.run()
+    assert max_difference(task.get_output(0).get_image(), expected) <= 1
+
+
+@given(st.dictionaries(st.sampled_from([parameter.name for parameter in PARAMETERS]), st.text(max_size=30)))
+def test_any_strings_parse_to_settings_that_round_trip_or_to_a_settings_error(values):
+    try:
+        settings = Settings.from_strings(values)
+    except SettingsError as error:
+        assert all(
+            line.split(":")[0] in {parameter.name for parameter in PARAMETERS} for line in str(error).splitlines()
+        )
+        return
+    assert Settings.from_strings(settings.to_strings()) == settings
+
+
+def test_a_long_prompt_is_cut_as_diffusers_cuts_it_and_the_metadata_and_log_say_so(run_parameters, caplog):
+    long_prompt = "a " * 80 + "red cat sitting"
+    workflow, task = new_task({**run_parameters, "prompt": long_prompt})
+    with caplog.at_level(logging.WARNING):
+        workflow.run()
+    settings = Settings.from_strings({**run_parameters, "prompt": long_prompt})
+    assert max_difference(task.get_output(0).get_image(), diffusers_reference(settings, settings.seed)[0]) <= 1
+    truncated = task.get_output(1).data["truncated"]
+    assert set(truncated) == {"prompt"}
+    assert truncated["prompt"].strip().endswith("red cat sitting")
+    assert "prompt is longer than the 77 tokens CLIP reads; left out:" in caplog.text
+
+
+def test_out_of_gpu_memory_says_what_to_try_empties_the_cache_and_the_next_run_works(
+    run_parameters, expected, monkeypatch
+):
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    original = KandinskyV22Pipeline.__call__
+
+    def out_of_memory(*arguments, **keywords):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(KandinskyV22Pipeline, "__call__", out_of_memory)
+    workflow, task = new_task({**run_parameters, "num_images": "2"})
+    message = (
+        "Out of GPU memory while generating 2 picture(s) of 128x64 in text2img with memory_mode none. Try fewer "
+        "images or a smaller size. The GPU cache was emptied: the task can run again."
+    )
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        workflow.run()
+    assert emptied
+    monkeypatch.setattr(KandinskyV22Pipeline, "__call__", original)
+    task.set_parameters({"num_images": "1"})
+    workflow.run()
+    assert max_difference(task.get_output(0).get_image(), expected) <= 1
+
+
+def test_out_of_memory_advice_names_the_next_memory_mode():
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import LESS_MEMORY
+
+    assert LESS_MEMORY == {"gpu": "model_offload", "model_offload": "sequential_offload"}
+
+
+def test_two_workflows_in_two_threads_load_the_models_once_and_match_the_serial_images(
+    run_parameters, tiny_repos, tmp_path
+):
+    prior, decoder = tmp_path / "prior", tmp_path / "decoder"
+    shutil.copytree(tiny_repos.prior, prior)
+    shutil.copytree(tiny_repos.decoder, decoder)
+    parameters = [
+        {**run_parameters, "prior_model_name": str(prior), "model_name": str(decoder), "seed": str(seed)}
+        for seed in (11, 12)
+    ]
+    tasks = [new_task(each) for each in parameters]
+    cache = sys.modules[type(tasks[0][1]).__module__].MODEL_CACHE
+    loads = dict(cache.load_counts)
+    start = threading.Barrier(2)
+    errors = []
+
+    def run(workflow) -> None:
+        start.wait()
+        try:
+            workflow.run()
+        except Exception as error:  # reported below, with the thread's failure
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(workflow,)) for workflow, _ in tasks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert cache.load_counts["prior"] - loads.get("prior", 0) == 1
+    assert cache.load_counts["decoder"] - loads.get("decoder", 0) == 1
+    for (_, task), each in zip(tasks, parameters, strict=True):
+        settings = Settings.from_strings(each)
+        assert max_difference(task.get_output(0).get_image(), diffusers_reference(settings, settings.seed)[0]) <= 1
+
+
+def resident_megabytes() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * 4096 / 2**20
+
+
+RUNS = 200
+RESIDENT_GROWTH_BOUND_MB = 64
+
+
+def test_two_hundred_runs_keep_memory_bounded_and_the_same_seed_the_same_image(run_parameters):
+    workflow, task = new_task({**run_parameters, "height": "64", "width": "64"})
+    workflow.run()
+    first = task.get_output(0).get_image().copy()
+    for _ in range(20):
+        workflow.run()
+    baseline = resident_megabytes()
+    for _ in range(RUNS - 21):
+        workflow.run()
+        assert np.array_equal(task.get_output(0).get_image(), first)
+    assert resident_megabytes() - baseline < RESIDENT_GROWTH_BOUND_MB
+
+
+def test_weights_load_from_safetensors_only_and_never_with_remote_code(run_parameters, monkeypatch, tiny_repos):
+    calls = []
+    original = DiffusionPipeline.from_pretrained.__func__
+
+    def recording(cls, *arguments, **keywords):
+        calls.append(keywords)
+        return original(cls, *arguments, **keywords)
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(recording))
+    copy = Path(str(tiny_repos.decoder) + "-safety")
+    shutil.copytree(tiny_repos.decoder, copy, dirs_exist_ok=True)
+    workflow, _ = new_task({**run_parameters, "model_name": str(copy)})
+    workflow.run()
+    assert calls
+    for keywords in calls:
+        assert keywords["use_safetensors"] is True
+        assert not keywords.get("trust_remote_code")
+        assert "custom_pipeline" not in keywords
+
+
+def test_no_code_of_the_plugin_evaluates_a_string():
+    sources = [path for path in CHECKOUT.rglob("*.py") if "tests" not in path.parts and ".venv" not in path.parts]
+    assert sources
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in ("eval", "exec", "compile", "__import__"), f"{path}:{node.lineno}"
+
+
+def test_a_model_name_is_only_ever_an_id_or_a_path():
+    assert models.is_folder_name("/models/decoder") and models.is_folder_name("./decoder")
+    assert models.is_folder_name("a/b/c") and models.is_folder_name("~/decoder")
+    assert not models.is_folder_name("kandinsky-community/kandinsky-2-2-decoder")
+    assert not models._HUB_ID.fullmatch("https://example.com/model")
+    assert not models._HUB_ID.fullmatch("owner/name; rm -rf /")
