@@ -36,9 +36,10 @@ def main() -> None:
     use_ikomia_home(folder / "home")
     sys.path.insert(0, str(folder / "home" / "Ikomia" / "Plugins" / "Python"))
     import torch
-    from diffusers import KandinskyV22CombinedPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
+    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
     from ikomia.dataprocess.workflow import Workflow
 
+    from infer_kandinsky_2_2.kandinsky22_engine.reference import combine
     from infer_kandinsky_2_2.kandinsky22_engine.tiny import build_tiny_repos
 
     repos = build_tiny_repos(folder / "models")
@@ -56,20 +57,9 @@ def main() -> None:
     task = workflow.add_task(name=PLUGIN_NAME, public_hub=False)
     task.set_parameters(parameters)
 
-    prior = KandinskyV22PriorPipeline.from_pretrained(repos.prior)
-    decoder = KandinskyV22Pipeline.from_pretrained(repos.decoder)
-    combined = KandinskyV22CombinedPipeline(
-        unet=decoder.unet,
-        scheduler=decoder.scheduler,
-        movq=decoder.movq,
-        prior_prior=prior.prior,
-        prior_image_encoder=prior.image_encoder,
-        prior_text_encoder=prior.text_encoder,
-        prior_tokenizer=prior.tokenizer,
-        prior_scheduler=prior.scheduler,
-        prior_image_processor=prior.image_processor,
+    combined = combine(
+        KandinskyV22PriorPipeline.from_pretrained(repos.prior), KandinskyV22Pipeline.from_pretrained(repos.decoder)
     )
-    combined.set_progress_bar_config(disable=True)
 
     def run_diffusers(num_images: int = 1) -> None:
         combined(

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import diffusers
-from diffusers import KandinskyV22CombinedPipeline
 from flops import count_flops
 
 from kandinsky22_engine.generation import choose_runtime, generate
 from kandinsky22_engine.models import ModelCache
 from kandinsky22_engine.parameters import Settings
+from kandinsky22_engine.reference import combine
 from kandinsky22_engine.tiny import FULL, TINY, build_decoder_pipeline, build_prior_pipeline, write_tokenizer
 
 PROMPT = "portrait of a young women, blue eyes, cinematic"
@@ -91,18 +91,7 @@ def free(device: str) -> None:
 def measure_diffusers(pipelines: tuple, settings: Settings, repeats: int) -> dict:
     """Plain diffusers: the combined pipeline over the same models, every model on the device."""
     prior, decoder = pipelines
-    combined = KandinskyV22CombinedPipeline(
-        unet=decoder.unet,
-        scheduler=decoder.scheduler,
-        movq=decoder.movq,
-        prior_prior=prior.prior,
-        prior_image_encoder=prior.image_encoder,
-        prior_text_encoder=prior.text_encoder,
-        prior_tokenizer=prior.tokenizer,
-        prior_scheduler=prior.scheduler,
-        prior_image_processor=prior.image_processor,
-    )
-    combined.set_progress_bar_config(disable=True)
+    combined = combine(prior, decoder)
     return timed(
         lambda: combined(
             prompt=settings.prompt,

@@ -18,22 +18,12 @@ from diffusers import (
 from PIL import Image
 
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+from infer_kandinsky_2_2.kandinsky22_engine.reference import combine
 
 
 def _combined(combined_class: type, decoder_class: type, settings: Settings):
     prior = KandinskyV22PriorPipeline.from_pretrained(settings.prior_model_name)
-    decoder = decoder_class.from_pretrained(settings.model_name)
-    return combined_class(
-        unet=decoder.unet,
-        scheduler=decoder.scheduler,
-        movq=decoder.movq,
-        prior_prior=prior.prior,
-        prior_image_encoder=prior.image_encoder,
-        prior_text_encoder=prior.text_encoder,
-        prior_tokenizer=prior.tokenizer,
-        prior_scheduler=prior.scheduler,
-        prior_image_processor=prior.image_processor,
-    )
+    return combine(prior, decoder_class.from_pretrained(settings.model_name), combined_class)
 
 
 def _arguments(settings: Settings, seed: int) -> dict:
@@ -103,18 +93,7 @@ def controlnet_reference(settings: Settings, seed: int, depth: np.ndarray) -> np
     )
     rgb = np.repeat(depth[:, :, None], 3, axis=2) if depth.ndim == 2 else depth
     hint = torch.from_numpy(rgb).float().div(255).permute(2, 0, 1).unsqueeze(0).repeat(settings.num_images, 1, 1, 1)
-    images = decoder(
-        image_embeds=image_embeds,
-        negative_image_embeds=negative_image_embeds,
-        hint=hint,
-        height=settings.height,
-        width=settings.width,
-        num_inference_steps=settings.num_inference_steps,
-        guidance_scale=settings.guidance_scale,
-        generator=generator,
-        output_type="pil",
-    ).images
-    return _pictures(images)
+    return _decode(decoder, settings, (image_embeds, negative_image_embeds), generator, hint=hint)
 
 
 def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> np.ndarray:
@@ -132,15 +111,22 @@ def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> np
         negative_prompt=settings.negative_prompt,
         guidance_scale=settings.prior_guidance_scale,
     )
+    embeds = (embeddings.image_embeds, embeddings.negative_image_embeds)
+    return _decode(decoder, settings, embeds, generator)
+
+
+def _decode(decoder, settings: Settings, embeds: tuple, generator: torch.Generator, **extra) -> list[np.ndarray]:
+    """A decoder pipeline's pictures from the prior's (image, negative) embeddings, as diffusers documents it."""
     images = decoder(
-        image_embeds=embeddings.image_embeds,
-        negative_image_embeds=embeddings.negative_image_embeds,
+        image_embeds=embeds[0],
+        negative_image_embeds=embeds[1],
         height=settings.height,
         width=settings.width,
         num_inference_steps=settings.num_inference_steps,
         guidance_scale=settings.guidance_scale,
         generator=generator,
         output_type="pil",
+        **extra,
     ).images
     return _pictures(images)
 
