@@ -6,8 +6,9 @@ become the task's outputs.
 
 The inputs follow the mode: text2img has none (Ikomia runs a task with unconnected inputs only if
 it has no inputs at all), img2img an image, inpaint an image, a mask drawing and a mask image,
-controlnet_depth a depth map, mix ``mix_images`` images. They are rebuilt whenever the mode or
-``mix_images`` changes, however the parameters are set.
+controlnet_depth a depth map, mix ``mix_images`` images. The outputs are picture 1, the metadata,
+then pictures 2 and on when ``num_images`` asks for more. Inputs and outputs are rebuilt whenever
+``mode``, ``mix_images`` or ``num_images`` changes, however the parameters are set.
 """
 
 import threading
@@ -67,7 +68,8 @@ class InferKandinsky22Param(core.CWorkflowTaskParam):
 
 
 class InferKandinsky22(dataprocess.CWorkflowTask):
-    """Generates an image with Kandinsky 2.2. Output 0: the image; output 1: the run's metadata."""
+    """Generates images with Kandinsky 2.2. Output 0: picture 1; output 1: the run's metadata; outputs 2 and on:
+    pictures 2 and on."""
 
     def __init__(self, name: str, param: InferKandinsky22Param | None) -> None:
         dataprocess.CWorkflowTask.__init__(self, name)

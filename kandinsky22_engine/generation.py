@@ -242,7 +242,7 @@ def generate(
     on_step: StepCallback = lambda: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generation:
-    """Generate one image from ``settings`` and the ``inputs`` its mode reads.
+    """Generate ``settings.num_images`` pictures from ``settings`` and the ``inputs`` its mode reads.
 
     Args:
         settings: checked settings of the run.
