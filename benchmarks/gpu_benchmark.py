@@ -2,8 +2,9 @@
 
 Builds the published models' architectures with random weights directly on the device (speed and
 memory depend on the sizes, not the weights), then, on one card in one run: plain diffusers
-(``KandinskyV22CombinedPipeline``, every model on the device) and the engine in each memory mode,
-each timed over several warm runs with its peak memory; the FLOP floor comes from
+(``KandinskyV22CombinedPipeline``, every model on the device), the engine in each memory mode, a
+batch, and levers not in the engine yet (bfloat16, channels_last), each timed over several warm runs
+with its peak memory; the FLOP floor comes from
 ``benchmarks/flops.py`` and the card's matrix-product speed measured here. Needs no Ikomia.
 
 GPU:  python benchmarks/gpu_benchmark.py --output results/
@@ -108,14 +109,15 @@ def measure_diffusers(pipelines: tuple, settings: Settings, repeats: int) -> dic
     )
 
 
-def measure_engine(pipelines: tuple, settings: Settings, repeats: int, batch: int) -> dict:
+def measure_engine(pipelines: tuple, settings: Settings, repeats: int, batch: int = 0, name: str = "") -> dict:
     """The engine in ``settings.memory_mode`` on the given models; with ``batch``, a batch of that many too."""
     runtime = choose_runtime(settings)
     cache = ModelCache()
     prior, decoder = pipelines
     cache.adopt("prior", runtime.key(settings.prior_model_name), prior)
     cache.adopt("decoder", runtime.key(settings.model_name), decoder)
-    results = {settings.memory_mode: timed(lambda: generate(settings, cache=cache), runtime.device, repeats)}
+    name = name or settings.memory_mode
+    results = {name: timed(lambda: generate(settings, cache=cache), runtime.device, repeats)}
     if batch:
         batched = Settings(**{**settings.__dict__, "num_images": batch})
         result = timed(lambda: generate(batched, cache=cache), runtime.device, repeats)
@@ -179,6 +181,16 @@ def main() -> None:
         mode_settings = Settings(**{**settings.__dict__, "memory_mode": memory_mode})
         batch = arguments.num_images if memory_mode == "gpu" else 0
         report["engine"].update(measure_engine(pipelines, mode_settings, arguments.repeats, batch))
+        free(device)
+    # Levers not in the engine yet: measured here, on the gpu memory mode, to decide whether they pay.
+    report["levers"] = {}
+    for lever, lever_dtype in (("bfloat16", torch.bfloat16), ("channels_last", dtype)):
+        prior, decoder = build(architecture, device, lever_dtype, tokenizer)
+        if lever == "channels_last":
+            decoder.unet.to(memory_format=torch.channels_last)
+            decoder.movq.to(memory_format=torch.channels_last)
+        report["levers"].update(measure_engine((prior, decoder), settings, arguments.repeats, name=lever))
+        del prior, decoder
         free(device)
 
     flops = count_flops(

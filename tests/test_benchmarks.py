@@ -17,6 +17,7 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path)
     assert set(report["engine"]) == {"gpu", "gpu_batch"}
     assert report["engine"]["gpu_batch"]["num_images"] == 2
     assert report["diffusers"]["runs"] == 1
+    assert set(report["levers"]) == {"bfloat16", "channels_last"}
     flops = report["flops_tera"]
     assert set(flops) == {"text_encoder", "prior", "unet", "movq"} and all(value > 0 for value in flops.values())
     assert report["flop_floor_s"] > 0 and report["speedup_over_diffusers"] > 0
