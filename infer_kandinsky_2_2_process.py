@@ -14,7 +14,6 @@ then pictures 2 and on when ``num_images`` asks for more. Inputs and outputs are
 import threading
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from ikomia import core, dataprocess, utils
@@ -37,7 +36,6 @@ from .kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError, 
 
 PARAMETER = {parameter.name: parameter for parameter in PARAMETERS}
 
-PLUGIN_FOLDER = Path(__file__).resolve().parent
 VERSION = "1.0.0"
 
 
@@ -222,7 +220,7 @@ class InferKandinsky22Factory(dataprocess.CTaskFactory):
         )
         info.path = "Plugins/Python/Diffusion"
         info.version = VERSION
-        info.icon_path = str(PLUGIN_FOLDER / "images" / "icon.png")
+        info.icon_path = "images/icon.png"
         info.authors = (
             "Anton Razzhigaev, Arseniy Shakhmatov, Anastasia Maltseva, Vladimir Arkhipkin, Igor Pavlov, "
             "Ilya Ryabov, Angelina Kuts, Alexander Panchenko, Andrey Kuznetsov, Denis Dimitrov"
