@@ -149,3 +149,11 @@ def test_readme_table_is_the_one_generated_from_the_definitions():
     block = re.search(r"<!-- parameters:start -->\n(.*?)\n<!-- parameters:end -->", readme, re.S)
     assert block is not None, "README.md has no parameters block"
     assert block.group(1) == markdown_table(), "run: python scripts/update_readme.py"
+
+
+def test_readme_python_example_sets_every_parameter_with_its_default_or_a_valid_value():
+    readme = README.read_text(encoding="utf-8")
+    example = readme.split("## Use from Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    values = dict(re.findall(r'^\s+"(\w+)": "([^"]*)",', example, re.M))
+    assert list(values) == [parameter.name for parameter in PARAMETERS]
+    assert Settings.from_strings(values).seed == 42
