@@ -111,10 +111,10 @@ def model_control(parameter: Parameter, value: str) -> Control:
 
 
 def shown_number(parameter: Parameter, value: str) -> float:
-    """The number a spin box shows for ``value``; Qt then clamps it to the range.
+    """The number a control shows for ``value``.
 
-    A value set from Python that the task would refuse (say a height of 100) is shown as the nearest
-    value the control can hold, or as the default when it is not a number at all.
+    A value set from Python that the task would refuse (say a height of 100, or steps of 1e300) is shown
+    as the nearest value the control can hold, or as the default when it is not a finite number.
     """
     try:
         return parameter.parse(value)
@@ -124,7 +124,9 @@ def shown_number(parameter: Parameter, value: str) -> float:
         number = float(value)
     except ValueError:
         return parameter.default
-    return number if math.isfinite(number) else parameter.default
+    if not math.isfinite(number):
+        return parameter.default
+    return min(max(number, parameter.minimum), parameter.maximum)
 
 
 def help_text(parameter: Parameter) -> str:

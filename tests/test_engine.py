@@ -250,3 +250,13 @@ def test_memory_modes_are_ignored_on_the_cpu_where_offloading_fails(settings, ca
         assert np.array_equal(result.images[0], expected)
         assert result.metadata["memory_mode"] == "none"
     assert cache.load_counts == {"prior": 1, "decoder": 1}
+
+
+def test_on_cuda_the_memory_mode_is_part_of_what_identifies_a_loaded_model(monkeypatch):
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import choose_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    runtimes = [choose_runtime(Settings(cuda=True, memory_mode=mode)) for mode in ("gpu", "model_offload")]
+    assert [(runtime.device, runtime.dtype) for runtime in runtimes] == [("cuda", torch.float16)] * 2
+    assert runtimes[0].key("m") != runtimes[1].key("m")
+    assert choose_runtime(Settings(cuda=False, memory_mode="model_offload")).key("m").memory_mode == "none"

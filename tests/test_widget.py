@@ -190,6 +190,10 @@ def test_a_refused_value_set_from_python_is_shown_as_the_nearest_accepted_one(pl
     _, widget = open_widget(plugin, {"height": "100", "num_inference_steps": "5000", "guidance_scale": "nan"})
     values = widget.control_values()
     assert (values["height"], values["num_inference_steps"], values["guidance_scale"]) == ("128", "1000", "1.0")
+    _, widget = open_widget(plugin, {"width": "1e300", "prior_num_inference_steps": "-1e300", "seed": "1e300"})
+    values = widget.control_values()
+    assert (values["width"], values["prior_num_inference_steps"]) == ("2048", "2")
+    assert values["seed"] == str(2**63 - 1)
 
 
 def test_the_cuda_box_is_disabled_and_says_why_without_cuda(plugin, monkeypatch):
