@@ -11,6 +11,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -39,7 +40,8 @@ def main() -> None:
     from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
     from ikomia.dataprocess.workflow import Workflow
 
-    from infer_kandinsky_2_2.kandinsky22_engine.reference import combine
+    from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+    from infer_kandinsky_2_2.kandinsky22_engine.reference import combine, combined_arguments
     from infer_kandinsky_2_2.kandinsky22_engine.tiny import build_tiny_repos
 
     repos = build_tiny_repos(folder / "models")
@@ -61,18 +63,10 @@ def main() -> None:
         KandinskyV22PriorPipeline.from_pretrained(repos.prior), KandinskyV22Pipeline.from_pretrained(repos.decoder)
     )
 
+    settings = Settings.from_strings(parameters)
+
     def run_diffusers(num_images: int = 1) -> None:
-        combined(
-            prompt="portrait of a young women, blue eyes, cinematic",
-            negative_prompt="low quality, bad quality",
-            height=arguments.height,
-            width=arguments.width,
-            num_inference_steps=arguments.steps,
-            prior_num_inference_steps=arguments.prior_steps,
-            guidance_scale=1.0,
-            num_images_per_prompt=num_images,
-            generator=torch.Generator("cpu").manual_seed(42),
-        )
+        combined(**combined_arguments(replace(settings, num_images=num_images)))
 
     workflow.run()
     run_diffusers()

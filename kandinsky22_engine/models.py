@@ -31,13 +31,15 @@ class ModelKey:
     """What identifies a loaded pipeline: where it comes from, where it runs, and how it uses the GPU.
 
     ``memory_mode`` is "gpu" (every model on the GPU), "model_offload" or "sequential_offload" on CUDA,
-    and "none" on the CPU, where there is nothing to offload.
+    and "none" on the CPU, where there is nothing to offload. ``compile_unet`` is the torch.compile
+    mode of the pipeline's UNet, or "off".
     """
 
     model_name: str
     device: str
     dtype: torch.dtype
     memory_mode: str = "none"
+    compile_unet: str = "off"
 
 
 class ModelCache:
@@ -165,6 +167,9 @@ def _prepare(pipeline: DiffusionPipeline, key: ModelKey) -> DiffusionPipeline:
         if isinstance(pipeline, KandinskyV22PriorPipeline):
             # 1.8B parameters that only mix needs once the zero-image embedding is known: off the GPU.
             pipeline.image_encoder.to("cpu")
+    if key.compile_unet != "off":
+        # In place, so pipelines that share the UNet (img2img over the text2img decoder) share the compiled one.
+        pipeline.unet.compile(mode=key.compile_unet)
     return pipeline
 
 

@@ -1,6 +1,9 @@
 """diffusers' own combined pipelines over stages already loaded, to compare the engine with them."""
 
+import torch
 from diffusers import DiffusionPipeline, KandinskyV22CombinedPipeline, KandinskyV22PriorPipeline
+
+from .parameters import Settings
 
 
 def combine(
@@ -22,3 +25,23 @@ def combine(
     )
     combined.set_progress_bar_config(disable=True)
     return combined
+
+
+def combined_arguments(settings: Settings, seed: int | None = None) -> dict:
+    """The arguments of a combined-pipeline call asking for what ``settings`` ask of the engine.
+
+    The generator is a fresh CPU one seeded with ``seed`` (``settings.seed`` when None), as diffusers'
+    documentation does it.
+    """
+    return {
+        "prompt": settings.prompt,
+        "negative_prompt": settings.negative_prompt or None,
+        "prior_num_inference_steps": settings.prior_num_inference_steps,
+        "prior_guidance_scale": settings.prior_guidance_scale,
+        "num_inference_steps": settings.num_inference_steps,
+        "guidance_scale": settings.guidance_scale,
+        "height": settings.height,
+        "width": settings.width,
+        "num_images_per_prompt": settings.num_images,
+        "generator": torch.Generator("cpu").manual_seed(settings.seed if seed is None else seed),
+    }

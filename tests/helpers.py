@@ -18,27 +18,12 @@ from diffusers import (
 from PIL import Image
 
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
-from infer_kandinsky_2_2.kandinsky22_engine.reference import combine
+from infer_kandinsky_2_2.kandinsky22_engine.reference import combine, combined_arguments
 
 
 def _combined(combined_class: type, decoder_class: type, settings: Settings):
     prior = KandinskyV22PriorPipeline.from_pretrained(settings.prior_model_name)
     return combine(prior, decoder_class.from_pretrained(settings.model_name), combined_class)
-
-
-def _arguments(settings: Settings, seed: int) -> dict:
-    return {
-        "prompt": settings.prompt,
-        "negative_prompt": settings.negative_prompt or None,
-        "prior_num_inference_steps": settings.prior_num_inference_steps,
-        "prior_guidance_scale": settings.prior_guidance_scale,
-        "num_inference_steps": settings.num_inference_steps,
-        "guidance_scale": settings.guidance_scale,
-        "height": settings.height,
-        "width": settings.width,
-        "num_images_per_prompt": settings.num_images,
-        "generator": torch.Generator("cpu").manual_seed(seed),
-    }
 
 
 def _pictures(images: list) -> list[np.ndarray]:
@@ -48,7 +33,7 @@ def _pictures(images: list) -> list[np.ndarray]:
 def diffusers_reference(settings: Settings, seed: int) -> np.ndarray:
     """text2img: diffusers' ``KandinskyV22CombinedPipeline``."""
     combined = _combined(KandinskyV22CombinedPipeline, KandinskyV22Pipeline, settings)
-    return _pictures(combined(**_arguments(settings, seed)).images)
+    return _pictures(combined(**combined_arguments(settings, seed)).images)
 
 
 def img2img_reference(settings: Settings, seed: int, image: np.ndarray, *, swap_sizes: bool) -> np.ndarray:
@@ -58,7 +43,7 @@ def img2img_reference(settings: Settings, seed: int, image: np.ndarray, *, swap_
     which leaves the image as it is, so that the reference is free of that bug.
     """
     combined = _combined(KandinskyV22Img2ImgCombinedPipeline, KandinskyV22Pipeline, settings)
-    arguments = _arguments(settings, seed)
+    arguments = combined_arguments(settings, seed)
     if swap_sizes:
         arguments["height"], arguments["width"] = settings.width, settings.height
     return _pictures(combined(**arguments, image=Image.fromarray(image), strength=settings.strength).images)
@@ -71,7 +56,9 @@ def inpaint_reference(settings: Settings, seed: int, image: np.ndarray, mask: np
     """
     combined = _combined(KandinskyV22InpaintCombinedPipeline, KandinskyV22InpaintPipeline, settings)
     count = settings.num_images
-    return _pictures(combined(**_arguments(settings, seed), image=[image] * count, mask_image=[mask] * count).images)
+    return _pictures(
+        combined(**combined_arguments(settings, seed), image=[image] * count, mask_image=[mask] * count).images
+    )
 
 
 def controlnet_reference(settings: Settings, seed: int, depth: np.ndarray) -> np.ndarray:

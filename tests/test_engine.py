@@ -260,3 +260,33 @@ def test_on_cuda_the_memory_mode_is_part_of_what_identifies_a_loaded_model(monke
     assert [(runtime.device, runtime.dtype) for runtime in runtimes] == [("cuda", torch.float16)] * 2
     assert runtimes[0].key("m") != runtimes[1].key("m")
     assert choose_runtime(Settings(cuda=False, memory_mode="model_offload")).key("m").memory_mode == "none"
+
+
+def test_on_cuda_the_compile_mode_identifies_a_decoder_but_not_a_prior(monkeypatch):
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import choose_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    plain, compiled = (choose_runtime(Settings(cuda=True, compile_unet=mode)) for mode in ("off", "reduce-overhead"))
+    assert compiled.decoder_key("m").compile_unet == "reduce-overhead"
+    assert plain.decoder_key("m") != compiled.decoder_key("m")
+    assert plain.key("m") == compiled.key("m")
+    assert choose_runtime(Settings(cuda=False, compile_unet="default")).decoder_key("m").compile_unet == "off"
+
+
+def test_compiling_is_ignored_on_the_cpu(settings, cache):
+    result = generate(Settings(**{**settings.__dict__, "compile_unet": "default", "cuda": True}), cache=cache)
+    assert result.metadata["compile_unet"] == "off"
+    assert cache.loaded_keys()["decoder"].compile_unet == "off"
+    assert cache.load_counts == {"prior": 1, "decoder": 1}
+
+
+def test_a_decoder_key_with_a_compile_mode_compiles_its_unet_in_place(tiny_repos, monkeypatch):
+    from infer_kandinsky_2_2.kandinsky22_engine.models import ModelKey, load_pipeline
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **options: compiled.append((module, options)))
+    key = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, compile_unet="reduce-overhead")
+    decoder = load_pipeline(KandinskyV22Pipeline, "model_name", key)
+    assert compiled == [(decoder.unet, {"mode": "reduce-overhead"})]
+    load_pipeline(KandinskyV22Pipeline, "model_name", ModelKey(str(tiny_repos.decoder), "cpu", torch.float32))
+    assert len(compiled) == 1

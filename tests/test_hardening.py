@@ -61,6 +61,7 @@ BAD_VALUES = [
     ("cuda", "maybe", "cuda: received 'maybe'; accepted: True or False."),
     ("cuda", "", "cuda: received ''; accepted: True or False."),
     ("memory_mode", "cpu", "memory_mode: received 'cpu'; accepted: one of gpu, model_offload, sequential_offload."),
+    ("compile_unet", "max-autotune", "compile_unet: received 'max-autotune'; accepted: one of off, default, reduce-ov"),
 ]
 BAD_COMBINATIONS = [
     ({"mode": "img2img", "strength": "0.0"}, "strength: received '0.0' with num_inference_steps 4; accepted"),
@@ -189,10 +190,25 @@ def test_out_of_gpu_memory_says_what_to_try_empties_the_cache_and_the_next_run_w
     assert max_difference(task.get_output(0).get_image(), expected) <= 1
 
 
-def test_out_of_memory_advice_names_the_next_memory_mode():
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import LESS_MEMORY
+@pytest.mark.parametrize(
+    ("memory_mode", "advice"),
+    [
+        ("gpu", "with memory_mode gpu. Try memory_mode model_offload (less memory, slower), fewer images"),
+        # Measured at 768x768, sequential_offload used no less memory than model_offload: not offered.
+        ("model_offload", "with memory_mode model_offload. Try fewer images"),
+        ("sequential_offload", "with memory_mode sequential_offload. Try fewer images"),
+    ],
+)
+def test_out_of_memory_advice_offers_model_offload_from_the_gpu_mode_only(memory_mode, advice):
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import (
+        GenerationOutOfMemory,
+        Runtime,
+        _explain_out_of_memory,
+    )
 
-    assert LESS_MEMORY == {"gpu": "model_offload", "model_offload": "sequential_offload"}
+    runtime = Runtime("cuda", torch.float16, memory_mode)
+    with pytest.raises(GenerationOutOfMemory, match=re.escape(advice)), _explain_out_of_memory(Settings(), runtime):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
 def test_two_workflows_in_two_threads_load_the_models_once_and_match_the_serial_images(

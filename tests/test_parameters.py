@@ -16,10 +16,11 @@ from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
+DEVICE_NAMES = ("cuda", "memory_mode", "compile_unet")
 
 
 def test_names_and_defaults_are_those_of_the_specification():
-    defaults = {name: value for name, value in Settings().to_strings().items() if name not in ("cuda", "memory_mode")}
+    defaults = {name: value for name, value in Settings().to_strings().items() if name not in DEVICE_NAMES}
     assert defaults == {
         "mode": "text2img",
         "model_name": "kandinsky-community/kandinsky-2-2-decoder",
@@ -38,14 +39,15 @@ def test_names_and_defaults_are_those_of_the_specification():
         "mix_images": "2",
         "mix_weights": "",
     }
-    assert list(BY_NAME) == [*defaults, "cuda", "memory_mode"]
+    assert list(BY_NAME) == [*defaults, *DEVICE_NAMES]
 
 
-def test_cuda_defaults_to_what_the_machine_has_and_memory_to_the_gpu():
+def test_cuda_defaults_to_what_the_machine_has_memory_to_the_gpu_and_nothing_is_compiled():
     import torch
 
     assert Settings().cuda is torch.cuda.is_available()
     assert Settings().memory_mode == "gpu"
+    assert Settings().compile_unet == "off"
 
 
 def test_every_value_survives_a_round_trip_through_strings():

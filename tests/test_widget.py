@@ -36,6 +36,7 @@ NON_DEFAULT = {
     "mix_weights": "0.2, 0.3, 0.1 0.4",
     "cuda": "False",
     "memory_mode": "model_offload",
+    "compile_unet": "reduce-overhead",
 }
 
 
@@ -132,6 +133,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     inner(widget, "seed", QtWidgets.QLineEdit).setText("42")
     widgets["cuda"].setChecked(not widgets["cuda"].isChecked())
     widgets["memory_mode"].setCurrentText("sequential_offload")
+    widgets["compile_unet"].setCurrentText("default")
     emitted = []
     widget.emit_apply = lambda applied: emitted.append(dict(applied.get_values()))
     widget.on_apply()
@@ -154,6 +156,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "mix_weights": "1 2 3 4 5 6",
         "cuda": str(widgets["cuda"].isChecked()),
         "memory_mode": "sequential_offload",
+        "compile_unet": "default",
     }
     assert emitted == [expected]
     assert parameters.get_values() == expected
