@@ -1,11 +1,15 @@
 """Time and measure the engine against plain diffusers on full-size Kandinsky 2.2 architectures.
 
-Builds the published models' architectures with random weights directly on the device (speed and
-memory depend on the sizes, not the weights), then, on one card in one run: plain diffusers
-(``KandinskyV22CombinedPipeline``, every model on the device), the engine in each memory mode, a
-batch, and levers not in the engine yet (bfloat16, channels_last), each timed over several warm runs
-with its peak memory; the FLOP floor comes from
+Builds the published models' architectures with random (seeded, so identical) weights directly on the
+device (speed and memory depend on the sizes, not the weights), then, on one card in one run: plain
+diffusers (``KandinskyV22CombinedPipeline``, every model on the device), the engine in each memory
+mode, a batch, the UNet compiled (CUDA only), and levers not in the engine (bfloat16,
+channels_last, cuDNN's benchmark mode). Each case is timed over warm runs, with its first run, its
+peak memory, and how far its picture is from diffusers' picture. The FLOP floor comes from
 ``benchmarks/flops.py`` and the card's matrix-product speed measured here. Needs no Ikomia.
+
+The report is rewritten after every case, and a case that fails is recorded with its error, so a
+run cut short still says what it measured. Cases start only while ``--budget`` seconds are not spent.
 
 GPU:  python benchmarks/gpu_benchmark.py --output results/
 CPU check of the whole script on tiny models:
@@ -20,67 +24,207 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import diffusers
+import transformers
 from flops import count_flops
 
-from kandinsky22_engine.generation import choose_runtime, generate
+from kandinsky22_engine.generation import Inputs, choose_runtime, generate, to_uint8
 from kandinsky22_engine.models import ModelCache
 from kandinsky22_engine.parameters import Settings
-from kandinsky22_engine.reference import combine
+from kandinsky22_engine.reference import combine, combined_arguments
 from kandinsky22_engine.tiny import FULL, TINY, build_decoder_pipeline, build_prior_pipeline, write_tokenizer
 
 PROMPT = "portrait of a young women, blue eyes, cinematic"
 NEGATIVE = "low quality, bad quality"
 
 
+class Bench:
+    """The run's fixed inputs, the report it fills, and diffusers' picture that every case is compared to."""
+
+    def __init__(self, arguments: argparse.Namespace) -> None:
+        self.device = arguments.device
+        self.architecture = FULL if arguments.size == "full" else TINY
+        self.dtype = torch.float16 if self.device == "cuda" else torch.float32
+        self.repeats = arguments.repeats
+        self.num_images = arguments.num_images
+        self.deadline = time.perf_counter() + arguments.budget
+        self.path = arguments.output / "gpu_benchmark.json"
+        self.only = set(arguments.only or ())
+        self.tokenizer = write_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
+        self.settings = Settings(
+            model_name="benchmark/decoder",
+            prior_model_name="benchmark/prior",
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            prior_num_inference_steps=arguments.prior_steps,
+            num_inference_steps=arguments.steps,
+            height=arguments.height,
+            width=arguments.width,
+            seed=42,
+            cuda=self.device == "cuda",
+        )
+        self.reference: np.ndarray | None = None
+        self.report: dict = {
+            "device": torch.cuda.get_device_name() if self.device == "cuda" else platform.machine(),
+            "size": arguments.size,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "versions": {
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda,
+                "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+            "run": {
+                key: getattr(self.settings, key)
+                for key in ("height", "width", "num_inference_steps", "prior_num_inference_steps", "guidance_scale")
+            },
+            "cases": {},
+        }
+
+    def case(self, name: str, measure: Callable[[], dict]) -> None:
+        """Run one case unless it is not asked for or the budget is spent; record its result or error, save."""
+        if self.only and name not in self.only and name != "diffusers":
+            return
+        if time.perf_counter() > self.deadline:
+            self.report["cases"][name] = {"skipped": "the time budget was spent"}
+        else:
+            print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)
+            try:
+                self.report["cases"][name] = measure()
+            except Exception as error:
+                self.report["cases"][name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+                traceback.print_exc()
+        free(self.device)
+        self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.report, indent=2), encoding="utf-8")
+
+    def build(self, dtype: torch.dtype | None = None) -> tuple:
+        """A fresh prior and decoder with random weights (the same for every build), on the device in ``dtype``."""
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype or self.dtype)
+        try:
+            with torch.device(self.device):
+                return build_prior_pipeline(self.architecture, self.tokenizer), build_decoder_pipeline(
+                    self.architecture
+                )
+        finally:
+            torch.set_default_dtype(default_dtype)
+
+    def compare(self, picture: np.ndarray) -> dict:
+        """How far ``picture`` is from diffusers' picture, in levels of 0-255."""
+        if self.reference is None:
+            return {}
+        difference = np.abs(picture.astype(np.int16) - self.reference.astype(np.int16))
+        return {
+            "max_abs_diff_vs_diffusers": int(difference.max()),
+            "mean_abs_diff_vs_diffusers": float(difference.mean()),
+        }
+
+    def diffusers(self) -> dict:
+        """Plain diffusers: the combined pipeline over the same models, every model on the device."""
+        prior, decoder = self.build()
+        combined = combine(prior, decoder)
+        settings = self.settings
+
+        def run() -> np.ndarray:
+            output = combined(**combined_arguments(settings), output_type="np")
+            return to_uint8(output.images[0])
+
+        result, picture = timed(run, self.device, self.repeats)
+        self.reference = picture
+        return {**result, "picture_std": float(picture.std())}
+
+    def engine(
+        self,
+        repeats: int,
+        dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        cudnn_benchmark: bool = False,
+        **changes,
+    ) -> dict:
+        """The engine with ``changes`` to the settings, over freshly built models, with the levers asked for."""
+        settings = Settings(**{**self.settings.__dict__, **changes})
+        runtime = choose_runtime(settings)
+        prior, decoder = self.build(dtype)
+        if channels_last:
+            decoder.unet.to(memory_format=torch.channels_last)
+            decoder.movq.to(memory_format=torch.channels_last)
+        cache = ModelCache()
+        cache.adopt("prior", runtime.key(settings.prior_model_name), prior)
+        cache.adopt("decoder", runtime.decoder_key(settings.model_name), decoder)
+        del prior, decoder
+        stages = {}
+
+        def run() -> np.ndarray:
+            generation = generate(settings, cache=cache)
+            stages.update(generation.metadata["seconds"])
+            return generation.images[0]
+
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        try:
+            result, picture = timed(run, self.device, repeats)
+        finally:
+            torch.backends.cudnn.benchmark = False
+            cache.release()
+        result = {**result, "stages_last_run_s": stages}
+        if settings.num_images == 1:
+            result.update(self.compare(picture))
+        else:
+            result.update(num_images=settings.num_images, per_image_s=result["median_s"] / settings.num_images)
+        return result
+
+    def switches(self, compile_unet: str) -> dict:
+        """One cache of compiled models through runs that change the UNet's inputs: what each first run costs.
+
+        A batch, classifier-free guidance (which doubles the UNet's batch) and img2img after text2img:
+        each first run may recompile; the warm run after it shows whether the speed holds.
+        """
+        base = Settings(**{**self.settings.__dict__, "compile_unet": compile_unet})
+        runtime = choose_runtime(base)
+        prior, decoder = self.build()
+        cache = ModelCache()
+        cache.adopt("prior", runtime.key(base.prior_model_name), prior)
+        cache.adopt("decoder", runtime.decoder_key(base.model_name), decoder)
+        del prior, decoder
+        picture = np.random.default_rng(0).integers(0, 256, (base.height, base.width, 3), dtype=np.uint8)
+        steps = (
+            ("text2img", {}, Inputs()),
+            (f"batch_{self.num_images}", {"num_images": self.num_images}, Inputs()),
+            ("guidance_4", {"guidance_scale": 4.0}, Inputs()),
+            ("img2img", {"mode": "img2img", "strength": 0.5}, Inputs(image=picture)),
+        )
+        results = {}
+        try:
+            for name, changes, inputs in steps:
+                settings = Settings(**{**base.__dict__, **changes})
+                seconds = []
+                for _ in range(2):
+                    started = time.perf_counter()
+                    generate(settings, inputs, cache=cache)
+                    synchronize(self.device)
+                    seconds.append(time.perf_counter() - started)
+                results[name] = {"first_run_s": seconds[0], "warm_run_s": seconds[1]}
+        finally:
+            cache.release()
+        return results
+
+
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def timed(function: Callable[[], object], device: str, repeats: int) -> dict:
-    """Median and spread of ``repeats`` warm runs (after one warm-up), and the peak memory of the device."""
-    function()
-    synchronize(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        synchronize(device)
-        seconds.append(time.perf_counter() - started)
-    result = {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "runs": repeats}
-    if device == "cuda":
-        result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-    return result
-
-
-def matmul_tflops(device: str, dtype: torch.dtype) -> float:
-    """The device's speed on large matrix products in ``dtype``, measured."""
-    size = 8192 if device == "cuda" else 1024
-    first, second = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    result = timed(lambda: first @ second, device, 10)
-    return 2 * size**3 / result["min_s"] / 1e12
-
-
-def build(architecture, device: str, dtype: torch.dtype, tokenizer):
-    """A fresh prior and decoder with random weights, built on the device in ``dtype``."""
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            return build_prior_pipeline(architecture, tokenizer), build_decoder_pipeline(architecture)
-    finally:
-        torch.set_default_dtype(default_dtype)
 
 
 def free(device: str) -> None:
@@ -89,45 +233,38 @@ def free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_diffusers(pipelines: tuple, settings: Settings, repeats: int) -> dict:
-    """Plain diffusers: the combined pipeline over the same models, every model on the device."""
-    prior, decoder = pipelines
-    combined = combine(prior, decoder)
-    return timed(
-        lambda: combined(
-            prompt=settings.prompt,
-            negative_prompt=settings.negative_prompt,
-            height=settings.height,
-            width=settings.width,
-            num_inference_steps=settings.num_inference_steps,
-            prior_num_inference_steps=settings.prior_num_inference_steps,
-            guidance_scale=settings.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(settings.seed),
-        ),
-        decoder.device.type,
-        repeats,
-    )
+def timed(function: Callable[[], np.ndarray], device: str, repeats: int) -> tuple[dict, np.ndarray]:
+    """Median and spread of ``repeats`` warm runs after a first one, the device's peak memory, the last picture."""
+    started = time.perf_counter()
+    function()
+    synchronize(device)
+    first = time.perf_counter() - started
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        picture = function()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    result = {
+        "median_s": statistics.median(seconds),
+        "min_s": min(seconds),
+        "max_s": max(seconds),
+        "runs": repeats,
+        "first_run_s": first,
+    }
+    if device == "cuda":
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return result, picture
 
 
-def measure_engine(pipelines: tuple, settings: Settings, repeats: int, batch: int = 0, name: str = "") -> dict:
-    """The engine in ``settings.memory_mode`` on the given models; with ``batch``, a batch of that many too."""
-    runtime = choose_runtime(settings)
-    cache = ModelCache()
-    prior, decoder = pipelines
-    cache.adopt("prior", runtime.key(settings.prior_model_name), prior)
-    cache.adopt("decoder", runtime.key(settings.model_name), decoder)
-    name = name or settings.memory_mode
-    results = {name: timed(lambda: generate(settings, cache=cache), runtime.device, repeats)}
-    if batch:
-        batched = Settings(**{**settings.__dict__, "num_images": batch})
-        result = timed(lambda: generate(batched, cache=cache), runtime.device, repeats)
-        results[f"{settings.memory_mode}_batch"] = {
-            **result,
-            "num_images": batch,
-            "per_image_s": result["median_s"] / batch,
-        }
-    cache.release()
-    return results
+def matmul_tflops(device: str, dtype: torch.dtype) -> float:
+    """The device's speed on large matrix products of random numbers in ``dtype``, measured."""
+    size = 8192 if device == "cuda" else 1024
+    first, second = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    result, _ = timed(lambda: first @ second, device, 10)
+    return 2 * size**3 / result["median_s"] / 1e12
 
 
 def main() -> None:
@@ -138,78 +275,70 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--prior-steps", type=int, default=25)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the main cases, after a first run")
     parser.add_argument("--num-images", type=int, default=4, help="batch size of the throughput measurement")
+    parser.add_argument("--budget", type=float, default=450, help="seconds after which no new case starts")
+    parser.add_argument("--only", nargs="+", metavar="CASE", help="run only these cases (diffusers always runs)")
     parser.add_argument("--output", type=Path, required=True)
     arguments = parser.parse_args()
-    device, architecture = arguments.device, FULL if arguments.size == "full" else TINY
-    dtype = torch.float16 if device == "cuda" else torch.float32
     arguments.output.mkdir(parents=True, exist_ok=True)
-    tokenizer = write_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
-    settings = Settings(
-        model_name="benchmark/decoder",
-        prior_model_name="benchmark/prior",
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
-        prior_num_inference_steps=arguments.prior_steps,
-        num_inference_steps=arguments.steps,
-        height=arguments.height,
-        width=arguments.width,
-        seed=42,
-        cuda=device == "cuda",
-    )
-    report = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-        "size": arguments.size,
-        "dtype": str(dtype).removeprefix("torch."),
-        "versions": {
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "python": platform.python_version(),
-        },
-        "run": {
-            key: getattr(settings, key)
-            for key in ("height", "width", "num_inference_steps", "prior_num_inference_steps")
-        },
-    }
-
-    report["diffusers"] = measure_diffusers(build(architecture, device, dtype, tokenizer), settings, arguments.repeats)
-    free(device)
-    report["engine"] = {}
-    for memory_mode in ("gpu", "model_offload", "sequential_offload") if device == "cuda" else ("gpu",):
-        pipelines = build(architecture, device, dtype, tokenizer)
-        mode_settings = Settings(**{**settings.__dict__, "memory_mode": memory_mode})
-        batch = arguments.num_images if memory_mode == "gpu" else 0
-        report["engine"].update(measure_engine(pipelines, mode_settings, arguments.repeats, batch))
-        free(device)
-    # Levers not in the engine yet: measured here, on the gpu memory mode, to decide whether they pay.
-    report["levers"] = {}
-    for lever, lever_dtype in (("bfloat16", torch.bfloat16), ("channels_last", dtype)):
-        prior, decoder = build(architecture, device, lever_dtype, tokenizer)
-        if lever == "channels_last":
-            decoder.unet.to(memory_format=torch.channels_last)
-            decoder.movq.to(memory_format=torch.channels_last)
-        report["levers"].update(measure_engine((prior, decoder), settings, arguments.repeats, name=lever))
-        del prior, decoder
-        free(device)
+    bench = Bench(arguments)
+    report, settings, device = bench.report, bench.settings, bench.device
 
     flops = count_flops(
-        architecture,
+        bench.architecture,
         settings.height,
         settings.width,
         settings.num_inference_steps,
         settings.prior_num_inference_steps,
         settings.guidance_scale,
     )
-    peak = matmul_tflops(device, dtype)
     report["flops_tera"] = {name: value / 1e12 for name, value in flops.items()}
-    report["matmul_tflops_measured"] = peak
-    report["flop_floor_s"] = sum(flops.values()) / 1e12 / peak
-    fastest = report["engine"]["gpu"]["median_s"]
-    report["speedup_over_diffusers"] = report["diffusers"]["median_s"] / fastest
-    report["times_flop_floor"] = fastest / report["flop_floor_s"]
-    (arguments.output / "gpu_benchmark.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    dtypes = (bench.dtype, torch.bfloat16) if device == "cuda" else (bench.dtype,)
+    report["matmul_tflops_measured"] = {
+        str(dtype).removeprefix("torch."): matmul_tflops(device, dtype) for dtype in dtypes
+    }
+    report["flop_floor_s"] = sum(flops.values()) / 1e12 / report["matmul_tflops_measured"][report["dtype"]]
+    bench.save()
+
+    few = max(1, bench.repeats - 1)
+    bench.case("diffusers", bench.diffusers)
+    bench.case("gpu", lambda: bench.engine(bench.repeats, memory_mode="gpu"))
+    bench.case("gpu_batch", lambda: bench.engine(few, memory_mode="gpu", num_images=bench.num_images))
+    if device == "cuda":
+        bench.case("model_offload", lambda: bench.engine(few, memory_mode="model_offload"))
+    bench.case("bfloat16", lambda: bench.engine(bench.repeats, dtype=torch.bfloat16))
+    bench.case("channels_last", lambda: bench.engine(bench.repeats, channels_last=True))
+    if device == "cuda":
+        bench.case("cudnn_benchmark", lambda: bench.engine(bench.repeats, cudnn_benchmark=True))
+    if device == "cuda":
+        for mode in ("default", "reduce-overhead"):
+            bench.case(f"compile_{mode}", lambda mode=mode: bench.engine(bench.repeats, compile_unet=mode))
+    bench.case("compile_switches", lambda: bench.switches("reduce-overhead"))
+    if device == "cuda":
+        bench.case("sequential_offload", lambda: bench.engine(1, memory_mode="sequential_offload"))
+
+    cases = report["cases"]
+    if "median_s" in cases.get("diffusers", {}):
+        for case in cases.values():
+            if "median_s" in case:
+                per_image = case.get("per_image_s", case["median_s"])
+                case["speedup_over_diffusers"] = cases["diffusers"]["median_s"] / per_image
+                case["times_flop_floor"] = per_image / report["flop_floor_s"]
+    bench.save()
     print(json.dumps(report, indent=2))
+    print(f"{'case':<28}{'median s':>10}{'min s':>8}{'max s':>8}{'first s':>9}{'peak GB':>9}{'x diffusers':>12}")
+    for name, case in cases.items():
+        if "median_s" not in case:
+            print(f"{name:<28}{case.get('error', case.get('skipped', ''))[:120]}")
+            for step, result in case.items():
+                if isinstance(result, dict):
+                    print(f"  {step:<26}{result['warm_run_s']:>10.3f}{'':>16}{result['first_run_s']:>9.2f}")
+            continue
+        print(
+            f"{name:<28}{case.get('per_image_s', case['median_s']):>10.3f}{case['min_s']:>8.3f}{case['max_s']:>8.3f}"
+            f"{case['first_run_s']:>9.2f}{case.get('peak_memory_gb', 0):>9.2f}{case['speedup_over_diffusers']:>12.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -8,16 +8,39 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
+def run_tiny_gpu_benchmark(folder: Path, *options: str) -> dict:
+    """Run the GPU benchmark on the CPU with tiny models and small sizes; return its report."""
     command = [sys.executable, str(BENCHMARKS / "gpu_benchmark.py"), "--device", "cpu", "--size", "tiny"]
     command += ["--height", "64", "--width", "64", "--steps", "2", "--prior-steps", "2", "--repeats", "1"]
-    command += ["--num-images", "2", "--output", str(tmp_path)]
-    subprocess.run(command, check=True, capture_output=True, timeout=600)
-    report = json.loads((tmp_path / "gpu_benchmark.json").read_text(encoding="utf-8"))
-    assert set(report["engine"]) == {"gpu", "gpu_batch"}
-    assert report["engine"]["gpu_batch"]["num_images"] == 2
-    assert report["diffusers"]["runs"] == 1
-    assert set(report["levers"]) == {"bfloat16", "channels_last"}
+    subprocess.run([*command, *options, "--output", str(folder)], check=True, capture_output=True, timeout=600)
+    return json.loads((folder / "gpu_benchmark.json").read_text(encoding="utf-8"))
+
+
+def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
+    report = run_tiny_gpu_benchmark(tmp_path, "--num-images", "2")
+    cases = report["cases"]
+    assert list(cases) == ["diffusers", "gpu", "gpu_batch", "bfloat16", "channels_last", "compile_switches"]
+    assert not [name for name, case in cases.items() if "error" in case or "skipped" in case]
+    assert cases["diffusers"]["runs"] == 1 and cases["gpu_batch"]["num_images"] == 2
+    # The same models and seed: the engine's picture is diffusers' own, to the level.
+    assert cases["gpu"]["max_abs_diff_vs_diffusers"] == 0
+    assert set(cases["compile_switches"]) == {"text2img", "batch_2", "guidance_4", "img2img"}
     flops = report["flops_tera"]
     assert set(flops) == {"text_encoder", "prior", "unet", "movq"} and all(value > 0 for value in flops.values())
-    assert report["flop_floor_s"] > 0 and report["speedup_over_diffusers"] > 0
+    assert report["flop_floor_s"] > 0 and cases["gpu"]["speedup_over_diffusers"] > 0
+
+
+def test_the_gpu_benchmark_runs_only_the_cases_asked_for_beside_its_baseline(tmp_path):
+    report = run_tiny_gpu_benchmark(tmp_path, "--only", "channels_last")
+    assert list(report["cases"]) == ["diffusers", "channels_last"]
+
+
+def test_the_gpu_figures_in_benchmarks_md_are_those_of_the_committed_reports():
+    sys.path.insert(0, str(BENCHMARKS))
+    from report import render
+
+    reports = sorted((BENCHMARKS / "results").glob("*.json"))
+    rendered = "\n\n".join(render(json.loads(path.read_text(encoding="utf-8"))) for path in reports)
+    text = (BENCHMARKS.parent / "BENCHMARKS.md").read_text(encoding="utf-8")
+    block = text.split("<!-- gpu-results:start -->\n", 1)[1].split("\n<!-- gpu-results:end -->", 1)[0]
+    assert reports and block == rendered, "run: python benchmarks/report.py benchmarks/results/*.json"

@@ -1,0 +1,89 @@
+"""Render a ``gpu_benchmark.py`` report as the Markdown tables of BENCHMARKS.md.
+
+python benchmarks/report.py benchmarks/results/h200_2026-11-27.json [more reports...]
+
+BENCHMARKS.md quotes this output between its ``gpu-results`` markers, and a test keeps the two equal,
+so every GPU figure there comes from a committed report.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+CASES = {
+    "diffusers": "plain diffusers: `KandinskyV22CombinedPipeline`, every model on the GPU",
+    "gpu": "engine, `memory_mode` gpu",
+    "gpu_batch": "engine, gpu, a batch (`num_images`), time per picture",
+    "model_offload": "engine, `memory_mode` model_offload",
+    "sequential_offload": "engine, `memory_mode` sequential_offload (1 timed run)",
+    "bfloat16": "lever not kept: the models in bfloat16",
+    "channels_last": "lever not kept: UNet and MoVQ in channels_last",
+    "cudnn_benchmark": "lever not kept: `torch.backends.cudnn.benchmark`",
+    "compile_default": "engine, gpu, `compile_unet` default",
+    "compile_reduce-overhead": "engine, gpu, `compile_unet` reduce-overhead (CUDA graphs)",
+}
+SWITCHES = {
+    "text2img": "text2img, one picture (compiles)",
+    "batch_4": "then `num_images` 4 (a new batch size)",
+    "guidance_4": "then `guidance_scale` 4 (the UNet's batch doubles)",
+    "img2img": "then img2img (same sizes)",
+}
+
+
+def render(report: dict) -> str:
+    """The report's header line and tables, in Markdown."""
+    versions = report["versions"]
+    run = report["run"]
+    matmul = ", ".join(f"{dtype} {value:.0f}" for dtype, value in report["matmul_tflops_measured"].items())
+    lines = [
+        f"{report['device']}, {report['size']}-size models in {report['dtype']}; torch {versions['torch']} "
+        f"(CUDA {versions['cuda']}), diffusers {versions['diffusers']}, transformers {versions['transformers']}, "
+        f"Python {versions['python']}. {run['height']} x {run['width']}, {run['prior_num_inference_steps']} prior "
+        f"and {run['num_inference_steps']} decoder steps, guidance {run['guidance_scale']}. Matrix products "
+        f"measured: {matmul} TFLOP/s; FLOP floor {report['flop_floor_s']:.3f} s.",
+        "",
+    ]
+    cases = report["cases"]
+    timed = {name: case for name, case in cases.items() if "median_s" in case}
+    if timed:
+        lines += [
+            "| case | median s | min s | max s | first run s | peak GB | x diffusers | x floor | diff max / mean |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, case in timed.items():
+            per_image = case.get("num_images", 1)
+            median = case.get("per_image_s", case["median_s"])
+            diff = (
+                f"{case['max_abs_diff_vs_diffusers']} / {case['mean_abs_diff_vs_diffusers']:.2f}"
+                if "max_abs_diff_vs_diffusers" in case
+                else ""
+            )
+            lines.append(
+                f"| {CASES.get(name, name)}{f' of {per_image}' if per_image > 1 else ''} | {median:.3f} | "
+                f"{case['min_s'] / per_image:.3f} | {case['max_s'] / per_image:.3f} | {case['first_run_s']:.1f} | "
+                f"{case['peak_memory_gb']:.2f} | {case['speedup_over_diffusers']:.2f} | "
+                f"{case['times_flop_floor']:.1f} | {diff} |"
+            )
+    switches = cases.get("compile_switches", {})
+    if "text2img" in switches:
+        lines += [
+            "",
+            "| one compiled cache (`compile_unet` reduce-overhead), run after run | first run s | next run s |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {SWITCHES.get(name, name)} | {step['first_run_s']:.1f} | {step['warm_run_s']:.3f} |"
+            for name, step in switches.items()
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", type=Path, nargs="+")
+    arguments = parser.parse_args()
+    print("\n\n".join(render(json.loads(path.read_text(encoding="utf-8"))) for path in arguments.reports))
+
+
+if __name__ == "__main__":
+    main()
