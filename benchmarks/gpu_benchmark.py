@@ -4,8 +4,9 @@ Builds the published models' architectures with random (seeded, so identical) we
 device (speed and memory depend on the sizes, not the weights), then, on one card in one run: plain
 diffusers (``KandinskyV22CombinedPipeline``, every model on the device), the engine in each memory
 mode, a batch, the UNet compiled (CUDA only), and levers not in the engine (bfloat16,
-channels_last, cuDNN's benchmark mode). Each case is timed over warm runs, with its first run, its
-peak memory, and how far its picture is from diffusers' picture. The FLOP floor comes from
+channels_last, cuDNN's benchmark mode, parked models, another model-offload order). Each case is
+timed over warm runs, with its first run, its peak memory, and how far its picture is from
+diffusers' picture. The FLOP floor comes from
 ``benchmarks/flops.py`` and the card's matrix-product speed measured here. Needs no Ikomia.
 
 The report is rewritten after every case, and a case that fails is recorded with its error, so a
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffusers
 import transformers
 from flops import count_flops
+from parking import PARKING, park
 
 from kandinsky22_engine.generation import Inputs, choose_runtime, generate, to_uint8
 from kandinsky22_engine.models import ModelCache
@@ -153,18 +155,28 @@ class Bench:
         dtype: torch.dtype | None = None,
         channels_last: bool = False,
         cudnn_benchmark: bool = False,
+        parking: str = "",
+        prior_offload_sequence: str = "",
         **changes,
     ) -> dict:
-        """The engine with ``changes`` to the settings, over freshly built models, with the levers asked for."""
+        """The engine with ``changes`` to the settings, over freshly built models, with the levers asked for.
+
+        ``parking``: one of ``parking.PARKING``. ``prior_offload_sequence``: the prior's model offload
+        order instead of diffusers' "text_encoder->image_encoder->prior".
+        """
         settings = Settings(**{**self.settings.__dict__, **changes})
         runtime = choose_runtime(settings)
         prior, decoder = self.build(dtype)
         if channels_last:
             decoder.unet.to(memory_format=torch.channels_last)
             decoder.movq.to(memory_format=torch.channels_last)
+        if prior_offload_sequence:
+            prior.model_cpu_offload_seq = prior_offload_sequence
         cache = ModelCache()
         cache.adopt("prior", runtime.key(settings.prior_model_name), prior)
         cache.adopt("decoder", runtime.decoder_key(settings.model_name), decoder)
+        if parking:
+            park(prior, decoder, parking, self.device)
         del prior, decoder
         stages = {}
 
@@ -267,6 +279,14 @@ def matmul_tflops(device: str, dtype: torch.dtype) -> float:
     return 2 * size**3 / result["median_s"] / 1e12
 
 
+def host_to_device_gbps(pinned: bool) -> float:
+    """Copy speed of 1 GB from CPU memory (pinned or pageable) to the GPU, measured."""
+    host = torch.empty(2**29, dtype=torch.float16)
+    host = host.pin_memory() if pinned else host
+    result, _ = timed(lambda: host.to("cuda", non_blocking=pinned), "cuda", 5)
+    return host.numel() * host.element_size() / result["median_s"] / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -299,6 +319,11 @@ def main() -> None:
         str(dtype).removeprefix("torch."): matmul_tflops(device, dtype) for dtype in dtypes
     }
     report["flop_floor_s"] = sum(flops.values()) / 1e12 / report["matmul_tflops_measured"][report["dtype"]]
+    if device == "cuda":
+        report["host_to_device_gbps"] = {
+            "pinned": host_to_device_gbps(pinned=True),
+            "pageable": host_to_device_gbps(pinned=False),
+        }
     bench.save()
 
     few = max(1, bench.repeats - 1)
@@ -307,6 +332,12 @@ def main() -> None:
     bench.case("gpu_batch", lambda: bench.engine(few, memory_mode="gpu", num_images=bench.num_images))
     if device == "cuda":
         bench.case("model_offload", lambda: bench.engine(few, memory_mode="model_offload"))
+        bench.case(
+            "model_offload_text_encoder_first",
+            lambda: bench.engine(few, memory_mode="model_offload", prior_offload_sequence="text_encoder->prior"),
+        )
+    for parking in PARKING:
+        bench.case(f"park_{parking}", lambda parking=parking: bench.engine(bench.repeats, parking=parking))
     bench.case("bfloat16", lambda: bench.engine(bench.repeats, dtype=torch.bfloat16))
     bench.case("channels_last", lambda: bench.engine(bench.repeats, channels_last=True))
     if device == "cuda":

@@ -19,6 +19,10 @@ CASES = {
     "bfloat16": "lever not kept: the models in bfloat16",
     "channels_last": "lever not kept: UNet and MoVQ in channels_last",
     "cudnn_benchmark": "lever not kept: `torch.backends.cudnn.benchmark`",
+    "model_offload_text_encoder_first": "lever: model_offload with the prior's order text_encoder->prior",
+    "park_text_encoder": "lever: gpu, the text encoder parked in pinned memory outside the prior's call",
+    "park_prior_stage": "lever: gpu, the text encoder and prior parked outside the prior's call",
+    "park_all": "lever: gpu, every model parked outside its pipeline's call",
     "compile_default": "engine, gpu, `compile_unet` default",
     "compile_reduce-overhead": "engine, gpu, `compile_unet` reduce-overhead (CUDA graphs)",
 }
@@ -40,7 +44,10 @@ def render(report: dict) -> str:
         f"(CUDA {versions['cuda']}), diffusers {versions['diffusers']}, transformers {versions['transformers']}, "
         f"Python {versions['python']}. {run['height']} x {run['width']}, {run['prior_num_inference_steps']} prior "
         f"and {run['num_inference_steps']} decoder steps, guidance {run['guidance_scale']}. Matrix products "
-        f"measured: {matmul} TFLOP/s; FLOP floor {report['flop_floor_s']:.3f} s.",
+        f"measured: {matmul} TFLOP/s; FLOP floor {report['flop_floor_s']:.3f} s."
+        + "".join(
+            f" Host to GPU, {kind}: {speed:.1f} GB/s." for kind, speed in report.get("host_to_device_gbps", {}).items()
+        ),
         "",
     ]
     cases = report["cases"]
