@@ -238,7 +238,9 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
         self._align_labels()
         self.controls["mode"].widget.currentTextChanged.connect(self.show_mode)
         self.controls["mix_images"].widget.valueChanged.connect(self.show_mode)
+        self.controls["cuda"].widget.toggled.connect(self.enable_cuda_controls)
         self.show_mode()
+        self.enable_cuda_controls()
         self.set_layout(qtconversion.PyQtToQt(self.main_layout))
 
     def show_mode(self) -> None:
@@ -254,6 +256,14 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
         self.inputs_label.setText(
             ", ".join(f"{index}: {name}" for index, name in enumerate(names)) or "none: the prompt is enough"
         )
+
+    def enable_cuda_controls(self) -> None:
+        """Let the controls that only a CUDA run reads be edited only while cuda is on."""
+        on_cuda = self.controls["cuda"].widget.isChecked()
+        for parameter in PARAMETERS:
+            if parameter.cuda_only:
+                self.controls[parameter.name].widget.setEnabled(on_cuda)
+                self.label_of(parameter.name).setEnabled(on_cuda)
 
     def _align_labels(self) -> None:
         """Give every group's labels one width, so that the controls line up from box to box."""

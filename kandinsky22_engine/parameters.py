@@ -65,6 +65,8 @@ class Parameter:
     pattern: str | None = None
     # The modes that use it; empty: every mode.
     modes: tuple[str, ...] = ()
+    # Read only when the run is on CUDA.
+    cuda_only: bool = False
 
     def used_in(self, mode: str) -> bool:
         """Whether a run in ``mode`` reads this parameter."""
@@ -322,6 +324,7 @@ class Settings:
             "mode). Ignored on the CPU."
         ),
         choices=MEMORY_MODES,
+        cuda_only=True,
     )
     compile_unet: str = _setting(
         "off",
@@ -333,6 +336,7 @@ class Settings:
             "size, batch or guidance; later runs are faster. Ignored on the CPU."
         ),
         choices=COMPILE_MODES,
+        cuda_only=True,
     )
 
     def __post_init__(self) -> None:

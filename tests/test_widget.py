@@ -216,6 +216,17 @@ def test_the_cuda_box_is_enabled_where_cuda_is(plugin, monkeypatch):
     assert cuda.isChecked()
 
 
+def test_the_gpu_memory_and_compile_controls_can_be_edited_only_while_cuda_is_on(plugin, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    _, widget = open_widget(plugin, {"cuda": "False"})
+    cuda_only = [widget.controls[name].widget for name in ("memory_mode", "compile_unet")]
+    assert [control.isEnabled() for control in cuda_only] == [False, False]
+    assert not widget.label_of("compile_unet").isEnabled()
+    widget.controls["cuda"].widget.setChecked(True)
+    assert [control.isEnabled() for control in cuda_only] == [True, True]
+    assert [name for name, control in widget.controls.items() if not control.widget.isEnabled()] == []
+
+
 def test_reuse_last_seed_takes_the_seed_of_the_last_run(plugin, tiny_strings):
     from ikomia.dataprocess.workflow import Workflow
 
