@@ -31,7 +31,7 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from .images import InputError, as_rgb, depth_hint, fit, mask_from
-from .models import MODEL_CACHE, ModelCache, ModelKey
+from .models import MODEL_CACHE, ModelCache, ModelKey, first_line
 from .parameters import (
     DEFAULT_CONTROLNET_DECODER,
     DEFAULT_DECODER,
@@ -51,6 +51,10 @@ class GenerationStopped(RuntimeError):
 
 class GenerationOutOfMemory(RuntimeError):
     """The GPU ran out of memory; the message says what was asked and what to try."""
+
+
+class CompileFailed(RuntimeError):
+    """torch.compile could not compile the UNet on this machine; the message says how to run without it."""
 
 
 # What an out-of-memory error suggests next. sequential_offload is not offered: at 768x768 on an H200 it
@@ -269,7 +273,7 @@ def generate(
         logger.warning("infer_kandinsky_2_2: %s; running on the CPU in float32.", runtime.note)
     prepared = inputs if isinstance(inputs, Prepared) else prepare_inputs(settings, inputs)
     seed = resolve_seed(settings.seed)
-    with cache.lock, torch.no_grad(), _explain_out_of_memory(settings, runtime):
+    with cache.lock, torch.no_grad(), _explain_out_of_memory(settings, runtime), _explain_compile_failure(runtime):
         started = time.perf_counter()
         pipelines = load_pipelines(settings, cache)
         loaded = time.perf_counter()
@@ -340,6 +344,28 @@ def _explain_out_of_memory(settings: Settings, runtime: Runtime) -> Iterator[Non
             f"Out of GPU memory while generating {settings.num_images} picture(s) of {settings.width}x"
             f"{settings.height} in {settings.mode} with memory_mode {runtime.memory_mode}. Try {advice}fewer "
             "images or a smaller size. The GPU cache was emptied: the task can run again."
+        ) from error
+
+
+@contextmanager
+def _explain_compile_failure(runtime: Runtime) -> Iterator[None]:
+    """Turn a failure of torch.compile (no Triton, no C compiler, an unsupported operation) into an error
+    that names compile_unet and says how to run without it."""
+    try:
+        yield
+    except Exception as error:
+        if runtime.compile_unet == "off":
+            raise
+        from torch._dynamo.exc import TorchDynamoException
+
+        if not isinstance(error, TorchDynamoException):
+            raise
+        # A backend failure says only "backend='inductor' raised:"; the reason is its inner exception.
+        reason = getattr(error, "inner_exception", None) or error
+        raise CompileFailed(
+            f"compile_unet: torch.compile in mode {runtime.compile_unet!r} failed on this machine: "
+            f"{type(reason).__name__}: {first_line(reason).rstrip('.')}. Set compile_unet to off to run without "
+            "compiling (the decoder is then loaded again)."
         ) from error
 
 

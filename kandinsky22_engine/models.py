@@ -124,7 +124,7 @@ def load_pipeline(pipeline_class: type[DiffusionPipeline], parameter_name: str, 
         except Exception as error:
             raise ModelLoadError(
                 f"{parameter_name}: folder {name!r} is not a usable {pipeline_class.__name__} repo "
-                f"(broken or incomplete): {_first_line(error)}"
+                f"(broken or incomplete): {first_line(error)}"
             ) from error
         return _prepare(pipeline, key)
     if not _HUB_ID.fullmatch(name):
@@ -203,7 +203,7 @@ def _describe_hub_failure(
             f"{parameter_name}: {name!r} is not in the local Hugging Face cache ({hub_constants.HF_HUB_CACHE}) "
             "and could not be fetched: the hub is unreachable from this machine."
         )
-    return f"{parameter_name}: {name!r} is not a usable {pipeline_class.__name__} repo: {_first_line(error)}"
+    return f"{parameter_name}: {name!r} is not a usable {pipeline_class.__name__} repo: {first_line(error)}"
 
 
 def _exception_chain(error: BaseException) -> list[BaseException]:
@@ -214,6 +214,7 @@ def _exception_chain(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

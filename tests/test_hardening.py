@@ -304,3 +304,34 @@ def test_a_model_name_is_only_ever_an_id_or_a_path():
     assert not models.is_folder_name("kandinsky-community/kandinsky-2-2-decoder")
     assert not models._HUB_ID.fullmatch("https://example.com/model")
     assert not models._HUB_ID.fullmatch("owner/name; rm -rf /")
+
+
+def backend_failure(reason: Exception) -> Exception:
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return BackendCompilerFailed(lambda: None, reason, None)
+
+
+def test_a_failed_compile_names_compile_unet_its_reason_and_the_way_out():
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import CompileFailed, Runtime, _explain_compile_failure
+
+    message = (
+        "compile_unet: torch.compile in mode 'reduce-overhead' failed on this machine: RuntimeError: Cannot find "
+        "a working triton installation. Set compile_unet to off to run without compiling (the decoder is then "
+        "loaded again)."
+    )
+    runtime = Runtime("cuda", torch.float16, "gpu", compile_unet="reduce-overhead")
+    with pytest.raises(CompileFailed, match=f"^{re.escape(message)}$"), _explain_compile_failure(runtime):
+        raise backend_failure(RuntimeError("Cannot find a working triton installation.\nMore details here."))
+
+
+def test_without_compiling_errors_pass_through_unchanged():
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import Runtime, _explain_compile_failure
+
+    failure = backend_failure(RuntimeError("not ours"))
+    with pytest.raises(type(failure)) as raised, _explain_compile_failure(Runtime("cuda", torch.float16, "gpu")):
+        raise failure
+    assert raised.value is failure
+    compiled = Runtime("cuda", torch.float16, "gpu", compile_unet="default")
+    with pytest.raises(ValueError, match=r"^other$"), _explain_compile_failure(compiled):
+        raise ValueError("other")
