@@ -163,8 +163,9 @@ class Prepared:
 def choose_runtime(settings: Settings) -> Runtime:
     """CUDA in float16 with the chosen memory mode when asked for and present, else the CPU in float32.
 
-    Offloading is never asked of diffusers without an accelerator, where it fails; compiling neither,
-    where it needs a C++ compiler and takes minutes for a speed nobody measured.
+    Offloading is never asked of diffusers without an accelerator, where it fails; compiling neither:
+    on the CPU it needs a C++ compiler, and compiling even the tiny test UNet took 84 s on the
+    development VM, for a speed-up not measured there.
     """
     if settings.cuda and torch.cuda.is_available():
         return Runtime(
