@@ -218,22 +218,25 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
         self.parameters = param if param is not None else InferKandinsky22Param()
         self.main_layout = QVBoxLayout()
         self.controls: dict[str, Control] = {}
+        self.labels: dict[str, QLabel] = {}
         self.groups: dict[str, QGroupBox] = {}
+        self.shown: tuple[str, ...] = ()
         for group, members in groupby(PARAMETERS, key=lambda parameter: parameter.group):
             box = QGroupBox(group)
-            form = QFormLayout(box)
+            QFormLayout(box)
             for parameter in members:
                 value = self.parameters.values[parameter.name]
                 control = make_control(parameter, value, lambda: self.parameters.last_seed)
-                form.addRow(parameter.label, control.widget)
-                form.labelForField(control.widget).setToolTip(help_text(parameter))
-                self.controls[parameter.name] = control
+                label = QLabel(parameter.label, box)
+                label.setToolTip(help_text(parameter))
+                control.widget.setParent(box)
+                self.controls[parameter.name], self.labels[parameter.name] = control, label
             self.groups[group] = box
             self.main_layout.addWidget(box)
-        self.inputs_caption, self.inputs_label = QLabel("Inputs"), QLabel()
+        self.inputs_caption = QLabel("Inputs", self.groups[PARAMETERS[0].group])
+        self.inputs_label = QLabel(self.groups[PARAMETERS[0].group])
         self.inputs_label.setWordWrap(True)
         self.inputs_caption.setToolTip("The task's inputs in this mode, by index")
-        self.groups[PARAMETERS[0].group].layout().addRow(self.inputs_caption, self.inputs_label)
         self.main_layout.addStretch(1)
         self._align_labels()
         self.controls["mode"].widget.currentTextChanged.connect(self.show_mode)
@@ -246,16 +249,34 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
     def show_mode(self) -> None:
         """Show only the controls that the chosen mode uses, and the inputs it reads."""
         mode = self.controls["mode"].read()
-        for parameter in PARAMETERS:
-            used = parameter.used_in(mode)
-            self.controls[parameter.name].widget.setVisible(used)
-            self.label_of(parameter.name).setVisible(used)
-        for group, box in self.groups.items():
-            box.setVisible(any(parameter.used_in(mode) for parameter in PARAMETERS if parameter.group == group))
+        shown = tuple(parameter.name for parameter in PARAMETERS if parameter.used_in(mode))
+        if shown != self.shown:
+            self._arrange_rows(shown)
         names = input_names(mode, int(self.controls["mix_images"].read()))
         self.inputs_label.setText(
             ", ".join(f"{index}: {name}" for index, name in enumerate(names)) or "none: the prompt is enough"
         )
+
+    def _arrange_rows(self, shown: tuple[str, ...]) -> None:
+        """Put the rows of the ``shown`` parameters in their forms, in order, and hide the others.
+
+        Rows are taken out of their form rather than hidden: a hidden QFormLayout row still takes space
+        in Qt 6.2, which has no setRowVisible.
+        """
+        for group, box in self.groups.items():
+            form = box.layout()
+            while form.rowCount():
+                form.takeRow(0)
+            members = [parameter.name for parameter in PARAMETERS if parameter.group == group]
+            for name in members:
+                label, control = self.labels[name], self.controls[name].widget
+                if name in shown:
+                    form.addRow(label, control)
+                label.setVisible(name in shown)
+                control.setVisible(name in shown)
+            box.setVisible(any(name in shown for name in members))
+        self.groups[PARAMETERS[0].group].layout().addRow(self.inputs_caption, self.inputs_label)
+        self.shown = shown
 
     def enable_cuda_controls(self) -> None:
         """Let the controls that only a CUDA run reads be edited only while cuda is on."""
@@ -274,8 +295,7 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
 
     def label_of(self, name: str) -> QLabel:
         """The label shown beside the control of parameter ``name``."""
-        control = self.controls[name].widget
-        return control.parentWidget().layout().labelForField(control)
+        return self.labels[name]
 
     def control_values(self) -> dict[str, str]:
         """What the controls show, as the strings the parameters keep."""

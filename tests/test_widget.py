@@ -254,11 +254,18 @@ def test_reuse_last_seed_takes_the_seed_of_the_last_run(plugin, tiny_strings):
     ],
 )
 def test_the_mode_selector_shows_only_the_controls_and_inputs_of_the_mode(plugin, mode, only_there, inputs):
-    _, widget = open_widget(plugin)
+    _, widget = open_widget(plugin, {"mode": "mix" if mode == "img2img" else "img2img"})
     widget.controls["mode"].widget.setCurrentText(mode)
     mode_specific = {"strength", "mix_images", "mix_weights"}
     shown = {name for name, control in widget.controls.items() if not control.widget.isHidden()}
     assert shown == set(widget.controls) - mode_specific | only_there
+    # Hidden controls leave their forms, so that no empty row keeps its space.
+    in_forms = {
+        name
+        for name, control in widget.controls.items()
+        if control.widget.parentWidget().layout().indexOf(control.widget) >= 0
+    }
+    assert in_forms == shown
     assert all(widget.label_of(name).isHidden() == (name not in shown) for name in widget.controls)
     assert widget.groups["Mix"].isHidden() == (mode != "mix")
     assert widget.inputs_label.text() == inputs
