@@ -27,6 +27,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import diffusers
 import transformers
+from diffusers import DiffusionPipeline
 from flops import count_flops
 from parking import PARKING, park
 
@@ -164,17 +166,14 @@ class Bench:
         ``parking``: one of ``parking.PARKING``. ``prior_offload_sequence``: the prior's model offload
         order instead of diffusers' "text_encoder->image_encoder->prior".
         """
-        settings = Settings(**{**self.settings.__dict__, **changes})
-        runtime = choose_runtime(settings)
+        settings = replace(self.settings, **changes)
         prior, decoder = self.build(dtype)
         if channels_last:
             decoder.unet.to(memory_format=torch.channels_last)
             decoder.movq.to(memory_format=torch.channels_last)
         if prior_offload_sequence:
             prior.model_cpu_offload_seq = prior_offload_sequence
-        cache = ModelCache()
-        cache.adopt("prior", runtime.key(settings.prior_model_name), prior)
-        cache.adopt("decoder", runtime.decoder_key(settings.model_name), decoder)
+        cache = adopted(settings, prior, decoder)
         if parking:
             park(prior, decoder, parking, self.device)
         del prior, decoder
@@ -204,13 +203,8 @@ class Bench:
         A batch, classifier-free guidance (which doubles the UNet's batch) and img2img after text2img:
         each first run may recompile; the warm run after it shows whether the speed holds.
         """
-        base = Settings(**{**self.settings.__dict__, "compile_unet": compile_unet})
-        runtime = choose_runtime(base)
-        prior, decoder = self.build()
-        cache = ModelCache()
-        cache.adopt("prior", runtime.key(base.prior_model_name), prior)
-        cache.adopt("decoder", runtime.decoder_key(base.model_name), decoder)
-        del prior, decoder
+        base = replace(self.settings, compile_unet=compile_unet)
+        cache = adopted(base, *self.build())
         picture = np.random.default_rng(0).integers(0, 256, (base.height, base.width, 3), dtype=np.uint8)
         steps = (
             ("text2img", {}, Inputs()),
@@ -221,7 +215,7 @@ class Bench:
         results = {}
         try:
             for name, changes, inputs in steps:
-                settings = Settings(**{**base.__dict__, **changes})
+                settings = replace(base, **changes)
                 seconds = []
                 for _ in range(2):
                     started = time.perf_counter()
@@ -232,6 +226,15 @@ class Bench:
         finally:
             cache.release()
         return results
+
+
+def adopted(settings: Settings, prior: DiffusionPipeline, decoder: DiffusionPipeline) -> ModelCache:
+    """A cache holding ``prior`` and ``decoder`` as if loaded for ``settings``, placed as they say."""
+    runtime = choose_runtime(settings)
+    cache = ModelCache()
+    cache.adopt("prior", runtime.key(settings.prior_model_name), prior)
+    cache.adopt("decoder", runtime.decoder_key(settings.model_name), decoder)
+    return cache
 
 
 def synchronize(device: str) -> None:
