@@ -4,7 +4,7 @@ Builds the published models' architectures with random (seeded, so identical) we
 device (speed and memory depend on the sizes, not the weights), then, on one card in one run: plain
 diffusers (``KandinskyV22CombinedPipeline``, every model on the device), the engine in each memory
 mode, a batch, the UNet compiled (CUDA only), and levers not in the engine (bfloat16,
-channels_last, cuDNN's benchmark mode, parked models, another model-offload order). Each case is
+channels_last, cuDNN's benchmark mode, another model-offload order). Each case is
 timed over warm runs, with its first run, its peak memory, and how far its picture is from
 diffusers' picture. The FLOP floor comes from
 ``benchmarks/flops.py`` and the card's matrix-product speed measured here. Needs no Ikomia.
@@ -40,7 +40,6 @@ import diffusers
 import transformers
 from diffusers import DiffusionPipeline
 from flops import count_flops
-from parking import PARKING, park
 
 from kandinsky22_engine.generation import Inputs, choose_runtime, generate, to_uint8
 from kandinsky22_engine.models import ModelCache
@@ -157,25 +156,22 @@ class Bench:
         dtype: torch.dtype | None = None,
         channels_last: bool = False,
         cudnn_benchmark: bool = False,
-        parking: str = "",
-        prior_offload_sequence: str = "",
+        model_offload_order: str = "",
         **changes,
     ) -> dict:
         """The engine with ``changes`` to the settings, over freshly built models, with the levers asked for.
 
-        ``parking``: one of ``parking.PARKING``. ``prior_offload_sequence``: the prior's model offload
-        order instead of diffusers' "text_encoder->image_encoder->prior".
+        ``model_offload_order``: the prior's model offload order instead of diffusers'
+        "text_encoder->image_encoder->prior".
         """
         settings = replace(self.settings, **changes)
         prior, decoder = self.build(dtype)
         if channels_last:
             decoder.unet.to(memory_format=torch.channels_last)
             decoder.movq.to(memory_format=torch.channels_last)
-        if prior_offload_sequence:
-            prior.model_cpu_offload_seq = prior_offload_sequence
+        if model_offload_order:
+            prior.model_cpu_offload_seq = model_offload_order
         cache = adopted(settings, prior, decoder)
-        if parking:
-            park(prior, decoder, parking, self.device)
         del prior, decoder
         stages = {}
 
@@ -334,13 +330,16 @@ def main() -> None:
     bench.case("gpu", lambda: bench.engine(bench.repeats, memory_mode="gpu"))
     bench.case("gpu_batch", lambda: bench.engine(few, memory_mode="gpu", num_images=bench.num_images))
     if device == "cuda":
+        bench.case("prior_offload", lambda: bench.engine(bench.repeats, memory_mode="prior_offload"))
+        bench.case(
+            "prior_offload_compile_reduce-overhead",
+            lambda: bench.engine(bench.repeats, memory_mode="prior_offload", compile_unet="reduce-overhead"),
+        )
         bench.case("model_offload", lambda: bench.engine(few, memory_mode="model_offload"))
         bench.case(
             "model_offload_text_encoder_first",
-            lambda: bench.engine(few, memory_mode="model_offload", prior_offload_sequence="text_encoder->prior"),
+            lambda: bench.engine(few, memory_mode="model_offload", model_offload_order="text_encoder->prior"),
         )
-    for parking in PARKING:
-        bench.case(f"park_{parking}", lambda parking=parking: bench.engine(bench.repeats, parking=parking))
     bench.case("bfloat16", lambda: bench.engine(bench.repeats, dtype=torch.bfloat16))
     bench.case("channels_last", lambda: bench.engine(bench.repeats, channels_last=True))
     if device == "cuda":

@@ -31,7 +31,7 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from .images import InputError, as_rgb, depth_hint, fit, mask_from
-from .models import MODEL_CACHE, ModelCache, ModelKey, first_line
+from .models import MODEL_CACHE, ModelCache, ModelKey, Parking, first_line
 from .parameters import (
     DEFAULT_CONTROLNET_DECODER,
     DEFAULT_DECODER,
@@ -59,7 +59,7 @@ class CompileFailed(RuntimeError):
 
 # What an out-of-memory error suggests next. sequential_offload is not offered: at 768x768 on an H200 it
 # peaked higher than model_offload (diffusers keeps the prior on the GPU in that mode), and 6x slower.
-LESS_MEMORY = {"gpu": "model_offload"}
+LESS_MEMORY = {"gpu": "model_offload", "prior_offload": "model_offload"}
 
 
 @dataclass(frozen=True)
@@ -143,10 +143,11 @@ class Generation:
 
 @dataclass(frozen=True)
 class Pipelines:
-    """The loaded stages of one run."""
+    """The loaded stages of one run, and the prior's models that visit the device only for the prior stage."""
 
     prior: KandinskyV22PriorPipeline
     decoder: DiffusionPipeline
+    prior_parking: Parking
 
 
 @dataclass
@@ -204,7 +205,12 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
         )
         if settings.mode == "mix" and runtime.memory_mode == "gpu":
             prior.image_encoder.to(runtime.device)
-    return Pipelines(prior=prior, decoder=decoder_pipeline)
+        return Pipelines(prior=prior, decoder=decoder_pipeline, prior_parking=cache.parking("prior"))
+
+
+def prior_stage_models(mode: str) -> tuple[str, ...]:
+    """The prior pipeline's models that a run of ``mode`` uses: only mix embeds images."""
+    return ("text_encoder", "prior", "image_encoder") if mode == "mix" else ("text_encoder", "prior")
 
 
 def decoder_steps(settings: Settings) -> int:
@@ -281,28 +287,12 @@ def generate(
         truncated = _truncated_prompts(pipelines.prior.tokenizer, settings)
         generator = torch.Generator("cpu").manual_seed(seed)
         prior_callback = _step_callback("prior", settings.prior_num_inference_steps, on_step, should_stop)
-        if settings.mode == "mix":
-            image_embeds, negative_image_embeds = _mix_embeddings(
-                pipelines.prior, settings, prepared.mix_images, generator, prior_callback
-            )
-        else:
-            image_embeds, negative_image_embeds = pipelines.prior(
-                prompt=settings.prompt,
-                negative_prompt=settings.negative_prompt or None,
-                num_images_per_prompt=settings.num_images,
-                num_inference_steps=settings.prior_num_inference_steps,
-                guidance_scale=settings.prior_guidance_scale,
-                generator=generator,
-                output_type="pt",
-                return_dict=False,
-                callback_on_step_end=prior_callback,
-            )
-        _synchronize(runtime)
+        with pipelines.prior_parking.visit(*prior_stage_models(settings.mode)):
+            embeds = _embeddings(pipelines.prior, settings, prepared, generator, prior_callback)
+            _synchronize(runtime)
         prior_done = time.perf_counter()
         decoder_callback = _step_callback("decoder", decoder_steps(settings), on_step, should_stop)
-        images = _decode(
-            pipelines.decoder, settings, prepared, (image_embeds, negative_image_embeds), generator, decoder_callback
-        )
+        images = _decode(pipelines.decoder, settings, prepared, embeds, generator, decoder_callback)
         decoded = time.perf_counter()
     metadata = {
         "mode": settings.mode,
@@ -387,6 +377,29 @@ def _truncated_prompts(tokenizer: CLIPTokenizer, settings: Settings) -> dict[str
     return truncated
 
 
+def _embeddings(
+    prior: KandinskyV22PriorPipeline,
+    settings: Settings,
+    prepared: Prepared,
+    generator: torch.Generator,
+    callback: Callable[..., dict],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior stage: the image embedding of every picture, and the negative embeddings."""
+    if settings.mode == "mix":
+        return _mix_embeddings(prior, settings, prepared.mix_images, generator, callback)
+    return prior(
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt or None,
+        num_images_per_prompt=settings.num_images,
+        num_inference_steps=settings.prior_num_inference_steps,
+        guidance_scale=settings.prior_guidance_scale,
+        generator=generator,
+        output_type="pt",
+        return_dict=False,
+        callback_on_step_end=callback,
+    )
+
+
 def _mix_embeddings(
     prior: KandinskyV22PriorPipeline,
     settings: Settings,
@@ -414,7 +427,7 @@ def _mix_embeddings(
             embedding = prior(item, **prior_arguments).image_embeds.unsqueeze(0)
         else:
             pixels = prior.image_processor(item, return_tensors="pt").pixel_values[0].unsqueeze(0)
-            pixels = pixels.to(dtype=prior.image_encoder.dtype, device=prior.device)
+            pixels = pixels.to(dtype=prior.image_encoder.dtype, device=prior.image_encoder.device)
             embedding = prior.image_encoder(pixels)["image_embeds"].repeat(settings.num_images, 1).unsqueeze(0)
         weighted.append(embedding * weight)
     negative = prior(settings.negative_prompt, **prior_arguments)

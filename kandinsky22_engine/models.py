@@ -11,6 +11,8 @@ import os
 import re
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +21,8 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import RepositoryNotFoundError
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+# The models of a prior pipeline that prior_offload parks; mix alone uses the image encoder.
+PRIOR_STAGE_MODELS = ("text_encoder", "prior", "image_encoder")
 _CONNECTION_ERRORS = ("ConnectError", "ConnectionError", "ConnectTimeout", "Timeout", "LocalEntryNotFoundError")
 
 
@@ -30,8 +34,9 @@ class ModelLoadError(RuntimeError):
 class ModelKey:
     """What identifies a loaded pipeline: where it comes from, where it runs, and how it uses the GPU.
 
-    ``memory_mode`` is "gpu" (every model on the GPU), "model_offload" or "sequential_offload" on CUDA,
-    and "none" on the CPU, where there is nothing to offload. ``compile_unet`` is the torch.compile
+    ``memory_mode`` is "gpu" (every model on the GPU), "prior_offload" (the prior stage's models parked
+    in CPU memory, see ``Parking``), "model_offload" or "sequential_offload" on CUDA, and "none" on the
+    CPU, where there is nothing to offload. ``compile_unet`` is the torch.compile
     mode of the pipeline's UNet, or "off".
     """
 
@@ -42,12 +47,92 @@ class ModelKey:
     compile_unet: str = "off"
 
 
+class Parking:
+    """Modules whose weights wait in CPU memory and are on the device only inside ``visit``.
+
+    A visit copies the weights to the device and nothing back: the CPU copy, pinned on CUDA so that the
+    copy is fast, stays the reference (the weights never change). diffusers' model offload instead moves
+    every model both ways through pageable memory. The weights travel packed in a few large buffers, one
+    copy each. An empty parking visits nothing.
+    """
+
+    def __init__(self, modules: dict[str, torch.nn.Module] | None = None, device: str = "cpu") -> None:
+        self.device = device
+        self._chunks = {
+            name: _pack([*module.parameters(), *module.buffers()], pin=device == "cuda")
+            for name, module in (modules or {}).items()
+        }
+
+    @contextmanager
+    def visit(self, *names: str) -> Iterator[None]:
+        """Have the parked modules among ``names`` on the device for the block, and parked again after it."""
+        visiting = [chunk for name in names for chunk in self._chunks.get(name, ())]
+        for chunk in visiting:
+            chunk.point_at(chunk.host.to(self.device, non_blocking=True, copy=True))
+        try:
+            yield
+        finally:
+            for chunk in visiting:
+                chunk.point_at(chunk.host)
+
+
+# CUDA's pinned-memory allocator rounds every block up to a power of two: blocks this size waste little.
+_CHUNK_BYTES = 2**28
+_ALIGNMENT = 256
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Tensors whose bytes lie one after another in ``host``, each at its offset."""
+
+    tensors: list[torch.Tensor]
+    offsets: list[int]
+    host: torch.Tensor
+
+    def point_at(self, buffer: torch.Tensor) -> None:
+        """Make every tensor a view of its bytes in ``buffer``, a copy of ``host`` (or ``host`` itself)."""
+        for tensor, offset in zip(self.tensors, self.offsets, strict=True):
+            tensor.data = buffer[offset : offset + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
+
+
+def _pack(tensors: list[torch.Tensor], pin: bool) -> list[_Chunk]:
+    """Copy ``tensors`` into CPU buffers of up to ``_CHUNK_BYTES`` (pinned if ``pin``), and point them there."""
+    layouts: list[tuple[list[torch.Tensor], list[int]]] = []
+    end = 0
+    for tensor in tensors:
+        start = -(-end // _ALIGNMENT) * _ALIGNMENT
+        if not layouts or (end > 0 and start + tensor.nbytes > _CHUNK_BYTES):
+            layouts.append(([], []))
+            start = 0
+        layouts[-1][0].append(tensor)
+        layouts[-1][1].append(start)
+        end = start + tensor.nbytes
+    chunks = []
+    for group, offsets in layouts:
+        host = torch.empty(offsets[-1] + group[-1].nbytes, dtype=torch.uint8, pin_memory=pin)
+        for tensor, offset in zip(group, offsets, strict=True):
+            host[offset : offset + tensor.nbytes].view(tensor.dtype).view(tensor.shape).copy_(tensor.data)
+        chunk = _Chunk(group, offsets, host)
+        chunk.point_at(host)
+        chunks.append(chunk)
+    return chunks
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A pipeline in the cache: the key it was loaded for, and the models it keeps parked."""
+
+    key: ModelKey
+    pipeline: DiffusionPipeline
+    parking: Parking
+
+
 class ModelCache:
     """One loaded pipeline per role, shared by every task instance of the process."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self._pipelines: dict[str, tuple[ModelKey, DiffusionPipeline]] = {}
+        self._loaded: dict[str, Loaded] = {}
         self.load_counts: Counter[str] = Counter()
 
     def get(
@@ -59,26 +144,31 @@ class ModelCache:
     ) -> DiffusionPipeline:
         """Return the pipeline of ``role`` for ``key``, loading it only if the cached one differs."""
         with self.lock:
-            cached = self._pipelines.get(role)
-            if cached is not None and cached[0] == key:
-                return cached[1]
+            cached = self._loaded.get(role)
+            if cached is not None and cached.key == key:
+                return cached.pipeline
             self.release(role)
             pipeline = load_pipeline(pipeline_class, parameter_name, key)
-            self._pipelines[role] = (key, pipeline)
             self.load_counts[role] += 1
+            self._loaded[role] = Loaded(key, pipeline, _place(pipeline, key))
             return pipeline
 
     def adopt(self, role: str, key: ModelKey, pipeline: DiffusionPipeline) -> None:
         """Cache a pipeline built elsewhere (the benchmarks build theirs in memory) as if loaded for ``key``."""
         with self.lock:
             self.release(role)
-            self._pipelines[role] = (key, _prepare(pipeline, key))
+            self._loaded[role] = Loaded(key, pipeline, _place(pipeline, key))
+
+    def parking(self, role: str) -> Parking:
+        """What the pipeline of ``role`` keeps parked in CPU memory (nothing, unless memory_mode is prior_offload)."""
+        with self.lock:
+            return self._loaded[role].parking
 
     def release(self, role: str | None = None) -> None:
         """Drop the pipeline of ``role`` (all of them when None) and give its memory back."""
         with self.lock:
-            for name in [role] if role else list(self._pipelines):
-                self._pipelines.pop(name, None)
+            for name in [role] if role else list(self._loaded):
+                self._loaded.pop(name, None)
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -86,7 +176,7 @@ class ModelCache:
     def loaded_keys(self) -> dict[str, ModelKey]:
         """The key of each loaded role: what a run with the same settings would reuse."""
         with self.lock:
-            return {role: key for role, (key, _) in self._pipelines.items()}
+            return {role: loaded.key for role, loaded in self._loaded.items()}
 
 
 MODEL_CACHE = ModelCache()
@@ -105,7 +195,7 @@ def is_folder_name(model_name: str) -> bool:
 
 
 def load_pipeline(pipeline_class: type[DiffusionPipeline], parameter_name: str, key: ModelKey) -> DiffusionPipeline:
-    """Load a pipeline from a local folder or the Hugging Face cache/hub, safetensors only.
+    """Load a pipeline, on the CPU, from a local folder or the Hugging Face cache/hub, safetensors only.
 
     A hub id already in the local cache loads without touching the network. Failures become a
     ``ModelLoadError`` that says whether the model was not found, could not be fetched, or is broken.
@@ -126,7 +216,7 @@ def load_pipeline(pipeline_class: type[DiffusionPipeline], parameter_name: str, 
                 f"{parameter_name}: folder {name!r} is not a usable {pipeline_class.__name__} repo "
                 f"(broken or incomplete): {first_line(error)}"
             ) from error
-        return _prepare(pipeline, key)
+        return pipeline
     if not _HUB_ID.fullmatch(name):
         raise ModelLoadError(
             f"{parameter_name}: {name!r} is neither an existing folder nor a Hugging Face hub id (owner/name)."
@@ -144,7 +234,7 @@ def load_pipeline(pipeline_class: type[DiffusionPipeline], parameter_name: str, 
             pipeline = _from_pretrained(pipeline_class, name, key.dtype, local_files_only=False)
         except Exception as error:
             raise ModelLoadError(_describe_hub_failure(parameter_name, name, pipeline_class, error)) from error
-    return _prepare(pipeline, key)
+    return pipeline
 
 
 def _from_pretrained(
@@ -153,24 +243,33 @@ def _from_pretrained(
     return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local_files_only)
 
 
-def _prepare(pipeline: DiffusionPipeline, key: ModelKey) -> DiffusionPipeline:
-    """Place a freshly loaded pipeline as ``key`` says; a prior also gets its zero-image embedding cached."""
+def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:
+    """Place a freshly loaded pipeline as ``key`` says, and return what it keeps parked.
+
+    A prior also gets its zero-image embedding cached. In prior_offload the prior's three models are
+    parked, and a decoder is placed as in gpu: only the prior stage pays for the copies.
+    """
     pipeline.set_progress_bar_config(disable=True)
-    if isinstance(pipeline, KandinskyV22PriorPipeline):
+    is_prior = isinstance(pipeline, KandinskyV22PriorPipeline)
+    if is_prior:
         _cache_zero_image_embedding(pipeline, key.device)
+    parking = Parking()
     if key.memory_mode == "model_offload":
         pipeline.enable_model_cpu_offload(device=key.device)
     elif key.memory_mode == "sequential_offload":
         pipeline.enable_sequential_cpu_offload(device=key.device)
+    elif key.memory_mode == "prior_offload" and is_prior:
+        modules = {name: getattr(pipeline, name).to("cpu") for name in PRIOR_STAGE_MODELS}
+        parking = Parking(modules, key.device)
     else:
         pipeline.to(key.device)
-        if isinstance(pipeline, KandinskyV22PriorPipeline):
+        if is_prior:
             # 1.8B parameters that only mix needs once the zero-image embedding is known: off the GPU.
             pipeline.image_encoder.to("cpu")
     if key.compile_unet != "off":
         # In place, so pipelines that share the UNet (img2img over the text2img decoder) share the compiled one.
         pipeline.unet.compile(mode=key.compile_unet)
-    return pipeline
+    return parking
 
 
 def _cache_zero_image_embedding(prior: KandinskyV22PriorPipeline, device: str) -> None:

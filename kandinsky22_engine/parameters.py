@@ -20,7 +20,7 @@ DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
 DEFAULT_CONTROLNET_DECODER = "kandinsky-community/kandinsky-2-2-controlnet-depth"
 KNOWN_DECODERS = (DEFAULT_DECODER, DEFAULT_INPAINT_DECODER, DEFAULT_CONTROLNET_DECODER)
 MODES = ("text2img", "img2img", "inpaint", "controlnet_depth", "mix")
-MEMORY_MODES = ("gpu", "model_offload", "sequential_offload")
+MEMORY_MODES = ("gpu", "prior_offload", "model_offload", "sequential_offload")
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 MAX_MIX_IMAGES = 8
 MAX_IMAGES = 16
@@ -319,9 +319,10 @@ class Settings:
         group="Device",
         help=(
             "On CUDA: gpu keeps the models on the GPU (fastest; the CLIP image encoder stays off it unless mix "
-            "needs it); model_offload moves each model to the GPU only while it runs (least memory measured at "
-            "768x768); sequential_offload moves each layer, slowest (diffusers keeps the prior on the GPU in this "
-            "mode). Ignored on the CPU."
+            "needs it); prior_offload keeps the decoder on the GPU and copies the text encoder and prior to it "
+            "for the prior stage only, from pinned CPU memory; model_offload moves each model to the GPU only "
+            "while it runs (least memory measured at 768x768); sequential_offload moves each layer, slowest "
+            "(diffusers keeps the prior on the GPU in this mode). Ignored on the CPU."
         ),
         choices=MEMORY_MODES,
         cuda_only=True,

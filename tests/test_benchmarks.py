@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -21,12 +19,11 @@ def run_tiny_gpu_benchmark(folder: Path, *options: str) -> dict:
 def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     report = run_tiny_gpu_benchmark(tmp_path, "--num-images", "2")
     cases = report["cases"]
-    parked = ["park_text_encoder", "park_prior_stage", "park_all"]
-    assert list(cases) == ["diffusers", "gpu", "gpu_batch", *parked, "bfloat16", "channels_last", "compile_switches"]
+    assert list(cases) == ["diffusers", "gpu", "gpu_batch", "bfloat16", "channels_last", "compile_switches"]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case]
     assert cases["diffusers"]["runs"] == 1 and cases["gpu_batch"]["num_images"] == 2
-    # The same models and seed: the engine's picture is diffusers' own, to the level, parked or not.
-    assert [cases[name]["max_abs_diff_vs_diffusers"] for name in ["gpu", *parked]] == [0, 0, 0, 0]
+    # The same models and seed: the engine's picture is diffusers' own, to the level.
+    assert cases["gpu"]["max_abs_diff_vs_diffusers"] == 0
     assert set(cases["compile_switches"]) == {"text2img", "batch_2", "guidance_4", "img2img"}
     flops = report["flops_tera"]
     assert set(flops) == {"text_encoder", "prior", "unet", "movq"} and all(value > 0 for value in flops.values())
@@ -47,22 +44,3 @@ def test_the_gpu_figures_in_benchmarks_md_are_those_of_the_committed_reports():
     text = (BENCHMARKS.parent / "BENCHMARKS.md").read_text(encoding="utf-8")
     block = text.split("<!-- gpu-results:start -->\n", 1)[1].split("\n<!-- gpu-results:end -->", 1)[0]
     assert reports and block == rendered, "run: python benchmarks/report.py benchmarks/results/*.json"
-
-
-def test_parked_models_hold_their_own_copy_during_their_pipeline_call_and_the_parked_one_after(tiny_repos):
-    sys.path.insert(0, str(BENCHMARKS))
-    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
-    from parking import park
-
-    prior = KandinskyV22PriorPipeline.from_pretrained(tiny_repos.prior)
-    decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
-    expected = decoder.unet.conv_in.weight.detach().clone()
-    park(prior, decoder, "all", "cpu")
-    parked = decoder.unet.conv_in.weight.data_ptr()
-    seen = []
-    decoder.unet.register_forward_pre_hook(lambda module, arguments: seen.append(module.conv_in.weight.data_ptr()))
-    embeds = prior("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).image_embeds
-    decoder(image_embeds=embeds, negative_image_embeds=embeds, height=64, width=64, num_inference_steps=2)
-    assert len(seen) == 2 and parked not in seen
-    assert decoder.unet.conv_in.weight.data_ptr() == parked
-    assert torch.equal(decoder.unet.conv_in.weight, expected)

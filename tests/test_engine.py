@@ -11,9 +11,16 @@ from diffusers import DiffusionPipeline, KandinskyV22Pipeline, KandinskyV22Prior
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from helpers import diffusers_reference, max_difference
-from infer_kandinsky_2_2.kandinsky22_engine import models
-from infer_kandinsky_2_2.kandinsky22_engine.generation import GenerationStopped, generate, load_pipelines
-from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelLoadError
+from infer_kandinsky_2_2.kandinsky22_engine import generation, models
+from infer_kandinsky_2_2.kandinsky22_engine.generation import (
+    GenerationStopped,
+    Inputs,
+    Runtime,
+    generate,
+    load_pipelines,
+    prior_stage_models,
+)
+from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelLoadError, Parking
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import MAX_RANDOM_SEED, Settings
 
 
@@ -283,13 +290,73 @@ def test_compiling_is_ignored_on_the_cpu(settings, cache):
     assert cache.load_counts == {"prior": 1, "decoder": 1}
 
 
-def test_a_decoder_key_with_a_compile_mode_compiles_its_unet_in_place(tiny_repos, monkeypatch):
-    from infer_kandinsky_2_2.kandinsky22_engine.models import ModelKey, load_pipeline
+def test_a_decoder_key_with_a_compile_mode_compiles_its_unet_in_place(tiny_repos, cache, monkeypatch):
+    from infer_kandinsky_2_2.kandinsky22_engine.models import ModelKey
 
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **options: compiled.append((module, options)))
     key = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, compile_unet="reduce-overhead")
-    decoder = load_pipeline(KandinskyV22Pipeline, "model_name", key)
+    decoder = cache.get("decoder", KandinskyV22Pipeline, "model_name", key)
     assert compiled == [(decoder.unet, {"mode": "reduce-overhead"})]
-    load_pipeline(KandinskyV22Pipeline, "model_name", ModelKey(str(tiny_repos.decoder), "cpu", torch.float32))
+    plain = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32)
+    cache.get("decoder", KandinskyV22Pipeline, "model_name", plain)
     assert len(compiled) == 1
+
+
+def first_weight(module: torch.nn.Module) -> int:
+    """Where the first weight of ``module`` lives: a parked module's and a visiting copy's differ."""
+    return next(module.parameters()).data_ptr()
+
+
+@pytest.mark.parametrize("mode", ["text2img", "mix"])
+def test_prior_offload_has_the_prior_stage_models_on_the_device_only_for_the_prior_and_changes_no_pixel(
+    settings, cache, monkeypatch, mode
+):
+    settings = Settings(**{**settings.__dict__, "mode": mode})
+    pictures = tuple(np.random.default_rng(seed).integers(0, 256, (64, 128, 3), dtype=np.uint8) for seed in (1, 2))
+    inputs = Inputs(mix_images=pictures) if mode == "mix" else Inputs()
+    expected = generate(settings, inputs, cache=ModelCache()).images[0]
+    # prior_offload as on CUDA, with the CPU as the device: the weights are copied in and parked again all the same,
+    # packed in small chunks so that each model spans several.
+    monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, "prior_offload"))
+    monkeypatch.setattr(models, "_CHUNK_BYTES", 2**16)
+    pipelines = load_pipelines(settings, cache)
+    stage = {name: getattr(pipelines.prior, name) for name in ("text_encoder", "prior", "image_encoder")}
+    parked = {name: first_weight(module) for name, module in stage.items()}
+    used, during_decoder = {}, []
+
+    def note_use(module: torch.nn.Module, inputs: tuple) -> None:
+        used.update({name: first_weight(module) for name, each in stage.items() if each is module})
+
+    for module in stage.values():
+        module.register_forward_pre_hook(note_use)
+    pipelines.decoder.unet.register_forward_pre_hook(
+        lambda module, inputs: during_decoder.append({name: first_weight(module) for name, module in stage.items()})
+    )
+    result = generate(settings, inputs, cache=cache)
+    # The copies hold the same bits, but on the CPU the image encoder's kernels round by memory alignment:
+    # cloning its weights in place moves mix's pixels by one level too.
+    assert max_difference(result.images[0], expected) <= (1 if mode == "mix" else 0)
+    assert result.metadata["memory_mode"] == "prior_offload"
+    assert set(used) == set(prior_stage_models(mode))
+    assert all(used[name] != parked[name] for name in used)
+    assert during_decoder and all(weights == parked for weights in during_decoder)
+    assert {name: first_weight(module) for name, module in stage.items()} == parked
+    assert cache.load_counts == {"prior": 1, "decoder": 1}
+
+
+def test_parked_weights_keep_their_values_across_chunks_and_park_again_when_the_stage_fails(monkeypatch):
+    monkeypatch.setattr(models, "_CHUNK_BYTES", 512)
+    layers = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 3), torch.nn.BatchNorm1d(3))
+    weights = {name: tensor.clone() for name, tensor in layers.state_dict().items()}
+    parking = Parking({"layers": layers}, "cpu")
+    parked = {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()}
+    with pytest.raises(GenerationStopped), parking.visit("layers", "absent"):
+        visiting = layers.state_dict()
+        assert all(visiting[name].data_ptr() != parked[name] for name in parked)
+        assert all(torch.equal(visiting[name], weights[name]) for name in weights)
+        raise GenerationStopped("stopped")
+    assert {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()} == parked
+    assert all(torch.equal(layers.state_dict()[name], weights[name]) for name in weights)
+    with Parking().visit("layers"):
+        assert {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()} == parked
