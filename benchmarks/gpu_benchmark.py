@@ -4,7 +4,8 @@ Builds the published models' architectures with random (seeded, so identical) we
 device (speed and memory depend on the sizes, not the weights), then, on one card in one run: plain
 diffusers (``KandinskyV22CombinedPipeline``, every model on the device), the engine in each memory
 mode, a batch, the UNet compiled (CUDA only), and levers not in the engine (bfloat16,
-channels_last, cuDNN's benchmark mode, another model-offload order). Each case is
+channels_last, cuDNN's benchmark mode, attention without PyTorch's fused kernel, another model-offload
+order). Each case is
 timed over warm runs, with its first run, its peak memory, and how far its picture is from
 diffusers' picture. The FLOP floor comes from
 ``benchmarks/flops.py`` and the card's matrix-product speed measured here. Needs no Ikomia.
@@ -156,11 +157,14 @@ class Bench:
         dtype: torch.dtype | None = None,
         channels_last: bool = False,
         cudnn_benchmark: bool = False,
+        classic_attention: bool = False,
         model_offload_order: str = "",
         **changes,
     ) -> dict:
         """The engine with ``changes`` to the settings, over freshly built models, with the levers asked for.
 
+        ``classic_attention``: the UNet and the prior with diffusers' attention in plain matrix products
+        instead of its default, PyTorch's scaled-dot-product attention: what the default is worth.
         ``model_offload_order``: the prior's model offload order instead of diffusers'
         "text_encoder->image_encoder->prior".
         """
@@ -169,6 +173,9 @@ class Bench:
         if channels_last:
             decoder.unet.to(memory_format=torch.channels_last)
             decoder.movq.to(memory_format=torch.channels_last)
+        if classic_attention:
+            decoder.unet.set_default_attn_processor()
+            prior.prior.set_default_attn_processor()
         if model_offload_order:
             prior.model_cpu_offload_seq = model_offload_order
         cache = adopted(settings, prior, decoder)
@@ -342,6 +349,7 @@ def main() -> None:
         )
     bench.case("bfloat16", lambda: bench.engine(bench.repeats, dtype=torch.bfloat16))
     bench.case("channels_last", lambda: bench.engine(bench.repeats, channels_last=True))
+    bench.case("classic_attention", lambda: bench.engine(bench.repeats, classic_attention=True))
     if device == "cuda":
         bench.case("cudnn_benchmark", lambda: bench.engine(bench.repeats, cudnn_benchmark=True))
     if device == "cuda":

@@ -21,6 +21,7 @@ CASES = {
     "bfloat16": "lever not kept: the models in bfloat16",
     "channels_last": "lever not kept: UNet and MoVQ in channels_last",
     "cudnn_benchmark": "lever not kept: `torch.backends.cudnn.benchmark`",
+    "classic_attention": "lever: UNet and prior attention in plain matrix products instead of SDPA",
     "model_offload_text_encoder_first": "lever: model_offload with the prior's order text_encoder->prior",
     "compile_default": "engine, gpu, `compile_unet` default",
     "compile_reduce-overhead": "engine, gpu, `compile_unet` reduce-overhead (CUDA graphs)",

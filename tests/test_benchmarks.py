@@ -19,7 +19,8 @@ def run_tiny_gpu_benchmark(folder: Path, *options: str) -> dict:
 def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     report = run_tiny_gpu_benchmark(tmp_path, "--num-images", "2")
     cases = report["cases"]
-    assert list(cases) == ["diffusers", "gpu", "gpu_batch", "bfloat16", "channels_last", "compile_switches"]
+    levers = ["bfloat16", "channels_last", "classic_attention"]
+    assert list(cases) == ["diffusers", "gpu", "gpu_batch", *levers, "compile_switches"]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case]
     assert cases["diffusers"]["runs"] == 1 and cases["gpu_batch"]["num_images"] == 2
     # The same models and seed: the engine's picture is diffusers' own, to the level.
