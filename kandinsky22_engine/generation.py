@@ -77,8 +77,13 @@ class Runtime:
         return ModelKey(model_name, self.device, self.dtype, self.memory_mode)
 
     def decoder_key(self, model_name: str) -> ModelKey:
-        """The cache key of ``model_name`` loaded for this runtime, as a decoder (whose UNet may be compiled)."""
-        return ModelKey(model_name, self.device, self.dtype, self.memory_mode, self.compile_unet)
+        """The cache key of ``model_name`` loaded for this runtime, as a decoder (whose UNet may be compiled).
+
+        prior_offload places a decoder as gpu does, so switching between the two keeps the loaded (and
+        maybe compiled) decoder.
+        """
+        placement = "gpu" if self.memory_mode == "prior_offload" else self.memory_mode
+        return ModelKey(model_name, self.device, self.dtype, placement, self.compile_unet)
 
 
 @dataclass(frozen=True)

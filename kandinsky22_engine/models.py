@@ -34,10 +34,10 @@ class ModelLoadError(RuntimeError):
 class ModelKey:
     """What identifies a loaded pipeline: where it comes from, where it runs, and how it uses the GPU.
 
-    ``memory_mode`` is "gpu" (every model on the GPU), "prior_offload" (the prior stage's models parked
-    in CPU memory, see ``Parking``), "model_offload" or "sequential_offload" on CUDA, and "none" on the
-    CPU, where there is nothing to offload. ``compile_unet`` is the torch.compile
-    mode of the pipeline's UNet, or "off".
+    ``memory_mode`` is "gpu" (every model on the GPU), "prior_offload" (a prior's key only: the prior
+    stage's models parked in CPU memory, see ``Parking``), "model_offload" or "sequential_offload" on
+    CUDA, and "none" on the CPU, where there is nothing to offload. ``compile_unet`` is the
+    torch.compile mode of the pipeline's UNet, or "off".
     """
 
     model_name: str
@@ -247,7 +247,7 @@ def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:
     """Place a freshly loaded pipeline as ``key`` says, and return what it keeps parked.
 
     A prior also gets its zero-image embedding cached. In prior_offload the prior's three models are
-    parked, and a decoder is placed as in gpu: only the prior stage pays for the copies.
+    parked (a decoder's key then says gpu: only the prior stage pays for the copies).
     """
     pipeline.set_progress_bar_config(disable=True)
     is_prior = isinstance(pipeline, KandinskyV22PriorPipeline)
@@ -258,7 +258,7 @@ def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:
         pipeline.enable_model_cpu_offload(device=key.device)
     elif key.memory_mode == "sequential_offload":
         pipeline.enable_sequential_cpu_offload(device=key.device)
-    elif key.memory_mode == "prior_offload" and is_prior:
+    elif key.memory_mode == "prior_offload":
         modules = {name: getattr(pipeline, name).to("cpu") for name in PRIOR_STAGE_MODELS}
         parking = Parking(modules, key.device)
     else:
