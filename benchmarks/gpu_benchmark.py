@@ -178,7 +178,10 @@ class Bench:
             prior.prior.set_default_attn_processor()
         if model_offload_order:
             prior.model_cpu_offload_seq = model_offload_order
+        started = time.perf_counter()
         cache = adopted(settings, prior, decoder)
+        synchronize(self.device)
+        placed = time.perf_counter() - started
         del prior, decoder
         stages = {}
 
@@ -193,7 +196,7 @@ class Bench:
         finally:
             torch.backends.cudnn.benchmark = False
             cache.release()
-        result = {**result, "stages_last_run_s": stages}
+        result = {**result, "place_s": placed, "stages_last_run_s": stages}
         if settings.num_images == 1:
             result.update(self.compare(picture))
         else:

@@ -23,6 +23,8 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path)
     assert list(cases) == ["diffusers", "gpu", "gpu_batch", *levers, "compile_switches"]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case]
     assert cases["diffusers"]["runs"] == 1 and cases["gpu_batch"]["num_images"] == 2
+    assert cases["gpu"]["place_s"] > 0
+    assert set(cases["gpu"]["stages_last_run_s"]) == {"load", "prior", "decoder", "total"}
     # The same models and seed: the engine's picture is diffusers' own, to the level.
     assert cases["gpu"]["max_abs_diff_vs_diffusers"] == 0
     assert set(cases["compile_switches"]) == {"text2img", "batch_2", "guidance_4", "img2img"}
