@@ -172,6 +172,10 @@ class ModelCache:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+                # A parked model's pinned memory stays with PyTorch's host allocator until this gives it
+                # back; torch 2.11, which the GPU benchmark may run on, has no such call.
+                if hasattr(torch.accelerator, "empty_host_cache"):
+                    torch.accelerator.empty_host_cache()
 
     def loaded_keys(self) -> dict[str, ModelKey]:
         """The key of each loaded role: what a run with the same settings would reuse."""

@@ -369,3 +369,12 @@ def test_parked_weights_keep_their_values_across_chunks_and_park_again_when_the_
     assert all(torch.equal(layers.state_dict()[name], weights[name]) for name in weights)
     with Parking().visit("layers"):
         assert {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()} == parked
+
+
+def test_releasing_models_on_cuda_gives_back_the_gpu_cache_and_the_pinned_host_cache(cache, monkeypatch):
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append("gpu"))
+    monkeypatch.setattr(torch.accelerator, "empty_host_cache", lambda: emptied.append("pinned host"))
+    cache.release()
+    assert emptied == ["gpu", "pinned host"]
