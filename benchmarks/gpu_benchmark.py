@@ -158,6 +158,7 @@ class Bench:
         channels_last: bool = False,
         cudnn_benchmark: bool = False,
         classic_attention: bool = False,
+        compile_prior: str = "",
         model_offload_order: str = "",
         **changes,
     ) -> dict:
@@ -165,6 +166,7 @@ class Bench:
 
         ``classic_attention``: the UNet and the prior with diffusers' attention in plain matrix products
         instead of its default, PyTorch's scaled-dot-product attention: what the default is worth.
+        ``compile_prior``: a torch.compile mode for the prior transformer, which the engine never compiles.
         ``model_offload_order``: the prior's model offload order instead of diffusers'
         "text_encoder->image_encoder->prior".
         """
@@ -176,6 +178,8 @@ class Bench:
         if classic_attention:
             decoder.unet.set_default_attn_processor()
             prior.prior.set_default_attn_processor()
+        if compile_prior:
+            prior.prior.compile(mode=compile_prior)
         if model_offload_order:
             prior.model_cpu_offload_seq = model_offload_order
         started = time.perf_counter()
@@ -358,6 +362,10 @@ def main() -> None:
     if device == "cuda":
         for mode in ("default", "reduce-overhead"):
             bench.case(f"compile_{mode}", lambda mode=mode: bench.engine(bench.repeats, compile_unet=mode))
+        bench.case(
+            "compile_prior_and_unet",
+            lambda: bench.engine(bench.repeats, compile_unet="reduce-overhead", compile_prior="reduce-overhead"),
+        )
     bench.case("compile_switches", lambda: bench.switches("reduce-overhead"))
     if device == "cuda":
         bench.case("sequential_offload", lambda: bench.engine(1, memory_mode="sequential_offload"))

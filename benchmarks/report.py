@@ -25,6 +25,7 @@ CASES = {
     "model_offload_text_encoder_first": "lever: model_offload with the prior's order text_encoder->prior",
     "compile_default": "engine, gpu, `compile_unet` default",
     "compile_reduce-overhead": "engine, gpu, `compile_unet` reduce-overhead (CUDA graphs)",
+    "compile_prior_and_unet": "lever: gpu, the UNet and the prior transformer compiled with reduce-overhead",
 }
 SWITCHES = {
     "text2img": "text2img, one picture (compiles)",
