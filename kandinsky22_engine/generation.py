@@ -208,8 +208,6 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
         decoder_pipeline = cache.get(
             decoder.role, decoder.pipeline_class, "model_name", runtime.decoder_key(decoder_model_name(settings))
         )
-        if settings.mode == "mix" and runtime.memory_mode == "gpu":
-            prior.image_encoder.to(runtime.device)
         return Pipelines(prior=prior, decoder=decoder_pipeline, prior_parking=cache.parking("prior"))
 
 

@@ -21,8 +21,9 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import RepositoryNotFoundError
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-# The models of a prior pipeline that prior_offload parks; mix alone uses the image encoder.
-PRIOR_STAGE_MODELS = ("text_encoder", "prior", "image_encoder")
+# The models of a prior pipeline that each memory mode parks (see ``Parking``); mix alone uses the image
+# encoder, whose one use in text2img, the zero-image embedding, is computed once when the prior is placed.
+PARKED_PRIOR_MODELS = {"gpu": ("image_encoder",), "prior_offload": ("text_encoder", "prior", "image_encoder")}
 _CONNECTION_ERRORS = ("ConnectError", "ConnectionError", "ConnectTimeout", "Timeout", "LocalEntryNotFoundError")
 
 
@@ -34,9 +35,9 @@ class ModelLoadError(RuntimeError):
 class ModelKey:
     """What identifies a loaded pipeline: where it comes from, where it runs, and how it uses the GPU.
 
-    ``memory_mode`` is "gpu" (every model on the GPU), "prior_offload" (a prior's key only: the prior
-    stage's models parked in CPU memory, see ``Parking``), "model_offload" or "sequential_offload" on
-    CUDA, and "none" on the CPU, where there is nothing to offload. ``compile_unet`` is the
+    ``memory_mode`` is "gpu" (every model on the GPU but the image encoder, parked in CPU memory, see
+    ``Parking``), "prior_offload" (a prior's key only: the prior's models parked), "model_offload" or
+    "sequential_offload" on CUDA, and "none" on the CPU, where there is nothing to offload. ``compile_unet`` is the
     torch.compile mode of the pipeline's UNet, or "off".
     """
 
@@ -250,26 +251,23 @@ def _from_pretrained(
 def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:
     """Place a freshly loaded pipeline as ``key`` says, and return what it keeps parked.
 
-    A prior also gets its zero-image embedding cached. In prior_offload the prior's three models are
-    parked (a decoder's key then says gpu: only the prior stage pays for the copies).
+    A prior also gets its zero-image embedding cached; then, in gpu and prior_offload, the models that
+    ``PARKED_PRIOR_MODELS`` names are parked instead of placed (a decoder's key then says gpu).
     """
     pipeline.set_progress_bar_config(disable=True)
     is_prior = isinstance(pipeline, KandinskyV22PriorPipeline)
     if is_prior:
         _cache_zero_image_embedding(pipeline, key.device)
-    parking = Parking()
+    parked = PARKED_PRIOR_MODELS.get(key.memory_mode, ()) if is_prior else ()
     if key.memory_mode == "model_offload":
         pipeline.enable_model_cpu_offload(device=key.device)
     elif key.memory_mode == "sequential_offload":
         pipeline.enable_sequential_cpu_offload(device=key.device)
-    elif key.memory_mode == "prior_offload":
-        modules = {name: getattr(pipeline, name).to("cpu") for name in PRIOR_STAGE_MODELS}
-        parking = Parking(modules, key.device)
     else:
-        pipeline.to(key.device)
-        if is_prior:
-            # 1.8B parameters that only mix needs once the zero-image embedding is known: off the GPU.
-            pipeline.image_encoder.to("cpu")
+        for name, component in pipeline.components.items():
+            if isinstance(component, torch.nn.Module) and name not in parked:
+                component.to(key.device)
+    parking = Parking({name: getattr(pipeline, name).to("cpu") for name in parked}, key.device)
     if key.compile_unet != "off":
         # In place, so pipelines that share the UNet (img2img over the text2img decoder) share the compiled one.
         pipeline.unet.compile(mode=key.compile_unet)

@@ -318,20 +318,21 @@ def first_weight(module: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("mode", ["text2img", "mix"])
-def test_prior_offload_has_the_prior_stage_models_on_the_device_only_for_the_prior_and_changes_no_pixel(
-    settings, cache, monkeypatch, mode
+@pytest.mark.parametrize("memory_mode", ["gpu", "prior_offload"])
+def test_parked_models_are_on_the_device_only_while_the_prior_stage_uses_them_and_no_pixel_changes(
+    settings, cache, monkeypatch, memory_mode, mode
 ):
     settings = Settings(**{**settings.__dict__, "mode": mode})
     pictures = tuple(np.random.default_rng(seed).integers(0, 256, (64, 128, 3), dtype=np.uint8) for seed in (1, 2))
     inputs = Inputs(mix_images=pictures) if mode == "mix" else Inputs()
     expected = generate(settings, inputs, cache=ModelCache()).images[0]
-    # prior_offload as on CUDA, with the CPU as the device: the weights are copied in and parked again all the same,
-    # packed in small chunks so that each model spans several.
-    monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, "prior_offload"))
+    # The memory mode as on CUDA, with the CPU as the device: the weights are copied in and parked again all the
+    # same, packed in small chunks so that each model spans several.
+    monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, memory_mode))
     monkeypatch.setattr(models, "_CHUNK_BYTES", 2**16)
     pipelines = load_pipelines(settings, cache)
     stage = {name: getattr(pipelines.prior, name) for name in ("text_encoder", "prior", "image_encoder")}
-    parked = {name: first_weight(module) for name, module in stage.items()}
+    placed = {name: first_weight(module) for name, module in stage.items()}
     used, during_decoder = {}, []
 
     def note_use(module: torch.nn.Module, inputs: tuple) -> None:
@@ -346,11 +347,13 @@ def test_prior_offload_has_the_prior_stage_models_on_the_device_only_for_the_pri
     # The copies hold the same bits, but on the CPU the image encoder's kernels round by memory alignment:
     # cloning its weights in place moves mix's pixels by one level too.
     assert max_difference(result.images[0], expected) <= (1 if mode == "mix" else 0)
-    assert result.metadata["memory_mode"] == "prior_offload"
+    assert result.metadata["memory_mode"] == memory_mode
     assert set(used) == set(prior_stage_models(mode))
-    assert all(used[name] != parked[name] for name in used)
-    assert during_decoder and all(weights == parked for weights in during_decoder)
-    assert {name: first_weight(module) for name, module in stage.items()} == parked
+    # gpu parks the image encoder alone, which text2img never runs; prior_offload parks the whole prior stage.
+    parked = {"gpu": {"image_encoder"}, "prior_offload": {"text_encoder", "prior", "image_encoder"}}[memory_mode]
+    assert {name for name in used if used[name] != placed[name]} == set(used) & parked
+    assert during_decoder and all(weights == placed for weights in during_decoder)
+    assert {name: first_weight(module) for name, module in stage.items()} == placed
     assert cache.load_counts == {"prior": 1, "decoder": 1}
 
 
