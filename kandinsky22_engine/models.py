@@ -7,6 +7,7 @@ so the cache is guarded by a lock, which generation also holds while it uses the
 """
 
 import gc
+import logging
 import os
 import re
 import threading
@@ -20,6 +21,7 @@ from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import RepositoryNotFoundError
 
+logger = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 # The models of a prior pipeline that each memory mode parks (see ``Parking``); mix alone uses the image
 # encoder, whose one use in text2img, the zero-image embedding, is computed once when the prior is placed.
@@ -110,7 +112,18 @@ def _pack(tensors: list[torch.Tensor], pin: bool) -> list[_Chunk]:
         end = start + tensor.nbytes
     chunks = []
     for group, offsets in layouts:
-        host = torch.empty(offsets[-1] + group[-1].nbytes, dtype=torch.uint8, pin_memory=pin)
+        size = offsets[-1] + group[-1].nbytes
+        try:
+            host = torch.empty(size, dtype=torch.uint8, pin_memory=pin)
+        except RuntimeError as error:
+            # Some systems limit pinned memory (WSL does); pageable memory only makes the copies slower.
+            logger.warning(
+                "infer_kandinsky_2_2: pinned CPU memory refused (%s); parked models are copied to the GPU from "
+                "pageable memory, which is slower.",
+                first_line(error),
+            )
+            pin = False
+            host = torch.empty(size, dtype=torch.uint8)
         for tensor, offset in zip(group, offsets, strict=True):
             host[offset : offset + tensor.nbytes].view(tensor.dtype).view(tensor.shape).copy_(tensor.data)
         chunk = _Chunk(group, offsets, host)

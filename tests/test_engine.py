@@ -381,3 +381,24 @@ def test_releasing_models_on_cuda_gives_back_the_gpu_cache_and_the_pinned_host_c
     monkeypatch.setattr(torch.accelerator, "empty_host_cache", lambda: emptied.append("pinned host"))
     cache.release()
     assert emptied == ["gpu", "pinned host"]
+
+
+def test_parking_falls_back_to_pageable_memory_where_pinned_memory_is_refused_and_says_so(monkeypatch, caplog):
+    empty = torch.empty
+
+    def refuse_pinning(*arguments, pin_memory: bool = False, **keywords) -> torch.Tensor:
+        if pin_memory:
+            raise RuntimeError("CUDA error: out of memory\nmore detail")
+        return empty(*arguments, **keywords)
+
+    monkeypatch.setattr(torch, "empty", refuse_pinning)
+    monkeypatch.setattr(models, "_CHUNK_BYTES", 512)
+    layers = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    weights = {name: tensor.clone() for name, tensor in layers.state_dict().items()}
+    with caplog.at_level(logging.WARNING):
+        Parking({"layers": layers}, "cuda")
+    assert caplog.messages == [
+        "infer_kandinsky_2_2: pinned CPU memory refused (CUDA error: out of memory); parked models are copied to "
+        "the GPU from pageable memory, which is slower."
+    ]
+    assert all(torch.equal(layers.state_dict()[name], weights[name]) for name in weights)
