@@ -160,9 +160,11 @@ class Bench:
         classic_attention: bool = False,
         compile_prior: str = "",
         model_offload_order: str = "",
+        inputs: Inputs = Inputs(),
         **changes,
     ) -> dict:
-        """The engine with ``changes`` to the settings, over freshly built models, with the levers asked for.
+        """The engine with ``changes`` to the settings and ``inputs``, over freshly built models, with the levers
+        asked for. A text2img picture is compared with diffusers'.
 
         ``classic_attention``: the UNet and the prior with diffusers' attention in plain matrix products
         instead of its default, PyTorch's scaled-dot-product attention: what the default is worth.
@@ -190,7 +192,7 @@ class Bench:
         stages = {}
 
         def run() -> np.ndarray:
-            generation = generate(settings, cache=cache)
+            generation = generate(settings, inputs, cache=cache)
             stages.update(generation.metadata["seconds"])
             return generation.images[0]
 
@@ -202,7 +204,7 @@ class Bench:
             cache.release()
         result = {**result, "place_s": placed, "stages_last_run_s": stages}
         if settings.num_images == 1:
-            result.update(self.compare(picture))
+            result.update(self.compare(picture) if settings.mode == "text2img" else {})
         else:
             result.update(num_images=settings.num_images, per_image_s=result["median_s"] / settings.num_images)
         return result
@@ -343,6 +345,11 @@ def main() -> None:
     bench.case("diffusers", bench.diffusers)
     bench.case("gpu", lambda: bench.engine(bench.repeats, memory_mode="gpu"))
     bench.case("gpu_batch", lambda: bench.engine(few, memory_mode="gpu", num_images=bench.num_images))
+    pictures = tuple(
+        np.random.default_rng(seed).integers(0, 256, (settings.height, settings.width, 3), dtype=np.uint8)
+        for seed in (1, 2)
+    )
+    bench.case("gpu_mix", lambda: bench.engine(bench.repeats, mode="mix", inputs=Inputs(mix_images=pictures)))
     if device == "cuda":
         bench.case("prior_offload", lambda: bench.engine(bench.repeats, memory_mode="prior_offload"))
         bench.case(

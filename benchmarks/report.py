@@ -14,6 +14,7 @@ CASES = {
     "diffusers": "plain diffusers: `KandinskyV22CombinedPipeline`, every model on the GPU",
     "gpu": "engine, `memory_mode` gpu",
     "gpu_batch": "engine, gpu, a batch (`num_images`), time per picture",
+    "gpu_mix": "engine, gpu, mix of 2 images and the prompt (the image encoder copied in for the prior stage)",
     "prior_offload": "engine, `memory_mode` prior_offload",
     "prior_offload_compile_reduce-overhead": "engine, prior_offload, `compile_unet` reduce-overhead",
     "model_offload": "engine, `memory_mode` model_offload",

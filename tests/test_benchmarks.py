@@ -20,7 +20,7 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path)
     report = run_tiny_gpu_benchmark(tmp_path, "--num-images", "2")
     cases = report["cases"]
     levers = ["bfloat16", "channels_last", "classic_attention"]
-    assert list(cases) == ["diffusers", "gpu", "gpu_batch", *levers, "compile_switches"]
+    assert list(cases) == ["diffusers", "gpu", "gpu_batch", "gpu_mix", *levers, "compile_switches"]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case]
     assert cases["diffusers"]["runs"] == 1 and cases["gpu_batch"]["num_images"] == 2
     assert cases["gpu"]["place_s"] > 0
