@@ -1,6 +1,7 @@
 """The benchmark scripts keep running: the GPU benchmark end to end on the CPU with tiny models."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,20 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path)
 def test_the_gpu_benchmark_runs_only_the_cases_asked_for_beside_its_baseline(tmp_path):
     report = run_tiny_gpu_benchmark(tmp_path, "--only", "channels_last")
     assert list(report["cases"]) == ["diffusers", "channels_last"]
+
+
+def test_the_script_for_the_next_lent_gpu_runs_its_cases_end_to_end_on_the_cpu(tmp_path):
+    tiny = ["--device", "cpu", "--size", "tiny", "--height", "64", "--width", "64", "--steps", "2"]
+    options = [*tiny, "--prior-steps", "2", "--repeats", "1"]
+    script = BENCHMARKS / "on_lent_gpu.sh"
+    environment = {**os.environ, "PYTHON": sys.executable}
+    command = ["bash", str(script), str(tmp_path), *options]
+    subprocess.run(command, check=True, capture_output=True, timeout=600, env=environment)
+    cases = json.loads((tmp_path / "gpu_benchmark.json").read_text(encoding="utf-8"))["cases"]
+    # On the CPU the CUDA-only cases are left out; the others run without error.
+    assert list(cases) == ["diffusers", "gpu", "gpu_mix", "classic_attention"]
+    assert not [name for name, case in cases.items() if "median_s" not in case]
+    assert "gpu_mix" in (tmp_path / "log").read_text(encoding="utf-8")
 
 
 def test_the_gpu_figures_in_benchmarks_md_are_those_of_the_committed_reports():

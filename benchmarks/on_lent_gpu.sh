@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The next measurement (BENCHMARKS.md, "Next on a GPU"), as run on a lent GPU machine: no network;
+# torch, transformers and accelerate installed; the diffusers and importlib_metadata wheels carried in .whl/.
+# Usage: bash benchmarks/on_lent_gpu.sh OUTPUT_FOLDER [gpu_benchmark.py options, e.g. --device cpu --size tiny]
+# $PYTHON, by default python3, runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+out="${1:?usage: bash benchmarks/on_lent_gpu.sh OUTPUT_FOLDER [options]}"
+shift
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$python" -m pip install --quiet --upgrade --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi > "$out/nvidia-smi.txt"
+fi
+# The cases run in the script's order; the budget stops new ones after 300 s, the timeout the whole at 420 s.
+PYTHONUNBUFFERED=1 timeout 420 "$python" benchmarks/gpu_benchmark.py --output "$out" --budget 300 "$@" \
+  --only gpu gpu_mix prior_offload prior_offload_compile_reduce-overhead model_offload \
+  model_offload_text_encoder_first classic_attention compile_prior_and_unet 2>&1 | tee "$out/log"
