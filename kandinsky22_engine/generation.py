@@ -430,7 +430,9 @@ def _mix_embeddings(
             embedding = prior(item, **prior_arguments).image_embeds.unsqueeze(0)
         else:
             pixels = prior.image_processor(item, return_tensors="pt").pixel_values[0].unsqueeze(0)
-            pixels = pixels.to(dtype=prior.image_encoder.dtype, device=prior.image_encoder.device)
+            # The prior transformer is on the device in every memory mode here (diffusers never offloads it),
+            # where the image encoder's own device may say cpu, or meta under sequential offload.
+            pixels = pixels.to(dtype=prior.image_encoder.dtype, device=prior.device)
             embedding = prior.image_encoder(pixels)["image_embeds"].repeat(settings.num_images, 1).unsqueeze(0)
         weighted.append(embedding * weight)
     negative = prior(settings.negative_prompt, **prior_arguments)
