@@ -70,9 +70,9 @@ class Parking:
     def visit(self, *names: str) -> Iterator[None]:
         """Have the parked modules among ``names`` on the device for the block, and parked again after it."""
         visiting = [chunk for name in names for chunk in self._chunks.get(name, ())]
-        for chunk in visiting:
-            chunk.point_at(chunk.host.to(self.device, non_blocking=True, copy=True))
         try:
+            for chunk in visiting:
+                chunk.point_at(chunk.host.to(self.device, non_blocking=True, copy=True))
             yield
         finally:
             for chunk in visiting:

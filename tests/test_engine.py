@@ -374,6 +374,26 @@ def test_parked_weights_keep_their_values_across_chunks_and_park_again_when_the_
         assert {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()} == parked
 
 
+def test_a_copy_to_the_device_that_fails_midway_leaves_every_weight_parked(monkeypatch):
+    monkeypatch.setattr(models, "_CHUNK_BYTES", 512)
+    layers = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    parking = Parking({"layers": layers}, "cpu")
+    parked = {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()}
+    copy, copies = torch.Tensor.to, []
+
+    def out_of_memory_at_the_second_chunk(tensor: torch.Tensor, *arguments, **keywords) -> torch.Tensor:
+        copies.append(tensor)
+        if len(copies) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 256.00 MiB")
+        return copy(tensor, *arguments, **keywords)
+
+    monkeypatch.setattr(torch.Tensor, "to", out_of_memory_at_the_second_chunk)
+    with pytest.raises(torch.OutOfMemoryError), parking.visit("layers"):
+        pytest.fail("the block ran although the weights were not all on the device")
+    assert len(copies) == 2
+    assert {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()} == parked
+
+
 def test_releasing_models_on_cuda_gives_back_the_gpu_cache_and_the_pinned_host_cache(cache, monkeypatch):
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
