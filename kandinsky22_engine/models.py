@@ -99,7 +99,8 @@ class _Chunk:
 
 
 def _pack(tensors: list[torch.Tensor], pin: bool) -> list[_Chunk]:
-    """Copy ``tensors`` into CPU buffers of up to ``_CHUNK_BYTES`` (pinned if ``pin``), and point them there."""
+    """Copy ``tensors``, wherever they are, into CPU buffers of up to ``_CHUNK_BYTES`` (pinned if ``pin``), and
+    point them there: a model on the GPU goes straight to pinned memory, with no pageable copy on the way."""
     layouts: list[tuple[list[torch.Tensor], list[int]]] = []
     end = 0
     for tensor in tensors:
@@ -280,7 +281,7 @@ def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:
         for name, component in pipeline.components.items():
             if isinstance(component, torch.nn.Module) and name not in parked:
                 component.to(key.device)
-    parking = Parking({name: getattr(pipeline, name).to("cpu") for name in parked}, key.device)
+    parking = Parking({name: getattr(pipeline, name) for name in parked}, key.device)
     if key.compile_unet != "off":
         # In place, so pipelines that share the UNet (img2img over the text2img decoder) share the compiled one.
         pipeline.unet.compile(mode=key.compile_unet)
