@@ -53,6 +53,18 @@ def test_the_script_for_the_next_lent_gpu_runs_its_cases_end_to_end_on_the_cpu(t
     assert "gpu_mix" in (tmp_path / "log").read_text(encoding="utf-8")
 
 
+def test_the_cpu_overhead_benchmark_times_the_task_against_diffusers_with_nothing_loaded_again(tmp_path):
+    small = ["--repeats", "2", "--height", "64", "--width", "64", "--steps", "2", "--prior-steps", "2"]
+    report_path = tmp_path / "cpu_overhead.json"
+    command = [sys.executable, str(BENCHMARKS / "cpu_overhead.py"), *small, "--num-images", "2"]
+    subprocess.run([*command, "--output", str(report_path)], check=True, capture_output=True, timeout=600)
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert report["plugin_through_ikomia"]["runs"] == report["diffusers_combined"]["runs"] == 2
+    assert report["loads_during_timed_runs"] == {"prior": 0, "decoder": 0}
+    assert report["ratio_of_medians"] > 0 and report["median_ratio_of_pairs"] > 0
+    assert report["batch_per_image"]["num_images"] == 2
+
+
 def test_the_gpu_figures_in_benchmarks_md_are_those_of_the_committed_reports():
     sys.path.insert(0, str(BENCHMARKS))
     from report import render
