@@ -272,13 +272,15 @@ def test_on_cuda_the_memory_mode_is_part_of_what_identifies_a_loaded_model(monke
     assert choose_runtime(Settings(cuda=False, memory_mode="model_offload")).key("m").memory_mode == "none"
 
 
-def test_switching_between_gpu_and_prior_offload_keeps_the_decoder_and_reloads_the_prior(monkeypatch):
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import choose_runtime
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    gpu, prior_offload = (choose_runtime(Settings(cuda=True, memory_mode=mode)) for mode in ("gpu", "prior_offload"))
-    assert gpu.decoder_key("m") == prior_offload.decoder_key("m")
-    assert prior_offload.key("m").memory_mode == "prior_offload" and gpu.key("m") != prior_offload.key("m")
+def test_switching_between_gpu_and_prior_offload_keeps_the_decoder_and_reloads_the_prior(settings, cache, monkeypatch):
+    # The memory modes as on CUDA, with the CPU as the device.
+    monkeypatch.setattr(
+        generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, settings.memory_mode)
+    )
+    for memory_mode in ("gpu", "prior_offload", "gpu"):
+        generate(Settings(**{**settings.__dict__, "memory_mode": memory_mode}), cache=cache)
+    assert cache.load_counts == {"prior": 3, "decoder": 1}
+    assert cache.loaded_keys()["decoder"].memory_mode == "gpu"
 
 
 def test_on_cuda_the_compile_mode_identifies_a_decoder_but_not_a_prior(monkeypatch):
