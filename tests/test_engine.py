@@ -319,6 +319,11 @@ def first_weight(module: torch.nn.Module) -> int:
     return next(module.parameters()).data_ptr()
 
 
+def weight_addresses(module: torch.nn.Module) -> dict[str, int]:
+    """Where each weight and buffer of ``module`` lives, by name."""
+    return {name: tensor.data_ptr() for name, tensor in module.state_dict().items()}
+
+
 @pytest.mark.parametrize("mode", ["text2img", "mix"])
 @pytest.mark.parametrize("memory_mode", ["gpu", "prior_offload"])
 def test_parked_models_are_on_the_device_only_while_the_prior_stage_uses_them_and_no_pixel_changes(
@@ -364,23 +369,23 @@ def test_parked_weights_keep_their_values_across_chunks_and_park_again_when_the_
     layers = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 3), torch.nn.BatchNorm1d(3))
     weights = {name: tensor.clone() for name, tensor in layers.state_dict().items()}
     parking = Parking({"layers": layers}, "cpu")
-    parked = {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()}
+    parked = weight_addresses(layers)
     with pytest.raises(GenerationStopped), parking.visit("layers", "absent"):
         visiting = layers.state_dict()
         assert all(visiting[name].data_ptr() != parked[name] for name in parked)
         assert all(torch.equal(visiting[name], weights[name]) for name in weights)
         raise GenerationStopped("stopped")
-    assert {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()} == parked
+    assert weight_addresses(layers) == parked
     assert all(torch.equal(layers.state_dict()[name], weights[name]) for name in weights)
     with Parking().visit("layers"):
-        assert {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()} == parked
+        assert weight_addresses(layers) == parked
 
 
 def test_a_copy_to_the_device_that_fails_midway_leaves_every_weight_parked(monkeypatch):
     monkeypatch.setattr(models, "_CHUNK_BYTES", 512)
     layers = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
     parking = Parking({"layers": layers}, "cpu")
-    parked = {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()}
+    parked = weight_addresses(layers)
     copy, copies = torch.Tensor.to, []
 
     def out_of_memory_at_the_second_chunk(tensor: torch.Tensor, *arguments, **keywords) -> torch.Tensor:
@@ -393,7 +398,7 @@ def test_a_copy_to_the_device_that_fails_midway_leaves_every_weight_parked(monke
     with pytest.raises(torch.OutOfMemoryError), parking.visit("layers"):
         pytest.fail("the block ran although the weights were not all on the device")
     assert len(copies) == 2
-    assert {name: tensor.data_ptr() for name, tensor in layers.state_dict().items()} == parked
+    assert weight_addresses(layers) == parked
 
 
 def test_releasing_models_on_cuda_gives_back_the_gpu_cache_and_the_pinned_host_cache(cache, monkeypatch):
