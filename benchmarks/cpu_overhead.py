@@ -4,6 +4,11 @@ Tiny models, one process, the two measured in pairs with the same arguments and 
 every other pair:
 python benchmarks/cpu_overhead.py [--repeats 9 --height 256 --width 256 --steps 25 --prior-steps 25]
 (run it with the environment that scripts/test.sh sets up, which has ikomia).
+
+Then the fixed cost of a run, what the task adds to diffusers' call whatever the sizes: the same pairs
+at the smallest run (64 x 64, 2 prior steps, 1 decoder step), where the models' arithmetic is least
+and the two times are closest, reported as the median difference of many pairs in milliseconds; and
+what each further step adds, the progress report to Ikomia after every step.
 """
 
 import argparse
@@ -12,16 +17,32 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+import timeit
+from collections.abc import Callable
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 from ikomia_home import PLUGIN_NAME, use_ikomia_home  # noqa: E402
 
+SMALLEST_RUN = {"height": "64", "width": "64", "num_inference_steps": "1", "prior_num_inference_steps": "2"}
+
 
 def summary(seconds: list[float]) -> dict:
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "runs": len(seconds)}
+
+
+def in_pairs(first: Callable[[], object], second: Callable[[], object], pairs: int) -> tuple[list, list]:
+    """Seconds of ``pairs`` runs of each, taken in pairs, each first in every other pair so that neither
+    gains from its place in the pair."""
+    times: tuple[list, list] = ([], [])
+    for pair in range(pairs):
+        order = ((times[0], first), (times[1], second))
+        for seconds, run in order if pair % 2 == 0 else reversed(order):
+            started = time.perf_counter()
+            run()
+            seconds.append(time.perf_counter() - started)
+    return times
 
 
 def main() -> None:
@@ -32,6 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--prior-steps", type=int, default=25)
     parser.add_argument("--num-images", type=int, default=4)
+    parser.add_argument("--fixed-pairs", type=int, default=41, help="pairs of the smallest run (2 or more)")
     parser.add_argument("--output", type=Path, help="also write the report to this JSON file")
     arguments = parser.parse_args()
 
@@ -57,6 +79,7 @@ def main() -> None:
         "seed": "42",
         "cuda": "False",
     }
+    main_run_shown = {key: value for key, value in parameters.items() if "model" not in key}
     workflow = Workflow()
     task = workflow.add_task(name=PLUGIN_NAME, public_hub=False)
     task.set_parameters(parameters)
@@ -65,32 +88,42 @@ def main() -> None:
         KandinskyV22PriorPipeline.from_pretrained(repos.prior), KandinskyV22Pipeline.from_pretrained(repos.decoder)
     )
 
-    settings = Settings.from_strings(parameters)
+    current = {"settings": Settings.from_strings(parameters)}
 
-    def run_diffusers(num_images: int = 1) -> None:
-        combined(**combined_arguments(replace(settings, num_images=num_images)))
+    def run_both_with(changes: dict[str, str]) -> None:
+        """Set ``changes`` on the task and the same on diffusers' arguments, then run each once untimed."""
+        task.set_parameters(changes)
+        parameters.update(changes)
+        current["settings"] = Settings.from_strings(parameters)
+        workflow.run()
+        run_diffusers()
+
+    def run_diffusers() -> None:
+        combined(**combined_arguments(current["settings"]))
 
     workflow.run()
     run_diffusers()
     cache = sys.modules[type(task).__module__].MODEL_CACHE
     loads = dict(cache.load_counts)
-    plugin, reference = [], []
-    for repeat in range(arguments.repeats):
-        # Each goes first every other time, so that neither gains from its place in the pair.
-        pair = ((plugin, workflow.run), (reference, run_diffusers))
-        for seconds, run in pair if repeat % 2 == 0 else reversed(pair):
-            started = time.perf_counter()
-            run()
-            seconds.append(time.perf_counter() - started)
-    task.set_parameters({"num_images": str(arguments.num_images)})
-    workflow.run()
+    plugin, reference = in_pairs(workflow.run, run_diffusers, arguments.repeats)
+
+    main_run = {key: parameters[key] for key in SMALLEST_RUN}
+    run_both_with(SMALLEST_RUN)
+    plugin_smallest, reference_smallest = in_pairs(workflow.run, run_diffusers, arguments.fixed_pairs)
+    differences_ms = [1000 * (mine - theirs) for mine, theirs in zip(plugin_smallest, reference_smallest, strict=True)]
+    quartiles = statistics.quantiles(differences_ms, n=4)
+    fixed_ms = statistics.median(differences_ms)
+    # What each further denoising step adds: the task reports its progress to Ikomia after every step.
+    progress_report_us = timeit.timeit(task.emit_step_progress, number=20000) / 20000 * 1e6
+
+    run_both_with(main_run | {"num_images": str(arguments.num_images)})
     batch = []
     for _ in range(max(3, arguments.repeats // 3)):
         started = time.perf_counter()
         workflow.run()
         batch.append((time.perf_counter() - started) / arguments.num_images)
     report = {
-        "run": {key: value for key, value in parameters.items() if key not in ("model_name", "prior_model_name")},
+        "run": main_run_shown,
         "torch_threads": torch.get_num_threads(),
         "plugin_through_ikomia": summary(plugin),
         "diffusers_combined": summary(reference),
@@ -98,7 +131,17 @@ def main() -> None:
         "median_ratio_of_pairs": statistics.median(
             mine / theirs for mine, theirs in zip(plugin, reference, strict=True)
         ),
-        "loads_during_timed_runs": {role: cache.load_counts[role] - loads.get(role, 0) for role in cache.load_counts},
+        "loads_after_the_first_run": {role: cache.load_counts[role] - loads.get(role, 0) for role in cache.load_counts},
+        "fixed_cost": {
+            "run": SMALLEST_RUN,
+            "pairs": arguments.fixed_pairs,
+            "plugin_through_ikomia": summary(plugin_smallest),
+            "diffusers_combined": summary(reference_smallest),
+            "median_difference_ms": fixed_ms,
+            "quartiles_of_differences_ms": [quartiles[0], quartiles[2]],
+            "as_a_ratio_of_the_main_run": 1 + fixed_ms / 1000 / statistics.median(reference),
+            "progress_report_per_step_us": progress_report_us,
+        },
         "batch_per_image": {**summary(batch), "num_images": arguments.num_images},
         "batch_speedup_per_image": statistics.median(plugin) / statistics.median(batch),
     }

@@ -69,7 +69,7 @@ def render(report: dict) -> str:
                 f"{case['max_s'] / per_image:.3f}",
                 f"{case['first_run_s']:.1f}",
                 f"{case['place_s']:.1f}" if "place_s" in case else "",
-                f"{case['peak_memory_gb']:.2f}",
+                f"{case['peak_memory_gb']:.2f}" if "peak_memory_gb" in case else "",
                 f"{case['speedup_over_diffusers']:.2f}",
                 f"{case['times_flop_floor']:.1f}",
                 f"{case['max_abs_diff_vs_diffusers']} / {case['mean_abs_diff_vs_diffusers']:.2f}"
@@ -77,6 +77,7 @@ def render(report: dict) -> str:
                 else "",
             ]
             lines.append(f"| {' | '.join(cells)} |")
+    lines += stage_table(report, timed)
     switches = cases.get("compile_switches", {})
     if "text2img" in switches:
         lines += [
@@ -89,6 +90,35 @@ def render(report: dict) -> str:
             for name, step in switches.items()
         ]
     return "\n".join(lines)
+
+
+def stage_table(report: dict, timed: dict) -> list[str]:
+    """Where the engine's time went in each case's last timed run, stage by stage, beside each stage's own
+    FLOP floor: which stage is furthest from the card's limit. The decoder splits into the UNet's steps
+    and the MoVQ decode only in reports that timed the decode."""
+    staged = {name: case["stages_last_run_s"] for name, case in timed.items() if "stages_last_run_s" in case}
+    if not staged:
+        return []
+    flops, speed = report["flops_tera"], report["matmul_tflops_measured"][report["dtype"]]
+    floors = {
+        "prior": (flops["text_encoder"] + flops["prior"]) / speed,
+        "unet": flops["unet"] / speed,
+        "movq": flops["movq"] / speed,
+    }
+    lines = [
+        "",
+        f"| where the time went, last timed run | prior stage s (floor {floors['prior']:.3f}) | decoder stage s "
+        f"| its UNet steps s (floor {floors['unet']:.3f}) | its MoVQ decode s (floor {floors['movq']:.3f}) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, stages in staged.items():
+        decode = stages.get("movq_decode")
+        split = ["", ""] if decode is None else [f"{stages['decoder'] - decode:.3f}", f"{decode:.3f}"]
+        batch = timed[name].get("num_images", 1)
+        label = CASES.get(name, name).removesuffix(", time per picture") + (f" of {batch}, all" if batch > 1 else "")
+        cells = [label, f"{stages['prior']:.3f}", f"{stages['decoder']:.3f}", *split]
+        lines.append(f"| {' | '.join(cells)} |")
+    return lines
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+from report import render  # noqa: E402
 
 
 def run_tiny_gpu_benchmark(folder: Path, *options: str) -> dict:
@@ -25,7 +27,15 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path)
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case]
     assert cases["diffusers"]["runs"] == 1 and cases["gpu_batch"]["num_images"] == 2
     assert cases["gpu"]["place_s"] > 0
-    assert set(cases["gpu"]["stages_last_run_s"]) == {"load", "prior", "decoder", "total"}
+    stages = cases["gpu"]["stages_last_run_s"]
+    assert set(stages) == {"load", "prior", "decoder", "total", "movq_decode"}
+    assert 0 < stages["movq_decode"] < stages["decoder"]
+    # The report's table of stages: the decoder's time split into the UNet's steps and the decode.
+    rows = [line.strip("| ").split(" | ") for line in render(report).splitlines()]
+    stage_rows = {cells[0]: cells[1:] for cells in rows if len(cells) == 5}
+    prior, decoder, unet_steps, decode = map(float, stage_rows["engine, `memory_mode` gpu"])
+    assert (prior, decoder, decode) == tuple(round(stages[key], 3) for key in ("prior", "decoder", "movq_decode"))
+    assert abs(unet_steps + decode - decoder) < 0.0015  # three figures, each rounded to the millisecond
     # The same models and seed: the engine's picture is diffusers' own, to the level.
     assert cases["gpu"]["max_abs_diff_vs_diffusers"] == 0
     assert set(cases["compile_switches"]) == {"text2img", "batch_2", "guidance_4", "img2img"}
@@ -56,19 +66,23 @@ def test_the_script_for_the_next_lent_gpu_runs_its_cases_end_to_end_on_the_cpu(t
 def test_the_cpu_overhead_benchmark_times_the_task_against_diffusers_with_nothing_loaded_again(tmp_path):
     small = ["--repeats", "2", "--height", "64", "--width", "64", "--steps", "2", "--prior-steps", "2"]
     report_path = tmp_path / "cpu_overhead.json"
-    command = [sys.executable, str(BENCHMARKS / "cpu_overhead.py"), *small, "--num-images", "2"]
+    command = [sys.executable, str(BENCHMARKS / "cpu_overhead.py"), *small, "--num-images", "2", "--fixed-pairs", "3"]
     subprocess.run([*command, "--output", str(report_path)], check=True, capture_output=True, timeout=600)
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert report["plugin_through_ikomia"]["runs"] == report["diffusers_combined"]["runs"] == 2
-    assert report["loads_during_timed_runs"] == {"prior": 0, "decoder": 0}
+    assert report["run"]["num_inference_steps"] == "2"
+    assert report["loads_after_the_first_run"] == {"prior": 0, "decoder": 0}
     assert report["ratio_of_medians"] > 0 and report["median_ratio_of_pairs"] > 0
+    fixed = report["fixed_cost"]
+    assert fixed["run"]["num_inference_steps"] == "1"
+    assert fixed["plugin_through_ikomia"]["runs"] == fixed["diffusers_combined"]["runs"] == fixed["pairs"] == 3
+    low, high = fixed["quartiles_of_differences_ms"]
+    assert low <= fixed["median_difference_ms"] <= high
+    assert fixed["progress_report_per_step_us"] > 0
     assert report["batch_per_image"]["num_images"] == 2
 
 
 def test_the_gpu_figures_in_benchmarks_md_are_those_of_the_committed_reports():
-    sys.path.insert(0, str(BENCHMARKS))
-    from report import render
-
     reports = sorted((BENCHMARKS / "results").glob("*.json"))
     rendered = "\n\n".join(render(json.loads(path.read_text(encoding="utf-8"))) for path in reports)
     text = (BENCHMARKS.parent / "BENCHMARKS.md").read_text(encoding="utf-8")
