@@ -118,6 +118,8 @@ DECODERS = {
     "controlnet_depth": Decoder("controlnet_decoder", KandinskyV22ControlnetPipeline, DEFAULT_CONTROLNET_DECODER),
 }
 
+DECODER_ROLES = tuple(dict.fromkeys(decoder.role for decoder in DECODERS.values()))
+
 IMAGE_INPUT = "image"
 DRAWING_INPUT = "mask drawing"
 MASK_INPUT = "mask"
@@ -202,6 +204,11 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
     runtime = choose_runtime(settings)
     decoder = DECODERS[settings.mode]
     with cache.lock:
+        if runtime.memory_mode == "prior_offload":
+            # One decoder on the GPU: the others leave it before this one is placed or brought back.
+            for role in DECODER_ROLES:
+                if role != decoder.role:
+                    cache.set_aside(role)
         prior = cache.get(
             "prior", KandinskyV22PriorPipeline, "prior_model_name", runtime.key(settings.prior_model_name)
         )

@@ -1,9 +1,11 @@
 """Loading Kandinsky 2.2 pipelines once per process and sharing them.
 
-Every task instance of a process uses ``MODEL_CACHE``. It keeps one pipeline per role (prior,
-decoder) keyed by model name, device and dtype: asking again for the same key loads nothing,
-and changing one of them replaces only that role's pipeline. Studio runs tasks in worker threads,
-so the cache is guarded by a lock, which generation also holds while it uses the pipelines.
+Every task instance of a process uses ``MODEL_CACHE``. It keeps one pipeline per role (the prior, and
+the decoders of text2img, inpaint and ControlNet) keyed by model name, device and dtype: asking again
+for the same key loads nothing, and changing one of them replaces only that role's pipeline. A
+pipeline set aside waits in CPU memory and comes back to the device when asked for. Studio runs tasks
+in worker threads, so the cache is guarded by a lock, which generation also holds while it uses the
+pipelines.
 """
 
 import gc
@@ -51,12 +53,12 @@ class ModelKey:
 
 
 class Parking:
-    """Modules whose weights wait in CPU memory and are on the device only inside ``visit``.
+    """Modules whose weights wait in CPU memory, and are on the device only while held (or inside ``visit``).
 
-    A visit copies the weights to the device and nothing back: the CPU copy, pinned on CUDA so that the
-    copy is fast, stays the reference (the weights never change). diffusers' model offload instead moves
-    every model both ways through pageable memory. The weights travel packed in a few large buffers, one
-    copy each. An empty parking visits nothing.
+    Holding copies the weights to the device and nothing back: the CPU copy, pinned on CUDA so that the
+    copy is fast, stays the reference (the weights never change), so parking again only drops the device
+    copy. diffusers' model offload instead moves every model both ways through pageable memory. The
+    weights travel packed in a few large buffers, one copy each. An empty parking holds nothing.
     """
 
     def __init__(self, modules: dict[str, torch.nn.Module] | None = None, device: str = "cpu") -> None:
@@ -65,18 +67,43 @@ class Parking:
             name: _pack([*module.parameters(), *module.buffers()], pin=device == "cuda")
             for name, module in (modules or {}).items()
         }
+        self._held: set[str] = set()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._chunks)
+
+    def hold(self, *names: str) -> None:
+        """Copy the parked modules among ``names`` to the device, to stay there until ``park``.
+
+        A copy that fails midway (out of memory) parks them all again before the error goes on.
+        """
+        arriving = [name for name in names if name in self._chunks and name not in self._held]
+        try:
+            for name in arriving:
+                self._held.add(name)
+                for chunk in self._chunks[name]:
+                    chunk.point_at(chunk.host.to(self.device, non_blocking=True, copy=True))
+        except BaseException:
+            self.park(*arriving)
+            raise
+
+    def park(self, *names: str) -> None:
+        """Point the modules among ``names`` at their CPU copy again; their device copy is freed."""
+        for name in names:
+            if name in self._held:
+                self._held.discard(name)
+                for chunk in self._chunks[name]:
+                    chunk.point_at(chunk.host)
 
     @contextmanager
     def visit(self, *names: str) -> Iterator[None]:
         """Have the parked modules among ``names`` on the device for the block, and parked again after it."""
-        visiting = [chunk for name in names for chunk in self._chunks.get(name, ())]
         try:
-            for chunk in visiting:
-                chunk.point_at(chunk.host.to(self.device, non_blocking=True, copy=True))
+            self.hold(*names)
             yield
         finally:
-            for chunk in visiting:
-                chunk.point_at(chunk.host)
+            self.park(*names)
 
 
 # CUDA's pinned-memory allocator rounds every block up to a power of two: blocks this size waste little.
@@ -133,13 +160,15 @@ def _pack(tensors: list[torch.Tensor], pin: bool) -> list[_Chunk]:
     return chunks
 
 
-@dataclass(frozen=True)
+@dataclass
 class Loaded:
-    """A pipeline in the cache: the key it was loaded for, and the models it keeps parked."""
+    """A pipeline in the cache: the key it was loaded for, the models it keeps parked, and, once set aside
+    (``ModelCache.set_aside``), all its models, parked until it is asked for again."""
 
     key: ModelKey
     pipeline: DiffusionPipeline
     parking: Parking
+    aside: Parking | None = None
 
 
 class ModelCache:
@@ -161,6 +190,8 @@ class ModelCache:
         with self.lock:
             cached = self._loaded.get(role)
             if cached is not None and cached.key == key:
+                if cached.aside is not None:
+                    cached.aside.hold(*cached.aside.names)
                 return cached.pipeline
             self.release(role)
             pipeline = load_pipeline(pipeline_class, parameter_name, key)
@@ -173,6 +204,26 @@ class ModelCache:
         with self.lock:
             self.release(role)
             self._loaded[role] = Loaded(key, pipeline, _place(pipeline, key))
+
+    def set_aside(self, role: str) -> None:
+        """Park every model of the pipeline of ``role`` in CPU memory until it is asked for again.
+
+        For a decoder that another decoder replaces on the GPU (prior_offload keeps one there). Only a
+        pipeline kept whole on the device is set aside, and never one with a compiled UNet: CUDA graphs
+        record where the weights are, and record again each time they move.
+        """
+        with self.lock:
+            loaded = self._loaded.get(role)
+            if loaded is None or loaded.key.memory_mode != "gpu" or loaded.key.compile_unet != "off":
+                return
+            if loaded.parking.names:
+                return
+            if loaded.aside is None:
+                components = loaded.pipeline.components.items()
+                modules = {name: module for name, module in components if isinstance(module, torch.nn.Module)}
+                loaded.aside = Parking(modules, loaded.key.device)
+            else:
+                loaded.aside.park(*loaded.aside.names)
 
     def parking(self, role: str) -> Parking:
         """What the pipeline of ``role`` keeps parked in CPU memory (nothing, unless memory_mode is prior_offload)."""

@@ -364,6 +364,44 @@ def test_parked_models_are_on_the_device_only_while_the_prior_stage_uses_them_an
     assert cache.load_counts == {"prior": 1, "decoder": 1}
 
 
+@pytest.mark.parametrize("memory_mode", ["gpu", "prior_offload"])
+def test_prior_offload_keeps_one_decoder_on_the_device_and_brings_another_back_without_loading_it(
+    settings, tiny_repos, cache, monkeypatch, memory_mode
+):
+    mask = np.zeros((64, 128), np.uint8)
+    mask[:, :64] = 255
+    runs = {
+        "text2img": (settings, Inputs()),
+        "inpaint": (
+            Settings(**{**settings.__dict__, "mode": "inpaint", "model_name": str(tiny_repos.inpaint_decoder)}),
+            Inputs(image=np.random.default_rng(3).integers(0, 256, (64, 128, 3), dtype=np.uint8), mask=mask),
+        ),
+    }
+    expected = {name: generate(*run, cache=ModelCache()).images[0] for name, run in runs.items()}
+    # The memory mode as on CUDA, with the CPU as the device.
+    monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, memory_mode))
+    unets = {name: load_pipelines(run[0], cache).decoder.unet for name, run in runs.items()}
+    seen = []  # at each UNet step: which decoder ran, and where each decoder's weights were
+    for name, unet in unets.items():
+        unet.register_forward_pre_hook(
+            lambda module, inputs, name=name: seen.append((name, {each: first_weight(unets[each]) for each in unets}))
+        )
+    for name in ("text2img", "inpaint", "inpaint", "text2img"):
+        # The copies hold the same bits, but on the CPU the kernels round by memory alignment: a decoder that
+        # came back as a copy moves pixels by one level (cloning its weights in place does the same).
+        assert max_difference(generate(*runs[name], cache=cache).images[0], expected[name]) <= 1, name
+    own = {name: {where[name] for running, where in seen if running == name} for name in unets}
+    other = {name: {where[name] for running, where in seen if running != name} for name in unets}
+    if memory_mode == "gpu":
+        # Every decoder stays where it was placed.
+        assert all(len(own[name]) == 1 and other[name] == own[name] for name in unets)
+    else:
+        # While one decoder runs, the other waits in CPU memory, at one place; it comes back as a new copy.
+        assert all(len(other[name]) == 1 and not other[name] & own[name] for name in unets)
+        assert len(own["text2img"]) == 2
+    assert cache.load_counts == {"prior": 1, "decoder": 1, "inpaint_decoder": 1}
+
+
 def test_parked_weights_keep_their_values_across_chunks_and_park_again_when_the_stage_fails(monkeypatch):
     monkeypatch.setattr(models, "_CHUNK_BYTES", 512)
     layers = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 3), torch.nn.BatchNorm1d(3))
@@ -399,6 +437,39 @@ def test_a_copy_to_the_device_that_fails_midway_leaves_every_weight_parked(monke
         pytest.fail("the block ran although the weights were not all on the device")
     assert len(copies) == 2
     assert weight_addresses(layers) == parked
+    # Held (a decoder brought back) rather than visited: parked again all the same, and the next hold copies.
+    copies.clear()
+    with pytest.raises(torch.OutOfMemoryError):
+        parking.hold("layers")
+    assert weight_addresses(layers) == parked
+    monkeypatch.undo()
+    parking.hold("layers")
+    assert not set(weight_addresses(layers).values()) & set(parked.values())
+
+
+def test_only_a_decoder_whole_on_the_device_and_not_compiled_is_set_aside(tiny_repos, cache, monkeypatch):
+    from infer_kandinsky_2_2.kandinsky22_engine.models import ModelKey
+
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **options: None)
+    keys = {
+        "decoder": ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, "gpu"),
+        "compiled": ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, "gpu", "reduce-overhead"),
+        "offloaded": ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, "model_offload"),
+        "prior": ModelKey(str(tiny_repos.prior), "cpu", torch.float32, "gpu"),
+    }
+    classes = {"prior": KandinskyV22PriorPipeline}
+    unets = {}
+    for role, key in keys.items():
+        pipeline = cache.get(role, classes.get(role, KandinskyV22Pipeline), "model_name", key)
+        unets[role] = pipeline.prior if role == "prior" else pipeline.unet
+    monkeypatch.setattr(models, "Parking", lambda *arguments: pytest.fail("only the decoder may be set aside"))
+    placed = {role: weight_addresses(unet) for role, unet in unets.items()}
+    for role in ("compiled", "offloaded", "prior"):
+        cache.set_aside(role)
+    assert {role: weight_addresses(unet) for role, unet in unets.items()} == placed
+    monkeypatch.undo()
+    cache.set_aside("decoder")
+    assert not set(weight_addresses(unets["decoder"]).values()) & set(placed["decoder"].values())
 
 
 def test_releasing_models_on_cuda_gives_back_the_gpu_cache_and_the_pinned_host_cache(cache, monkeypatch):
