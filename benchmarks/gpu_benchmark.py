@@ -3,7 +3,7 @@
 Builds the published models' architectures with random (seeded, so identical) weights directly on the
 device (speed and memory depend on the sizes, not the weights), then, on one card in one run: plain
 diffusers (``KandinskyV22CombinedPipeline``, every model on the device), the engine in each memory
-mode, a batch, the UNet compiled (CUDA only), and levers not in the engine (bfloat16,
+mode, a batch, text2img and inpaint in turn, the UNet compiled (CUDA only), and levers not in the engine (bfloat16,
 channels_last, cuDNN's benchmark mode, attention without PyTorch's fused kernel, another model-offload
 order). Each case is
 timed over warm runs, with its first run, its peak memory, and how far its picture is from
@@ -20,6 +20,7 @@ CPU check of the whole script on tiny models:
 
 import argparse
 import gc
+import itertools
 import json
 import platform
 import statistics
@@ -27,7 +28,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import diffusers
 import transformers
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, KandinskyV22InpaintPipeline
 from flops import count_flops
 
 from kandinsky22_engine.generation import Inputs, choose_runtime, generate, to_uint8
@@ -117,13 +119,22 @@ class Bench:
 
     def build(self, dtype: torch.dtype | None = None) -> tuple:
         """A fresh prior and decoder with random weights (the same for every build), on the device in ``dtype``."""
+        with self.building(dtype):
+            return build_prior_pipeline(self.architecture, self.tokenizer), build_decoder_pipeline(self.architecture)
+
+    def build_decoder(self, pipeline_class: type[DiffusionPipeline], in_channels: int) -> DiffusionPipeline:
+        """Another decoder (inpaint: 9 channels in), built as ``build`` builds."""
+        with self.building():
+            return build_decoder_pipeline(self.architecture, pipeline_class, in_channels)
+
+    @contextmanager
+    def building(self, dtype: torch.dtype | None = None) -> Iterator[None]:
+        """New tensors made on the device in ``dtype`` (the run's by default) for the block."""
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(dtype or self.dtype)
         try:
             with torch.device(self.device):
-                return build_prior_pipeline(self.architecture, self.tokenizer), build_decoder_pipeline(
-                    self.architecture
-                )
+                yield
         finally:
             torch.set_default_dtype(default_dtype)
 
@@ -209,6 +220,37 @@ class Bench:
             result.update(self.compare(picture) if settings.mode == "text2img" else {})
         else:
             result.update(num_images=settings.num_images, per_image_s=result["median_s"] / settings.num_images)
+        return result
+
+    def switching(self, memory_mode: str) -> dict:
+        """text2img and inpaint in turn on one cache, as a workflow of the two runs: the time per run and the
+        peak memory with both decoders on the device (gpu) or one at a time (prior_offload).
+
+        A first text2img run sets the inpaint decoder aside; the first timed run, inpaint, sets the text2img
+        decoder aside (each packs a decoder into pinned memory once); the runs after it alternate.
+        """
+        text2img = replace(self.settings, memory_mode=memory_mode)
+        inpaint = replace(text2img, mode="inpaint", model_name="benchmark/inpaint")
+        prior, decoder = self.build()
+        inpaint_decoder = self.build_decoder(KandinskyV22InpaintPipeline, in_channels=9)
+        cache = adopted(text2img, prior, decoder)
+        cache.adopt("inpaint_decoder", choose_runtime(inpaint).decoder_key(inpaint.model_name), inpaint_decoder)
+        del prior, decoder, inpaint_decoder
+        size = (self.settings.height, self.settings.width)
+        mask = np.zeros(size, dtype=np.uint8)
+        mask[:, : size[1] // 2] = 255
+        picture = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+        turns = itertools.cycle(((text2img, Inputs()), (inpaint, Inputs(image=picture, mask=mask))))
+
+        def run() -> np.ndarray:
+            settings, inputs = next(turns)
+            return generate(settings, inputs, cache=cache).images[0]
+
+        try:
+            run()
+            result, _ = timed(run, self.device, 2 * self.repeats)
+        finally:
+            cache.release()
         return result
 
     def switches(self, compile_unet: str) -> dict:
@@ -375,6 +417,7 @@ def main() -> None:
     bench.case("gpu_mix", lambda: bench.engine(bench.repeats, mode="mix", inputs=Inputs(mix_images=pictures)))
     if device == "cuda":
         bench.case("prior_offload", lambda: bench.engine(bench.repeats, memory_mode="prior_offload"))
+        bench.case("switching_prior_offload", lambda: bench.switching("prior_offload"))
         bench.case(
             "prior_offload_compile_reduce-overhead",
             lambda: bench.engine(bench.repeats, memory_mode="prior_offload", compile_unet="reduce-overhead"),
@@ -396,6 +439,7 @@ def main() -> None:
             "compile_prior_and_unet",
             lambda: bench.engine(bench.repeats, compile_unet="reduce-overhead", compile_prior="reduce-overhead"),
         )
+    bench.case("switching_gpu", lambda: bench.switching("gpu"))
     bench.case("compile_switches", lambda: bench.switches("reduce-overhead"))
     if device == "cuda":
         bench.case("sequential_offload", lambda: bench.engine(1, memory_mode="sequential_offload"))

@@ -17,6 +17,8 @@ CASES = {
     "gpu_mix": "engine, gpu, mix of 2 images and the prompt (the image encoder copied in for the prior stage)",
     "prior_offload": "engine, `memory_mode` prior_offload",
     "prior_offload_compile_reduce-overhead": "engine, prior_offload, `compile_unet` reduce-overhead",
+    "switching_prior_offload": "engine, prior_offload, text2img and inpaint in turn (one decoder on the GPU), per run",
+    "switching_gpu": "engine, gpu, text2img and inpaint in turn (both decoders on the GPU), per run",
     "model_offload": "engine, `memory_mode` model_offload",
     "sequential_offload": "engine, `memory_mode` sequential_offload (1 timed run)",
     "bfloat16": "lever not kept: the models in bfloat16",
