@@ -204,8 +204,9 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
     runtime = choose_runtime(settings)
     decoder = DECODERS[settings.mode]
     with cache.lock:
-        if runtime.memory_mode == "prior_offload":
-            # One decoder on the GPU: the others leave it before this one is placed or brought back.
+        if runtime.memory_mode != "gpu":
+            # Modes that save memory keep no idle decoder on the GPU: the others leave it before this one is
+            # placed or brought back (gpu keeps every decoder it has used there).
             for role in DECODER_ROLES:
                 if role != decoder.role:
                     cache.set_aside(role)

@@ -208,9 +208,10 @@ class ModelCache:
     def set_aside(self, role: str) -> None:
         """Park every model of the pipeline of ``role`` in CPU memory until it is asked for again.
 
-        For a decoder that another decoder replaces on the GPU (prior_offload keeps one there). Only a
-        pipeline kept whole on the device is set aside, and never one with a compiled UNet: CUDA graphs
-        record where the weights are, and record again each time they move.
+        For a decoder left on the GPU by a gpu run when another decoder runs in a mode that saves memory.
+        Only a pipeline kept whole on the device is set aside (a key of memory_mode gpu, which the decoders
+        of prior_offload runs also have), and never one with a compiled UNet, which stays as compiled: CUDA
+        graphs record where the weights are, and record again each time they move.
         """
         with self.lock:
             loaded = self._loaded.get(role)

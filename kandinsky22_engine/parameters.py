@@ -320,10 +320,11 @@ class Settings:
         help=(
             "On CUDA: gpu keeps the models on the GPU (fastest; the CLIP image encoder is copied to it only "
             "for mix's prior stage); prior_offload keeps the decoder on the GPU and copies the text encoder and "
-            "prior to it for the prior stage only, from pinned CPU memory; of the decoders (inpaint and "
-            "controlnet_depth have their own), it keeps on the GPU only the one in use; model_offload moves each "
-            "model to the GPU only while it runs (least memory measured at 768x768); sequential_offload moves each "
-            "layer, slowest (diffusers keeps the prior on the GPU in this mode). Ignored on the CPU."
+            "prior to it for the prior stage only, from pinned CPU memory; model_offload moves each model to the "
+            "GPU only while it runs (least memory measured at 768x768); sequential_offload moves each layer, "
+            "slowest (diffusers keeps the prior on the GPU in this mode). gpu keeps each decoder it has used on "
+            "the GPU (inpaint and controlnet_depth have their own); the other modes keep only the one in use "
+            "there. Ignored on the CPU."
         ),
         choices=MEMORY_MODES,
         cuda_only=True,

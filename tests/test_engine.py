@@ -447,6 +447,30 @@ def test_a_copy_to_the_device_that_fails_midway_leaves_every_weight_parked(monke
     assert not set(weight_addresses(layers).values()) & set(parked.values())
 
 
+@pytest.mark.parametrize("memory_mode", ["gpu", "prior_offload", "model_offload", "sequential_offload"])
+def test_every_mode_but_gpu_sets_the_idle_decoders_aside_before_it_places_its_own(settings, monkeypatch, memory_mode):
+    class RecordingCache(ModelCache):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = []
+
+        def get(self, role, pipeline_class, parameter_name, key):
+            self.calls.append(("get", role))
+
+        def set_aside(self, role):
+            self.calls.append(("set_aside", role))
+
+        def parking(self, role):
+            return Parking()
+
+    monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cuda", torch.float16, memory_mode))
+    cache = RecordingCache()
+    load_pipelines(Settings(**{**settings.__dict__, "mode": "inpaint"}), cache)
+    gets = [("get", "prior"), ("get", "inpaint_decoder")]
+    asides = [] if memory_mode == "gpu" else [("set_aside", "decoder"), ("set_aside", "controlnet_decoder")]
+    assert cache.calls == asides + gets
+
+
 def test_only_a_decoder_whole_on_the_device_and_not_compiled_is_set_aside(tiny_repos, cache, monkeypatch):
     from infer_kandinsky_2_2.kandinsky22_engine.models import ModelKey
 
