@@ -204,9 +204,10 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
     runtime = choose_runtime(settings)
     decoder = DECODERS[settings.mode]
     with cache.lock:
-        if runtime.memory_mode != "gpu":
+        if runtime.memory_mode not in ("gpu", "none"):
             # Modes that save memory keep no idle decoder on the GPU: the others leave it before this one is
-            # placed or brought back (gpu keeps every decoder it has used there).
+            # placed or brought back (gpu keeps every decoder it has used there; a CPU run, "none", leaves
+            # the GPU as it is).
             for role in DECODER_ROLES:
                 if role != decoder.role:
                     cache.set_aside(role)
@@ -294,6 +295,7 @@ def generate(
     with cache.lock, torch.no_grad(), _explain_out_of_memory(settings, runtime), _explain_compile_failure(runtime):
         started = time.perf_counter()
         pipelines = load_pipelines(settings, cache)
+        _synchronize(runtime)
         loaded = time.perf_counter()
         truncated = _truncated_prompts(pipelines.prior.tokenizer, settings)
         generator = torch.Generator("cpu").manual_seed(seed)

@@ -219,12 +219,20 @@ class ModelCache:
                 return
             if loaded.parking.names:
                 return
-            if loaded.aside is None:
-                components = loaded.pipeline.components.items()
-                modules = {name: module for name, module in components if isinstance(module, torch.nn.Module)}
-                loaded.aside = Parking(modules, loaded.key.device)
-            else:
+            if loaded.aside is not None:
                 loaded.aside.park(*loaded.aside.names)
+                return
+            components = loaded.pipeline.components.items()
+            modules = {name: module for name, module in components if isinstance(module, torch.nn.Module)}
+            try:
+                loaded.aside = Parking(modules, loaded.key.device)
+            except BaseException:
+                # Packing stopped midway would leave the pipeline split between CPU and GPU: drop it instead.
+                self.release(role)
+                raise
+            if loaded.key.device == "cuda":
+                # The weights' own blocks are free now; give them back, as the packed copies need other sizes.
+                torch.cuda.empty_cache()
 
     def parking(self, role: str) -> Parking:
         """What the pipeline of ``role`` keeps parked in CPU memory (nothing, unless memory_mode is prior_offload)."""
