@@ -5,10 +5,10 @@ every other pair:
 python benchmarks/cpu_overhead.py [--repeats 9 --height 256 --width 256 --steps 25 --prior-steps 25]
 (run it with the environment that scripts/test.sh sets up, which has ikomia).
 
-Then the fixed cost of a run, what the task adds to diffusers' call whatever the sizes: the same pairs
-at the smallest run (64 x 64, 2 prior steps, 1 decoder step), where the models' arithmetic is least
-and the two times are closest, reported as the median difference of many pairs in milliseconds; and
-what each further step adds, the progress report to Ikomia after every step.
+Then the fixed cost of a run, what the task adds to diffusers' call where the models' arithmetic is
+least: the same pairs at the smallest run (64 x 64, 2 prior steps, 1 decoder step), reported as the
+median difference of many pairs in milliseconds; and the progress report the task sends Ikomia after
+every step, timed alone.
 """
 
 import argparse

@@ -51,6 +51,7 @@ from kandinsky22_engine.reference import combine, combined_arguments
 from kandinsky22_engine.tiny import FULL, TINY, build_decoder_pipeline, build_prior_pipeline, write_tokenizer
 
 PROMPT = "portrait of a young women, blue eyes, cinematic"
+PLACED = ("gpu", "prior_offload")  # the memory modes whose decoder stays on the device
 NEGATIVE = "low quality, bad quality"
 
 
@@ -195,18 +196,21 @@ class Bench:
             prior.prior.compile(mode=compile_prior)
         if model_offload_order:
             prior.model_cpu_offload_seq = model_offload_order
-        decode_seconds = time_calls(decoder.movq, "decode", self.device)
+        # The offload modes move the MoVQ to the device inside its decode: there the decode is not timed apart.
+        decodes = time_calls(decoder.movq, "decode", self.device) if settings.memory_mode in PLACED else None
         started = time.perf_counter()
         cache = adopted(settings, prior, decoder)
         synchronize(self.device)
         placed = time.perf_counter() - started
         del prior, decoder
-        stages = {}
+        stages = []
 
         def run() -> np.ndarray:
-            decode_seconds.clear()
             generation = generate(settings, inputs, cache=cache)
-            stages.update(generation.metadata["seconds"], movq_decode=sum(decode_seconds))
+            stages.append(dict(generation.metadata["seconds"]))
+            if decodes is not None:
+                stages[-1]["movq_decode"] = sum(decodes)
+                decodes.clear()
             return generation.images[0]
 
         torch.backends.cudnn.benchmark = cudnn_benchmark
@@ -215,7 +219,9 @@ class Bench:
         finally:
             torch.backends.cudnn.benchmark = False
             cache.release()
-        result = {**result, "place_s": placed, "stages_last_run_s": stages}
+        timed_stages = stages[-repeats:]
+        medians = {stage: statistics.median(run[stage] for run in timed_stages) for stage in timed_stages[0]}
+        result = {**result, "place_s": placed, "mode": settings.mode, "stages_median_s": medians}
         if settings.num_images == 1:
             result.update(self.compare(picture) if settings.mode == "text2img" else {})
         else:
@@ -223,11 +229,12 @@ class Bench:
         return result
 
     def switching(self, memory_mode: str) -> dict:
-        """text2img and inpaint in turn on one cache, as a workflow of the two runs: the time per run and the
-        peak memory with both decoders on the device (gpu) or one at a time (prior_offload).
+        """text2img and inpaint in turn on one cache, as a workflow of the two runs: the time per run of each
+        and the peak memory, with both decoders on the device (gpu) or one at a time (prior_offload).
 
-        A first text2img run sets the inpaint decoder aside; the first timed run, inpaint, sets the text2img
-        decoder aside (each packs a decoder into pinned memory once); the runs after it alternate.
+        Two untimed runs first: text2img, which sets the inpaint decoder aside, then inpaint, which sets the
+        text2img decoder aside (each packs a decoder into pinned memory once; the second is the case's
+        "first run"); then ``repeats`` timed runs of each, in turn.
         """
         text2img = replace(self.settings, memory_mode=memory_mode)
         inpaint = replace(text2img, mode="inpaint", model_name="benchmark/inpaint")
@@ -241,17 +248,22 @@ class Bench:
         mask[:, : size[1] // 2] = 255
         picture = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
         turns = itertools.cycle(((text2img, Inputs()), (inpaint, Inputs(image=picture, mask=mask))))
+        seconds: dict[str, list[float]] = {"text2img": [], "inpaint": []}
 
         def run() -> np.ndarray:
             settings, inputs = next(turns)
-            return generate(settings, inputs, cache=cache).images[0]
+            started = time.perf_counter()
+            picture = generate(settings, inputs, cache=cache).images[0]
+            synchronize(self.device)
+            seconds[settings.mode].append(time.perf_counter() - started)
+            return picture
 
         try:
             run()
             result, _ = timed(run, self.device, 2 * self.repeats)
         finally:
             cache.release()
-        return result
+        return {**result, **{f"{mode}_median_s": statistics.median(each[1:]) for mode, each in seconds.items()}}
 
     def switches(self, compile_unet: str) -> dict:
         """One cache of compiled models through runs that change the UNet's inputs: what each first run costs.
@@ -348,6 +360,7 @@ def timed(function: Callable[[], np.ndarray], device: str, repeats: int) -> tupl
     }
     if device == "cuda":
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        result["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 1e9
     return result, picture
 
 
@@ -418,6 +431,8 @@ def main() -> None:
     if device == "cuda":
         bench.case("prior_offload", lambda: bench.engine(bench.repeats, memory_mode="prior_offload"))
         bench.case("switching_prior_offload", lambda: bench.switching("prior_offload"))
+    bench.case("switching_gpu", lambda: bench.switching("gpu"))
+    if device == "cuda":
         bench.case(
             "prior_offload_compile_reduce-overhead",
             lambda: bench.engine(bench.repeats, memory_mode="prior_offload", compile_unet="reduce-overhead"),
@@ -439,7 +454,6 @@ def main() -> None:
             "compile_prior_and_unet",
             lambda: bench.engine(bench.repeats, compile_unet="reduce-overhead", compile_prior="reduce-overhead"),
         )
-    bench.case("switching_gpu", lambda: bench.switching("gpu"))
     bench.case("compile_switches", lambda: bench.switches("reduce-overhead"))
     if device == "cuda":
         bench.case("sequential_offload", lambda: bench.engine(1, memory_mode="sequential_offload"))
