@@ -82,41 +82,39 @@ def main() -> None:
     main_run_shown = {key: value for key, value in parameters.items() if "model" not in key}
     workflow = Workflow()
     task = workflow.add_task(name=PLUGIN_NAME, public_hub=False)
-    task.set_parameters(parameters)
-
     combined = combine(
         KandinskyV22PriorPipeline.from_pretrained(repos.prior), KandinskyV22Pipeline.from_pretrained(repos.decoder)
     )
 
-    current = {"settings": Settings.from_strings(parameters)}
-
-    def run_both_with(changes: dict[str, str]) -> None:
-        """Set ``changes`` on the task and the same on diffusers' arguments, then run each once untimed."""
-        task.set_parameters(changes)
+    def use(changes: dict[str, str]) -> Callable[[], object]:
+        """Set ``changes`` on the task, and return diffusers' call with the same arguments; run each once
+        untimed."""
         parameters.update(changes)
-        current["settings"] = Settings.from_strings(parameters)
+        task.set_parameters(parameters)
+        settings = Settings.from_strings(parameters)
+
+        def run_diffusers() -> object:
+            return combined(**combined_arguments(settings))
+
         workflow.run()
         run_diffusers()
+        return run_diffusers
 
-    def run_diffusers() -> None:
-        combined(**combined_arguments(current["settings"]))
-
-    workflow.run()
-    run_diffusers()
+    run_diffusers = use({})
     cache = sys.modules[type(task).__module__].MODEL_CACHE
     loads = dict(cache.load_counts)
     plugin, reference = in_pairs(workflow.run, run_diffusers, arguments.repeats)
 
     main_run = {key: parameters[key] for key in SMALLEST_RUN}
-    run_both_with(SMALLEST_RUN)
-    plugin_smallest, reference_smallest = in_pairs(workflow.run, run_diffusers, arguments.fixed_pairs)
+    run_smallest = use(SMALLEST_RUN)
+    plugin_smallest, reference_smallest = in_pairs(workflow.run, run_smallest, arguments.fixed_pairs)
     differences_ms = [1000 * (mine - theirs) for mine, theirs in zip(plugin_smallest, reference_smallest, strict=True)]
     quartiles = statistics.quantiles(differences_ms, n=4)
     fixed_ms = statistics.median(differences_ms)
     # What each further denoising step adds: the task reports its progress to Ikomia after every step.
     progress_report_us = timeit.timeit(task.emit_step_progress, number=20000) / 20000 * 1e6
 
-    run_both_with(main_run | {"num_images": str(arguments.num_images)})
+    use(main_run | {"num_images": str(arguments.num_images)})
     batch = []
     for _ in range(max(3, arguments.repeats // 3)):
         started = time.perf_counter()

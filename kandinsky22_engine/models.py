@@ -215,9 +215,8 @@ class ModelCache:
         """
         with self.lock:
             loaded = self._loaded.get(role)
-            if loaded is None or loaded.key.memory_mode != "gpu" or loaded.key.compile_unet != "off":
-                return
-            if loaded.parking.names:
+            whole_on_device = loaded is not None and loaded.key.memory_mode == "gpu" and not loaded.parking.names
+            if not whole_on_device or loaded.key.compile_unet != "off":
                 return
             if loaded.aside is not None:
                 loaded.aside.park(*loaded.aside.names)
@@ -235,7 +234,8 @@ class ModelCache:
                 torch.cuda.empty_cache()
 
     def parking(self, role: str) -> Parking:
-        """What the pipeline of ``role`` keeps parked in CPU memory (nothing, unless memory_mode is prior_offload)."""
+        """What the pipeline of ``role`` keeps parked in CPU memory: a prior's models, as ``PARKED_PRIOR_MODELS``
+        says for its memory mode; nothing for a decoder."""
         with self.lock:
             return self._loaded[role].parking
 

@@ -16,11 +16,12 @@ from infer_kandinsky_2_2.kandinsky22_engine.generation import (
     GenerationStopped,
     Inputs,
     Runtime,
+    choose_runtime,
     generate,
     load_pipelines,
     prior_stage_models,
 )
-from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelLoadError, Parking
+from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelKey, ModelLoadError, Parking
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import MAX_RANDOM_SEED, Settings
 
 
@@ -263,8 +264,6 @@ def test_memory_modes_are_ignored_on_the_cpu_where_offloading_fails(settings, ca
 
 
 def test_on_cuda_the_memory_mode_is_part_of_what_identifies_a_loaded_model(monkeypatch):
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import choose_runtime
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     runtimes = [choose_runtime(Settings(cuda=True, memory_mode=mode)) for mode in ("gpu", "model_offload")]
     assert [(runtime.device, runtime.dtype) for runtime in runtimes] == [("cuda", torch.float16)] * 2
@@ -284,8 +283,6 @@ def test_switching_between_gpu_and_prior_offload_keeps_the_decoder_and_reloads_t
 
 
 def test_on_cuda_the_compile_mode_identifies_a_decoder_but_not_a_prior(monkeypatch):
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import choose_runtime
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     plain, compiled = (choose_runtime(Settings(cuda=True, compile_unet=mode)) for mode in ("off", "reduce-overhead"))
     assert compiled.decoder_key("m").compile_unet == "reduce-overhead"
@@ -302,8 +299,6 @@ def test_compiling_is_ignored_on_the_cpu(settings, cache):
 
 
 def test_a_decoder_key_with_a_compile_mode_compiles_its_unet_in_place(tiny_repos, cache, monkeypatch):
-    from infer_kandinsky_2_2.kandinsky22_engine.models import ModelKey
-
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **options: compiled.append((module, options)))
     key = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, compile_unet="reduce-overhead")
@@ -473,8 +468,6 @@ def test_every_mode_but_gpu_sets_the_idle_decoders_aside_before_it_places_its_ow
 
 
 def test_only_a_decoder_whole_on_the_device_and_not_compiled_is_set_aside(tiny_repos, cache, monkeypatch):
-    from infer_kandinsky_2_2.kandinsky22_engine.models import ModelKey
-
     monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **options: None)
     keys = {
         "decoder": ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, "gpu"),
@@ -498,8 +491,6 @@ def test_only_a_decoder_whole_on_the_device_and_not_compiled_is_set_aside(tiny_r
 
 
 def test_a_decoder_whose_setting_aside_fails_midway_is_dropped_not_left_split(tiny_repos, cache, monkeypatch):
-    from infer_kandinsky_2_2.kandinsky22_engine.models import ModelKey
-
     key = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, "gpu")
     cache.get("decoder", KandinskyV22Pipeline, "model_name", key)
     pack, packed = models._pack, []
