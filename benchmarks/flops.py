@@ -42,13 +42,13 @@ def count_flops(
         # The prior encodes [prompt, negative] and, for its guidance, two empty prompts: 4 sequences.
         tokens = torch.zeros(4, MAX_TOKENS, dtype=torch.long)
         text = _flops(lambda: prior.text_encoder(tokens))
-        embedding = architecture.prior["embedding_dim"]
+        embedding = prior.prior.config.embedding_dim
         prior_step = _flops(
             lambda: prior.prior(
                 torch.randn(4, embedding),
                 timestep=torch.tensor(10),
                 proj_embedding=torch.randn(4, embedding),
-                encoder_hidden_states=torch.randn(4, MAX_TOKENS, architecture.text_encoder["hidden_size"]),
+                encoder_hidden_states=torch.randn(4, MAX_TOKENS, prior.text_encoder.config.hidden_size),
                 attention_mask=torch.ones(4, MAX_TOKENS, dtype=torch.bool),
             )
         )

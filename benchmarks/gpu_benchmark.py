@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import diffusers
 import transformers
-from diffusers import DiffusionPipeline, KandinskyV22InpaintPipeline
+from diffusers import DiffusionPipeline
 from flops import count_flops
 
 from kandinsky22_engine.generation import Inputs, choose_runtime, generate, to_uint8
@@ -123,10 +123,10 @@ class Bench:
         with self.building(dtype):
             return build_prior_pipeline(self.architecture, self.tokenizer), build_decoder_pipeline(self.architecture)
 
-    def build_decoder(self, pipeline_class: type[DiffusionPipeline], in_channels: int) -> DiffusionPipeline:
-        """Another decoder (inpaint: 9 channels in), built as ``build`` builds."""
+    def build_decoder(self, repo: str) -> DiffusionPipeline:
+        """The decoder of another published repo (say "decoder-inpaint"), built as ``build`` builds."""
         with self.building():
-            return build_decoder_pipeline(self.architecture, pipeline_class, in_channels)
+            return build_decoder_pipeline(self.architecture, repo)
 
     @contextmanager
     def building(self, dtype: torch.dtype | None = None) -> Iterator[None]:
@@ -239,7 +239,7 @@ class Bench:
         text2img = replace(self.settings, memory_mode=memory_mode)
         inpaint = replace(text2img, mode="inpaint", model_name="benchmark/inpaint")
         prior, decoder = self.build()
-        inpaint_decoder = self.build_decoder(KandinskyV22InpaintPipeline, in_channels=9)
+        inpaint_decoder = self.build_decoder("decoder-inpaint")
         cache = adopted(text2img, prior, decoder)
         cache.adopt("inpaint_decoder", choose_runtime(inpaint).decoder_key(inpaint.model_name), inpaint_decoder)
         del prior, decoder, inpaint_decoder
