@@ -11,7 +11,9 @@ then pictures 2 and on when ``num_images`` asks for more. Inputs and outputs are
 ``mode``, ``mix_images`` or ``num_images`` changes, however the parameters are set.
 """
 
+import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -19,6 +21,7 @@ import numpy as np
 from ikomia import core, dataprocess, utils
 from ikomia.dataprocess.io import DataDictIO
 
+from . import kandinsky22_engine
 from .kandinsky22_engine.generation import (
     DEPTH_INPUT,
     DRAWING_INPUT,
@@ -37,6 +40,34 @@ from .kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError, 
 PARAMETER = {parameter.name: parameter for parameter in PARAMETERS}
 
 VERSION = "1.0.0"
+
+
+class IkomiaLogHandler(logging.Handler):
+    """Hands the engine's log records to Ikomia's logger, which shows them in Studio's log and its console and
+    writes them to Ikomia's log.txt: the plan and progress of a model download, for example."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # A handler that Python's root logger also has gets the record through propagation already.
+        already = set(logging.getLogger().handlers)
+        for handler in logging.getLogger("ikomia").handlers:
+            if handler not in already and record.levelno >= handler.level:
+                handler.handle(record)
+
+
+def _log_to_ikomia() -> None:
+    """Send the engine's records, from INFO up, to Ikomia's log too (they still reach Python's own handlers).
+
+    Ikomia may import this module again when it reloads plugins: the handler is replaced, never added twice.
+    """
+    engine_logger = logging.getLogger(kandinsky22_engine.__name__)
+    engine_logger.setLevel(logging.INFO)
+    for handler in list(engine_logger.handlers):
+        if type(handler).__name__ == IkomiaLogHandler.__name__:
+            engine_logger.removeHandler(handler)
+    engine_logger.addHandler(IkomiaLogHandler())
+
+
+_log_to_ikomia()
 
 
 class InferKandinsky22Param(core.CWorkflowTaskParam):
@@ -78,6 +109,7 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
             parameters.set_values(param.get_values())
         self.set_param_object(parameters)
         self._stop_requested = threading.Event()
+        self._seconds_loading = 0.0
         self._input_names: tuple[str, ...] = ()
         self._update_io()
         parameters.values_changed = _call_while_alive(weakref.WeakMethod(self._update_io))
@@ -148,8 +180,14 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
             return 1
 
     def init_long_process(self) -> None:
-        """Load the models now, so that the first run does not wait for them."""
+        """Load the models now, so that the first run does not wait for them.
+
+        Ikomia also calls this from the first run's ``begin_task_run``: the time it takes is kept, so that
+        this run's metadata counts it as loading.
+        """
+        started = time.perf_counter()
         load_pipelines(self.get_param_object().settings(), MODEL_CACHE)
+        self._seconds_loading += time.perf_counter() - started
         dataprocess.CWorkflowTask.init_long_process(self)
 
     def stop(self) -> None:
@@ -163,6 +201,7 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         settings = self.get_param_object().settings()
         # Checked before Ikomia's own check of the inputs, whose message does not say which input is empty.
         prepared = prepare_inputs(settings, self._read_inputs(settings))
+        self._seconds_loading = 0.0
         self.begin_task_run()
         result = generate(
             settings,
@@ -170,6 +209,7 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
             cache=MODEL_CACHE,
             on_step=self.emit_step_progress,
             should_stop=self._stop_requested.is_set,
+            seconds_loading_before=self._seconds_loading,
         )
         for output, image in zip(self._picture_outputs(), result.images, strict=True):
             output.set_image(image)

@@ -59,11 +59,15 @@ class MultipleSpinBox(QSpinBox):
 
 
 class Control:
-    """One parameter's editor: the widget to place and how to read it back as Ikomia's string."""
+    """One parameter's editor: the widget to place, how to read it back as Ikomia's string, and what it does
+    when the mode changes (the model lists offer only the known repos that fit the mode)."""
 
-    def __init__(self, widget: QWidget, read: Callable[[], str]) -> None:
+    def __init__(
+        self, widget: QWidget, read: Callable[[], str], show_mode: Callable[[str], None] = lambda mode: None
+    ) -> None:
         self.widget = widget
         self.read = read
+        self.show_mode = show_mode
 
 
 def text_control(parameter: Parameter, value: str) -> Control:
@@ -86,11 +90,22 @@ def text_control(parameter: Parameter, value: str) -> Control:
 
 
 def model_control(parameter: Parameter, value: str) -> Control:
-    """Editable list of the known repos plus the current value, and a button to pick a local folder."""
+    """Editable list of the known repos that fit the mode plus the current value, and a button to pick a local
+    folder. A known repo that does not fit the mode (say the text-to-image decoder in inpaint, where the default
+    means the inpainting decoder) gives way to the mode's own; any other value is kept."""
     combo = QComboBox()
     combo.setEditable(True)
-    combo.addItems(list(dict.fromkeys([*parameter.suggestions, value])))
+    combo.addItem(value)
     combo.setCurrentText(value)
+
+    def show_mode(mode: str) -> None:
+        fitting = parameter.suggestions_in(mode)
+        current = combo.currentText()
+        shown = fitting[0] if current in parameter.suggestions and current not in fitting else current
+        combo.clear()
+        combo.addItems(list(dict.fromkeys([*fitting, shown])))
+        combo.setCurrentText(shown)
+
     row = QWidget()
     layout = QHBoxLayout(row)
     layout.setContentsMargins(0, 0, 0, 0)
@@ -107,7 +122,7 @@ def model_control(parameter: Parameter, value: str) -> Control:
 
         browse.clicked.connect(pick_folder)
         layout.addWidget(browse)
-    return Control(row, combo.currentText)
+    return Control(row, combo.currentText, show_mode)
 
 
 def shown_number(parameter: Parameter, value: str) -> float:
@@ -247,8 +262,10 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
         self.set_layout(qtconversion.PyQtToQt(self.main_layout))
 
     def show_mode(self) -> None:
-        """Show only the controls that the chosen mode uses, and the inputs it reads."""
+        """Show only the controls that the chosen mode uses, the inputs it reads, and the known models that fit it."""
         mode = self.controls["mode"].read()
+        for control in self.controls.values():
+            control.show_mode(mode)
         shown = tuple(parameter.name for parameter in PARAMETERS if parameter.used_in(mode))
         if shown != self.shown:
             self._arrange_rows(shown)

@@ -8,12 +8,14 @@ fix a diffusers bug, and the docstring of that step says which.
 """
 
 import gc
+import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -30,16 +32,19 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 from transformers import CLIPTokenizer
 
+from .hub import ModelLoadError, Source, first_line
 from .images import InputError, as_rgb, depth_hint, fit, mask_from
-from .models import MODEL_CACHE, ModelCache, ModelKey, Parking, first_line
-from .parameters import (
-    DEFAULT_CONTROLNET_DECODER,
-    DEFAULT_DECODER,
-    DEFAULT_INPAINT_DECODER,
-    MAX_RANDOM_SEED,
-    RANDOM_SEED,
-    Settings,
+from .models import (
+    IMAGE_ENCODER,
+    MODEL_CACHE,
+    ImageEncoder,
+    ModelCache,
+    ModelKey,
+    Parking,
+    load_image_encoder,
+    pipeline_loader,
 )
+from .parameters import DEFAULT_DECODER, DEFAULT_PRIOR, MAX_RANDOM_SEED, MODE_DECODERS, RANDOM_SEED, Settings
 
 logger = logging.getLogger(__name__)
 StepCallback = Callable[[], None]
@@ -55,6 +60,10 @@ class GenerationOutOfMemory(RuntimeError):
 
 class CompileFailed(RuntimeError):
     """torch.compile could not compile the UNet on this machine; the message says how to run without it."""
+
+
+class NotFinite(RuntimeError):
+    """A stage produced values that are not finite (NaN or infinity); the message says which and what to try."""
 
 
 # What an out-of-memory error suggests next. sequential_offload is not offered: at 768x768 on an H200 it
@@ -103,19 +112,34 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Decoder:
-    """The decoder a mode uses: its cache role, its diffusers pipeline and its default repo."""
+    """The decoder a mode uses: its cache role, its diffusers pipeline, the UNet it needs (input channels and
+    added embedding type, from the UNet's config), what such a decoder is called, and its default repo."""
 
     role: str
     pipeline_class: type[DiffusionPipeline]
+    in_channels: int
+    addition_embed_type: str
+    kind: str
     default_model: str
 
 
+_TEXT2IMG = ("decoder", KandinskyV22Pipeline, 4, "image", "a text-to-image decoder")
 DECODERS = {
-    "text2img": Decoder("decoder", KandinskyV22Pipeline, DEFAULT_DECODER),
-    "img2img": Decoder("decoder", KandinskyV22Pipeline, DEFAULT_DECODER),
-    "mix": Decoder("decoder", KandinskyV22Pipeline, DEFAULT_DECODER),
-    "inpaint": Decoder("inpaint_decoder", KandinskyV22InpaintPipeline, DEFAULT_INPAINT_DECODER),
-    "controlnet_depth": Decoder("controlnet_decoder", KandinskyV22ControlnetPipeline, DEFAULT_CONTROLNET_DECODER),
+    "text2img": Decoder(*_TEXT2IMG, MODE_DECODERS["text2img"]),
+    "img2img": Decoder(*_TEXT2IMG, MODE_DECODERS["img2img"]),
+    "mix": Decoder(*_TEXT2IMG, MODE_DECODERS["mix"]),
+    # The UNet reads the latents, the masked image's latents and the mask: 4 + 4 + 1 channels.
+    "inpaint": Decoder(
+        "inpaint_decoder", KandinskyV22InpaintPipeline, 9, "image", "an inpainting decoder", MODE_DECODERS["inpaint"]
+    ),
+    "controlnet_depth": Decoder(
+        "controlnet_decoder",
+        KandinskyV22ControlnetPipeline,
+        8,
+        "image_hint",
+        "a ControlNet depth decoder",
+        MODE_DECODERS["controlnet_depth"],
+    ),
 }
 
 DECODER_ROLES = tuple(dict.fromkeys(decoder.role for decoder in DECODERS.values()))
@@ -150,11 +174,13 @@ class Generation:
 
 @dataclass(frozen=True)
 class Pipelines:
-    """The loaded stages of one run, and the prior's models that visit the device only for the prior stage."""
+    """The loaded stages of one run, the prior's models that visit the device only for the prior stage, and the
+    prior repo's image encoder when the run needs it."""
 
     prior: KandinskyV22PriorPipeline
     decoder: DiffusionPipeline
     prior_parking: Parking
+    image_encoder: ImageEncoder | None = None
 
 
 @dataclass
@@ -199,8 +225,19 @@ def decoder_model_name(settings: Settings) -> str:
     return settings.model_name
 
 
+def needs_image_encoder(settings: Settings) -> bool:
+    """Whether a run uses the prior repo's CLIP image encoder: mix embeds its images with it, and an empty
+    negative prompt takes the embedding of an all-zero image as the negative."""
+    return settings.mode == "mix" or not settings.negative_prompt
+
+
 def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipelines:
-    """Load (or reuse) the prior and the decoder of the mode that ``settings`` ask for."""
+    """Load (or reuse) the decoder of the mode that ``settings`` ask for, the prior, and the image encoder if the
+    run needs it.
+
+    The decoder comes first: a repo that cannot serve the mode is refused from its configs before anything
+    else is fetched or loaded. Raises ``ModelLoadError``.
+    """
     runtime = choose_runtime(settings)
     decoder = DECODERS[settings.mode]
     with cache.lock:
@@ -211,18 +248,86 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
             for role in DECODER_ROLES:
                 if role != decoder.role:
                     cache.set_aside(role)
-        prior = cache.get(
-            "prior", KandinskyV22PriorPipeline, "prior_model_name", runtime.key(settings.prior_model_name)
-        )
         decoder_pipeline = cache.get(
-            decoder.role, decoder.pipeline_class, "model_name", runtime.decoder_key(decoder_model_name(settings))
+            decoder.role,
+            runtime.decoder_key(decoder_model_name(settings)),
+            pipeline_loader(decoder.pipeline_class, "model_name", check=check_decoder(settings.mode)),
         )
-        return Pipelines(prior=prior, decoder=decoder_pipeline, prior_parking=cache.parking("prior"))
+        prior_key = runtime.key(settings.prior_model_name)
+        prior = cache.get(
+            "prior",
+            prior_key,
+            pipeline_loader(KandinskyV22PriorPipeline, "prior_model_name", skip=(IMAGE_ENCODER,), check=check_prior),
+        )
+        encoder = cache.get(IMAGE_ENCODER, prior_key, load_image_encoder) if needs_image_encoder(settings) else None
+        # diffusers' prior calls get_zero_embed for the negative when there is no negative prompt; this run's
+        # encoder answers it, or nothing does (a reference to an earlier encoder would keep it in memory).
+        prior.get_zero_embed = encoder.zero_embeds if encoder is not None else _no_zero_embedding
+        return Pipelines(prior, decoder_pipeline, cache.parking("prior"), encoder)
 
 
-def prior_stage_models(mode: str) -> tuple[str, ...]:
-    """The prior pipeline's models that a run of ``mode`` uses: only mix embeds images."""
-    return ("text_encoder", "prior", "image_encoder") if mode == "mix" else ("text_encoder", "prior")
+def _no_zero_embedding(batch_size: int = 1, device: object = None) -> torch.Tensor:
+    raise RuntimeError("the zero-image embedding was asked for, but this run did not load the image encoder")
+
+
+def _read_config(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def describe_repo(folder: Path) -> str:
+    """What a diffusers repo is, from its configs: its pipeline class, and its UNet's input channels and added
+    embedding (and so which modes it serves), or what it has instead of a UNet."""
+    index = _read_config(folder / "model_index.json") or {}
+    pipeline = f"a {index.get('_class_name', 'diffusers')} repo"
+    unet = _read_config(folder / "unet" / "config.json")
+    if unet is None:
+        has_prior = "prior" in index and "text_encoder" in index
+        return f"{pipeline} without a UNet ({'a prior, for prior_model_name' if has_prior else 'no unet/config.json'})"
+    found = (unet.get("in_channels"), unet.get("addition_embed_type"))
+    modes = [mode for mode, each in DECODERS.items() if (each.in_channels, each.addition_embed_type) == found]
+    serves = f" ({DECODERS[modes[0]].kind}, for {', '.join(modes)})" if modes else ""
+    return f"{pipeline} whose UNet takes {found[0]} input channels with added embedding {found[1]!r}{serves}"
+
+
+def check_decoder(mode: str) -> Callable[[Path, Source], None]:
+    """A check for ``load_pipeline``: refuse a decoder repo whose UNet cannot serve ``mode``, from its configs.
+
+    diffusers would build any decoder pipeline over any UNet: an inpainting run on a text-to-image UNet
+    fails inside its first step ("expected input to have 4 channels, but got 9"), after the prior ran, and a
+    ControlNet run on it ignores the depth map without error. A folder without configs is left to the load.
+    """
+    decoder = DECODERS[mode]
+
+    def check(folder: Path, source: Source) -> None:
+        unet = _read_config(folder / "unet" / "config.json")
+        if unet is None and not (folder / "model_index.json").exists():
+            return
+        if unet is not None and (unet.get("in_channels"), unet.get("addition_embed_type")) == (
+            decoder.in_channels,
+            decoder.addition_embed_type,
+        ):
+            return
+        raise ModelLoadError(
+            f"model_name: {source.describe()} cannot serve {mode}: it is {describe_repo(folder)}; {mode} needs "
+            f"{decoder.kind} (a UNet with {decoder.in_channels} input channels and added embedding "
+            f"{decoder.addition_embed_type!r}), such as {decoder.default_model}."
+        )
+
+    return check
+
+
+def check_prior(folder: Path, source: Source) -> None:
+    """A check for ``load_pipeline``: refuse as prior a repo that has no prior transformer and text encoder."""
+    index = _read_config(folder / "model_index.json")
+    if index is None or ("prior" in index and "text_encoder" in index):
+        return
+    raise ModelLoadError(
+        f"prior_model_name: {source.describe()} is not a Kandinsky 2.2 prior: it is {describe_repo(folder)}; "
+        f"accepted: a prior repo (CLIP text encoder and prior transformer), such as {DEFAULT_PRIOR}."
+    )
 
 
 def decoder_steps(settings: Settings) -> int:
@@ -237,7 +342,10 @@ def progress_steps(settings: Settings) -> int:
 
 
 def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
-    """Check and convert the inputs the mode reads; raise ``InputError`` naming a missing or unusable one."""
+    """Check and convert the inputs the mode reads; raise ``InputError`` naming a missing or unusable one.
+
+    The notes say, for every input read, its size and what was done to it (the run's metadata ``inputs``).
+    """
     mode, height, width = settings.mode, settings.height, settings.width
     runtime = choose_runtime(settings)
     prepared = Prepared()
@@ -246,11 +354,12 @@ def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
         fitted = fit(image, height, width)
         prepared.image, prepared.notes[IMAGE_INPUT] = fitted.array, fitted.note
     if mode == "inpaint":
-        masks = [
-            mask_from(array, f"inpaint input '{name}'", image.shape[:2], height, width)
-            for name, array in ((DRAWING_INPUT, inputs.drawn_mask), (MASK_INPUT, inputs.mask))
-            if array is not None and array.size
-        ]
+        masks = []
+        for name, array in ((DRAWING_INPUT, inputs.drawn_mask), (MASK_INPUT, inputs.mask)):
+            if array is not None and array.size:
+                mask = mask_from(array, f"inpaint input '{name}'", image.shape[:2], height, width)
+                masks.append(mask.array)
+                prepared.notes[name] = mask.note
         if not masks:
             raise InputError(
                 f"inpaint needs a mask, white where to repaint: draw it over the image (input '{DRAWING_INPUT}') "
@@ -264,9 +373,10 @@ def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
     if mode == "mix":
         names = input_names(mode, settings.mix_images)
         given = (*inputs.mix_images, *[None] * len(names))[: len(names)]
-        prepared.mix_images = tuple(
-            Image.fromarray(as_rgb(array, f"mix input '{name}'")) for name, array in zip(names, given, strict=True)
-        )
+        arrays = [as_rgb(array, f"mix input '{name}'") for name, array in zip(names, given, strict=True)]
+        prepared.mix_images = tuple(Image.fromarray(array) for array in arrays)
+        for name, array in zip(names, arrays, strict=True):
+            prepared.notes[name] = f"{array.shape[1]}x{array.shape[0]}"
     return prepared
 
 
@@ -277,15 +387,22 @@ def generate(
     cache: ModelCache = MODEL_CACHE,
     on_step: StepCallback = lambda: None,
     should_stop: Callable[[], bool] = lambda: False,
+    seconds_loading_before: float = 0.0,
 ) -> Generation:
     """Generate ``settings.num_images`` pictures from ``settings`` and the ``inputs`` its mode reads.
 
     Args:
         settings: checked settings of the run.
         inputs: the input images (text2img reads none), or what ``prepare_inputs`` made of them.
-        cache: where the pipelines are loaded once and shared.
+        cache: where the models are loaded once and shared.
         on_step: called after every denoising step of the prior and of the decoder.
         should_stop: polled after every step; when it returns True the run raises ``GenerationStopped``.
+        seconds_loading_before: seconds this run already spent loading the models before this call (Ikomia
+            calls the task's ``init_long_process`` from the first run's ``begin_task_run``); the metadata's
+            ``seconds.load`` and ``seconds.total`` count them.
+
+    Raises ``InputError``, ``ModelLoadError``, ``GenerationStopped``, ``GenerationOutOfMemory``, ``CompileFailed``
+    or ``NotFinite``; the cache stays usable after each.
     """
     runtime = choose_runtime(settings)
     if runtime.note:
@@ -300,12 +417,14 @@ def generate(
         truncated = _truncated_prompts(pipelines.prior.tokenizer, settings)
         generator = torch.Generator("cpu").manual_seed(seed)
         prior_callback = _step_callback("prior", settings.prior_num_inference_steps, on_step, should_stop)
-        with pipelines.prior_parking.visit(*prior_stage_models(settings.mode)):
-            embeds = _embeddings(pipelines.prior, settings, prepared, generator, prior_callback)
+        with pipelines.prior_parking.visit(*pipelines.prior_parking.names):
+            embeds = _embeddings(pipelines, settings, prepared, generator, prior_callback)
             _synchronize(runtime)
+        _refuse_not_finite(embeds, "prior", settings, runtime)
         prior_done = time.perf_counter()
         decoder_callback = _step_callback("decoder", decoder_steps(settings), on_step, should_stop)
         images = _decode(pipelines.decoder, settings, prepared, embeds, generator, decoder_callback)
+        _refuse_not_finite(images, "decoder", settings, runtime)
         decoded = time.perf_counter()
     metadata = {
         "mode": settings.mode,
@@ -319,18 +438,65 @@ def generate(
         "device_note": runtime.note,
         "model_name": decoder_model_name(settings),
         "prior_model_name": settings.prior_model_name,
-        "inputs": prepared.notes,
+        "inputs": _input_notes(settings, prepared, pipelines.prior),
         "truncated": truncated,
         "seconds": {
-            "load": round(loaded - started, 4),
+            "load": round(seconds_loading_before + loaded - started, 4),
             "prior": round(prior_done - loaded, 4),
             "decoder": round(decoded - prior_done, 4),
-            "total": round(decoded - started, 4),
+            "total": round(seconds_loading_before + decoded - started, 4),
         },
         "diffusers": diffusers.__version__,
         "torch": torch.__version__,
     }
     return Generation(images=tuple(to_uint8(image) for image in images), metadata=metadata)
+
+
+def _input_notes(settings: Settings, prepared: Prepared, prior: KandinskyV22PriorPipeline) -> dict[str, str]:
+    """For every input the run read, its size and what was done to it; mix's images say how CLIP's image
+    processor brought them to its input size."""
+    notes = dict(prepared.notes)
+    if settings.mode == "mix":
+        processor = prior.image_processor
+        shorter, crop = processor.size["shortest_edge"], processor.crop_size
+        for name in input_names("mix", settings.mix_images):
+            notes[name] += (
+                f", embedded by CLIP at {crop['width']}x{crop['height']} (shorter side scaled to {shorter}, centre cut)"
+            )
+    return notes
+
+
+def _refuse_not_finite(
+    values: tuple[torch.Tensor, ...] | np.ndarray, stage: str, settings: Settings, runtime: Runtime
+) -> None:
+    """Raise ``NotFinite`` when a stage's output holds NaN or infinity, which would make a black picture.
+
+    ``values``: the prior's (image, negative) embeddings, or the decoder's pictures (batch, height, width, 3).
+    """
+    if stage == "prior":
+        bad = [
+            index
+            for index in range(settings.num_images)
+            if not all(torch.isfinite(each[index]).all() for each in values)
+        ]
+    else:
+        bad = [index for index, picture in enumerate(values) if not np.isfinite(picture).all()]
+    if not bad:
+        return
+    pictures = ", ".join(str(index + 1) for index in bad)
+    parameter = "prior_model_name" if stage == "prior" else "model_name"
+    model = settings.prior_model_name if stage == "prior" else decoder_model_name(settings)
+    if runtime.dtype == torch.float16:
+        advice = (
+            "In float16 this is an overflow (a value past 65504). Try another seed or a lower guidance scale, or set "
+            "cuda to False to run in float32 on the CPU."
+        )
+    else:
+        advice = f"In float32 this points at broken weights: check {parameter} {model!r}."
+    raise NotFinite(
+        f"The {stage} gave values that are not finite (NaN or infinity) for picture(s) {pictures} of "
+        f"{settings.num_images}, so no picture is returned (it would be black). {advice}"
+    )
 
 
 @contextmanager
@@ -391,7 +557,7 @@ def _truncated_prompts(tokenizer: CLIPTokenizer, settings: Settings) -> dict[str
 
 
 def _embeddings(
-    prior: KandinskyV22PriorPipeline,
+    pipelines: Pipelines,
     settings: Settings,
     prepared: Prepared,
     generator: torch.Generator,
@@ -399,8 +565,8 @@ def _embeddings(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The prior stage: the image embedding of every picture, and the negative embeddings."""
     if settings.mode == "mix":
-        return _mix_embeddings(prior, settings, prepared.mix_images, generator, callback)
-    return prior(
+        return _mix_embeddings(pipelines, settings, prepared, generator, callback)
+    return pipelines.prior(
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt or None,
         num_images_per_prompt=settings.num_images,
@@ -414,9 +580,9 @@ def _embeddings(
 
 
 def _mix_embeddings(
-    prior: KandinskyV22PriorPipeline,
+    pipelines: Pipelines,
     settings: Settings,
-    images: tuple[Image.Image, ...],
+    prepared: Prepared,
     generator: torch.Generator,
     callback: Callable[..., dict],
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -426,7 +592,9 @@ def _mix_embeddings(
     step callback passed to every prior run, which ``interpolate`` cannot do: progress and stop then work in
     mix as in every other mode. An empty negative prompt gives the zero-image embedding as the negative.
     """
-    items: list[Image.Image | str] = [*images, *([settings.prompt] if settings.prompt else [])]
+    prior, encoder = pipelines.prior, pipelines.image_encoder
+    processor = prior.image_processor
+    items: list[Image.Image | str] = [*prepared.mix_images, *([settings.prompt] if settings.prompt else [])]
     prior_arguments = {
         "num_images_per_prompt": settings.num_images,
         "num_inference_steps": settings.prior_num_inference_steps,
@@ -439,11 +607,8 @@ def _mix_embeddings(
         if isinstance(item, str):
             embedding = prior(item, **prior_arguments).image_embeds.unsqueeze(0)
         else:
-            pixels = prior.image_processor(item, return_tensors="pt").pixel_values[0].unsqueeze(0)
-            # The prior transformer is on the device in every memory mode here (diffusers never offloads it),
-            # where the image encoder's own device may say cpu, or meta under sequential offload.
-            pixels = pixels.to(dtype=prior.image_encoder.dtype, device=prior.device)
-            embedding = prior.image_encoder(pixels)["image_embeds"].repeat(settings.num_images, 1).unsqueeze(0)
+            pixels = processor(item, return_tensors="pt").pixel_values[0].unsqueeze(0)
+            embedding = encoder.embed(pixels).repeat(settings.num_images, 1).unsqueeze(0)
         weighted.append(embedding * weight)
     negative = prior(settings.negative_prompt, **prior_arguments)
     negative_embeds = negative.negative_image_embeds if settings.negative_prompt == "" else negative.image_embeds

@@ -25,8 +25,8 @@ class Fitted:
     note: str
 
 
-def as_rgb(array: np.ndarray | None, name: str) -> np.ndarray:
-    """An H x W x 3 uint8 RGB copy of an Ikomia image (grayscale, RGB or RGBA, 8 or 16 bits, or float in [0, 1])."""
+def _channels(array: np.ndarray | None, name: str) -> np.ndarray:
+    """``array`` as height x width x channels (1, 3 or 4), or ``InputError``."""
     if array is None or array.size == 0:
         raise InputError(f"{name}: no image was given.")
     if array.ndim == 2:
@@ -35,7 +35,12 @@ def as_rgb(array: np.ndarray | None, name: str) -> np.ndarray:
         raise InputError(
             f"{name}: received an array of shape {array.shape}; accepted: height x width, with 1, 3 or 4 channels."
         )
-    array = _to_uint8(array, name)
+    return array
+
+
+def as_rgb(array: np.ndarray | None, name: str) -> np.ndarray:
+    """An H x W x 3 uint8 RGB copy of an Ikomia image (grayscale, RGB or RGBA, 8 or 16 bits, or float in [0, 1])."""
+    array = _to_uint8(_channels(array, name), name)
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     return np.ascontiguousarray(array[:, :, :3])
@@ -65,16 +70,177 @@ def fit(array: np.ndarray, height: int, width: int, resample: Image.Resampling =
     return Fitted(cropped, f"{columns}x{rows} scaled to {scaled_columns}x{scaled_rows}{cut}")
 
 
-def mask_from(array: np.ndarray, name: str, image_shape: tuple[int, int], height: int, width: int) -> np.ndarray:
-    """A float32 height x width mask, 1 where the image is to be repainted (white, above mid-grey), else 0."""
-    gray = as_rgb(array, name).max(axis=2)
-    if gray.shape != image_shape:
+def _value(number: np.generic) -> str:
+    """A value received, as a message shows it: integers in full, floats in short."""
+    return str(int(number)) if np.issubdtype(number.dtype, np.integer) else f"{float(number):g}"
+
+
+def _percent(fraction: float) -> str:
+    """``fraction`` as a percentage, with the decimals needed to tell a part from none or all."""
+    percent = 100 * fraction
+    decimals = 0
+    while 0 < percent < 100 and round(percent, decimals) in (0, 100):
+        decimals += 1
+    return f"{percent:.{decimals}f}%"
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What the colour channels of a mask repaint, and the words for it."""
+
+    repaint: np.ndarray  # bool, height x width
+    how: str  # how the mask was read, for the note
+    empty: str  # what the channels hold when they repaint nothing
+    accepted: str  # what marks a pixel to repaint in this dtype
+
+
+def _read_colours(channels: np.ndarray, name: str) -> _Reading:
+    """How the colour channels of a mask, combined by their maximum, mark the pixels to repaint."""
+    dtype = channels.dtype
+    colours = channels[:, :, :3].max(axis=2)
+    white_or_labels = "white (or, in a label map, non-zero)"
+    if dtype == np.bool_:
+        return _Reading(colours, "bool: True repaints", "read as bool: no pixel is True", "True")
+    if dtype in (np.uint8, np.uint16):
+        half, bits = (128, "8-bit") if dtype == np.uint8 else (32768, "16-bit")
+        empty = f"read as a label map, no {bits} value reaching {half}: every pixel is 0"
+        # A label map (0 and 1, or class indices) holds no light value; a picture of a mask does.
+        if colours.max() < half:
+            return _Reading(colours != 0, "label map: non-zero repaints", empty, white_or_labels)
+        return _Reading(colours >= half, f"picture: white repaints ({bits} values from {half})", empty, white_or_labels)
+    if np.issubdtype(dtype, np.integer):
+        if channels.min() < 0:
+            raise InputError(
+                f"{name}: received {dtype} values down to {_value(channels.min())}; accepted: non-negative "
+                "integers (label maps: non-zero repaints; uint8 and uint16 pictures: white repaints), bool, or floats "
+                "from 0 to 1."
+            )
+        return _Reading(
+            colours != 0,
+            "label map: non-zero repaints",
+            f"read as a label map of {dtype} values: every pixel is 0",
+            "non-zero",
+        )
+    if np.issubdtype(dtype, np.floating):
+        if not np.isfinite(channels).all():
+            raise InputError(
+                f"{name}: received {dtype} values that are not finite (NaN or infinite); accepted: floats from 0 to 1."
+            )
+        if channels.min() < 0 or channels.max() > 1:
+            raise InputError(
+                f"{name}: received {dtype} values from {_value(channels.min())} to {_value(channels.max())}; "
+                "accepted: floats from 0 to 1 (0.5 and above repaint)."
+            )
+        return _Reading(
+            colours >= 0.5,
+            "floats: 0.5 and above repaint",
+            f"read as floats: no value reaches 0.5, the highest is {_value(colours.max())}",
+            "values from 0.5 to 1",
+        )
+    raise InputError(
+        f"{name}: received {dtype} values; accepted: bool, uint8 or uint16 pictures (white repaints), "
+        "integer label maps (non-zero repaints), or floats from 0 to 1 (0.5 and above repaint)."
+    )
+
+
+def _alpha_scale(dtype: np.dtype) -> tuple[bool | float, bool | float, str] | None:
+    """A mask alpha channel's fully opaque value, the value it is transparent below, and the words for that.
+
+    None for integers other than uint8 and uint16: they have no opacity scale, so their alpha is not read.
+    """
+    if dtype == np.bool_:
+        return True, True, "False"
+    if dtype == np.uint8:
+        return 255, 128, "below 128"
+    if dtype == np.uint16:
+        return 65535, 32768, "below 32768"
+    if np.issubdtype(dtype, np.floating):
+        return 1.0, 0.5, "below 0.5"
+    return None
+
+
+def _read_mask(channels: np.ndarray, name: str) -> tuple[np.ndarray, str]:
+    """The pixels a mask repaints (bool, height x width) and how it was read; ``InputError`` when there are none."""
+    reading = _read_colours(channels, name)
+    has_alpha = channels.shape[2] == 4
+    if reading.repaint.any():
+        return reading.repaint, reading.how + (", alpha ignored" if has_alpha else "")
+    nothing = f"{name}: the mask repaints nothing"
+    if not has_alpha:
+        raise InputError(f"{nothing} ({reading.empty}); accepted: {reading.accepted} where to repaint.")
+    scale = _alpha_scale(channels.dtype)
+    if scale is None:
         raise InputError(
-            f"{name}: the mask is {gray.shape[1]}x{gray.shape[0]} but the image is {image_shape[1]}x{image_shape[0]}; "
+            f"{nothing} ({reading.empty}; the alpha channel is not read for {channels.dtype} values); "
+            f"accepted: {reading.accepted} where to repaint."
+        )
+    opaque, half, transparent_words = scale
+    alpha = channels[:, :, 3]
+    accepted = f"accepted: {reading.accepted}, or transparent (alpha {transparent_words}), where to repaint."
+    if (alpha == opaque).all():
+        raise InputError(f"{nothing} ({reading.empty}; its alpha channel is opaque everywhere); {accepted}")
+    # OpenAI's image-edit masks mark what to repaint by transparency, over colours that mark nothing.
+    transparent = alpha < half
+    if not transparent.any():
+        raise InputError(
+            f"{nothing} (its colours repaint nothing, so it was read by its alpha channel: no pixel has alpha "
+            f"{transparent_words}); {accepted}"
+        )
+    return transparent, f"alpha: transparent repaints (alpha {transparent_words})"
+
+
+def mask_from(array: np.ndarray, name: str, image_shape: tuple[int, int], height: int, width: int) -> Fitted:
+    """The inpaint mask at the output size, and a note on how it was read and fitted.
+
+    Args:
+        array: the mask, of the image's size: height x width, with no channel axis or 1, 3 or 4 channels.
+            Its colour channels are combined by their maximum (a mask in any one channel counts), then read
+            by dtype: bool: True repaints. uint8 and uint16: when no value reaches half the range (128,
+            32768) it is a label map and every non-zero value repaints (0/1 masks, class indices);
+            otherwise it is a picture and values from half the range up repaint (white). Other integers:
+            a label map, non-zero repaints. Floats, from 0 to 1: 0.5 and above repaint (diffusers' own
+            threshold). With 4 channels whose colours repaint nothing, an alpha channel that is not opaque
+            everywhere is the mask: transparent (below half its range, 0.5 for floats; False for bool)
+            repaints, as in OpenAI's image-edit masks; otherwise alpha is ignored. The alpha of other integer
+            dtypes is never read.
+        name: the input, as messages name it, e.g. "inpaint input 'mask'".
+        image_shape: (rows, columns) of the image the mask belongs to.
+        height, width: the output size; the mask is fitted as its image is (``fit``), by nearest neighbour.
+
+    Returns:
+        ``Fitted``: a float32 height x width array, 1 where to repaint and 0 elsewhere, and a note, e.g.
+        "128x64, used as it is; label map: non-zero repaints; 50% repainted".
+
+    Raises:
+        InputError: naming ``name``, when the array is missing, of another shape or size than its image, of
+            another dtype, holds negative integers, non-finite floats or floats outside 0 to 1, repaints
+            nothing, or repaints nothing in the part of the image that is kept at the output size.
+    """
+    channels = _channels(array, name)
+    rows, columns = channels.shape[:2]
+    if (rows, columns) != tuple(image_shape):
+        raise InputError(
+            f"{name}: the mask is {columns}x{rows} but the image is {image_shape[1]}x{image_shape[0]}; "
             "accepted: a mask of the image's size."
         )
-    binary = np.where(gray > 127, 255, 0).astype(np.uint8)
-    return (fit(binary, height, width, Image.Resampling.NEAREST).array > 127).astype(np.float32)
+    repaint, how = _read_mask(channels, name)
+    binary = repaint.astype(np.uint8) * 255
+    fitted = fit(binary, height, width, Image.Resampling.NEAREST)
+    mask = (fitted.array > 127).astype(np.float32)
+    if not mask.any():
+        # An area filter keeps any trace of what nearest neighbour dropped: a part too thin, not a part cut away.
+        if fit(binary, height, width, Image.Resampling.BOX).array.any():
+            raise InputError(
+                f"{name}: the mask repaints nothing once scaled to {width}x{height} ({fitted.note}): what it "
+                "repaints is too thin to survive the scaling; accepted: a mask that repaints at least a pixel "
+                "of the output size."
+            )
+        raise InputError(
+            f"{name}: the mask repaints nothing once fitted to {width}x{height} ({fitted.note}): the part it "
+            "repaints lies outside the centre of the image that is kept; accepted: a mask that repaints inside "
+            "that centre."
+        )
+    return Fitted(mask, f"{fitted.note}; {how}; {_percent(float(mask.mean(dtype=np.float64)))} repainted")
 
 
 def depth_hint(
@@ -82,15 +248,60 @@ def depth_hint(
 ) -> tuple[torch.Tensor, str]:
     """The ControlNet hint, a (1, 3, height, width) tensor in [0, 1] on the pipeline's device and dtype, and a note.
 
-    The hint is gray, near bright, repeated over three channels, as in diffusers' example. A colour depth
-    map is turned to gray by its luma (ITU-R BT.601), which keeps the depth order of an inferno-coloured
-    map (what Ikomia HUB's infer_depth_anything outputs) but not of a rainbow one (jet, turbo).
+    The hint is gray, near bright, repeated over three channels, as in diffusers' example. ``array`` is
+    height x width, with no channel axis or 1, 3 or 4 channels (alpha is ignored). A colour depth map is
+    turned to gray by its luma (ITU-R BT.601), which keeps the depth order of an inferno-coloured map (what
+    Ikomia HUB's infer_depth_anything outputs) but not of a rainbow one (jet, turbo). The gray values are read
+    by dtype:
+
+    - uint8: near bright, divided by 255, as diffusers' example does.
+    - floats from 0 to 1: near bright, used as they are.
+    - uint16, other integers and floats outside 0 to 1 (negative ones included): raw depth or disparity, such
+      as a depth estimator's ``predicted_depth``, normalised so that the minimum becomes 0 and the maximum 1,
+      larger values read as nearer: the output of relative depth estimators (MiDaS, DPT, Depth Anything) is
+      disparity. A metric depth map (a distance, small when near) must be inverted first, e.g. ``1 / depth``.
+
+    The map is fitted to height x width as its image would be (``fit``, bicubic); the note says how, and how
+    the values were read when they were not used as they are.
+
+    Raises:
+        InputError: naming ``name``, when the array is missing, of another shape, of bool or a non-numeric
+            dtype, holds non-finite floats, or is uniform (the same value everywhere: no layout to follow).
     """
-    rgb = as_rgb(array, name)
-    note = ""
-    if not ((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 1] == rgb[:, :, 2]).all()):
-        luma = (rgb @ np.array([0.299, 0.587, 0.114])).round().astype(np.uint8)
-        rgb, note = np.repeat(luma[:, :, None], 3, axis=2), ", colours turned to gray by luma"
-    fitted = fit(rgb, height, width)
-    hint = torch.from_numpy(fitted.array.copy()).float().div(255).permute(2, 0, 1).unsqueeze(0)
+    channels = _channels(array, name)
+    kind = channels.dtype
+    if kind == np.bool_ or not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
+        raise InputError(
+            f"{name}: received {kind} values; accepted: a depth map of uint8 or of floats from 0 to 1 (near "
+            "bright), or raw depth or disparity as uint16, other integers or other floats (normalised, larger "
+            "is nearer)."
+        )
+    if np.issubdtype(kind, np.floating) and not np.isfinite(channels).all():
+        raise InputError(
+            f"{name}: received {kind} values that are not finite (NaN or infinite); accepted: finite values."
+        )
+    colours = channels[:, :, :3]
+    gray, note = colours[:, :, 0], ""
+    if not (colours == colours[:, :, :1]).all():
+        luma = colours @ np.array([0.299, 0.587, 0.114])
+        gray, note = (luma.round().astype(np.uint8) if kind == np.uint8 else luma), ", colours turned to gray by luma"
+    low, high = gray.min(), gray.max()
+    if low == high:
+        after = " once its colours are turned to gray by luma" if note else ""
+        raise InputError(
+            f"{name}: every pixel of the depth map is {_value(low)}{after}: it carries no layout for ControlNet "
+            "to follow; accepted: a depth map whose values vary."
+        )
+    if kind == np.uint8:
+        fitted = fit(np.ascontiguousarray(gray), height, width)
+        hint = torch.from_numpy(fitted.array.copy()).float().div(255)
+    else:
+        if not (np.issubdtype(kind, np.floating) and colours.min() >= 0 and colours.max() <= 1):
+            values = "16-bit" if kind == np.uint16 else str(kind)
+            note += f"; {values} values {_value(low)} to {_value(high)} normalised to 0..1, larger is nearer"
+            gray = (gray.astype(np.float64) - low) / (float(high) - float(low))
+        fitted = fit(gray.astype(np.float32), height, width)
+        # Bicubic scaling overshoots at edges; a uint8 image clips, floats do not.
+        hint = torch.from_numpy(np.clip(fitted.array, 0, 1))
+    hint = hint.unsqueeze(0).repeat(3, 1, 1).unsqueeze(0)
     return hint.to(device=device, dtype=dtype), fitted.note + note

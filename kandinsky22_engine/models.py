@@ -1,38 +1,35 @@
-"""Loading Kandinsky 2.2 pipelines once per process and sharing them.
+"""Loading Kandinsky 2.2 models once per process and sharing them.
 
-Every task instance of a process uses ``MODEL_CACHE``. It keeps one pipeline per role (the prior, and
-the decoders of text2img, inpaint and ControlNet) keyed by model name, device and dtype: asking again
-for the same key loads nothing, and changing one of them replaces only that role's pipeline. A
-pipeline set aside waits in CPU memory and comes back to the device when asked for. Studio runs tasks
-in worker threads, so the cache is guarded by a lock, which generation also holds while it uses the
-pipelines.
+Every task instance of a process uses ``MODEL_CACHE``. It keeps one model per role (the prior, the prior
+repo's CLIP image encoder, and the decoders of text2img, inpaint and ControlNet) keyed by model name,
+device and dtype: asking again for the same key loads nothing, and changing one of them replaces only that
+role's model. A pipeline set aside waits in CPU memory and comes back to the device when asked for. Studio
+runs tasks in worker threads, so the cache is guarded by a lock, which generation also holds while it uses
+the models. Where the files come from, and what is fetched, is ``hub.py``'s part.
 """
 
 import gc
+import inspect
 import logging
-import os
-import re
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
-from huggingface_hub import constants as hub_constants
-from huggingface_hub.errors import RepositoryNotFoundError
+from transformers import CLIPVisionModelWithProjection
+
+from .hub import Check, ModelLoadError, fetch, first_line, parse_model_name
 
 logger = logging.getLogger(__name__)
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-# The models of a prior pipeline that each memory mode parks (see ``Parking``); mix alone uses the image
-# encoder, whose one use in text2img, the zero-image embedding, is computed once when the prior is placed.
-PARKED_PRIOR_MODELS = {"gpu": ("image_encoder",), "prior_offload": ("text_encoder", "prior", "image_encoder")}
-_CONNECTION_ERRORS = ("ConnectError", "ConnectionError", "ConnectTimeout", "Timeout", "LocalEntryNotFoundError")
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message names the parameter, the model and the reason."""
+# The models of a prior pipeline that each memory mode parks (see ``Parking``). The CLIP image encoder is not
+# part of the loaded prior pipeline: ``ImageEncoder`` holds it, loaded only when a run needs it.
+PARKED_PRIOR_MODELS = {"prior_offload": ("text_encoder", "prior")}
+IMAGE_ENCODER = "image_encoder"
+# What each cached model is: (model, what it keeps parked), from a loader given its key.
+Loader = Callable[["ModelKey"], tuple[object, "Parking"]]
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ class ModelKey:
     """What identifies a loaded pipeline: where it comes from, where it runs, and how it uses the GPU.
 
     ``memory_mode`` is "gpu" (every model on the GPU but the image encoder, parked in CPU memory, see
-    ``Parking``), "prior_offload" (a prior's key only: the prior's models parked), "model_offload" or
+    ``Parking``), "prior_offload" (a prior's key only: its text encoder and prior parked), "model_offload" or
     "sequential_offload" on CUDA, and "none" on the CPU, where there is nothing to offload. ``compile_unet`` is the
     torch.compile mode of the pipeline's UNet, or "off".
     """
@@ -162,47 +159,53 @@ def _pack(tensors: list[torch.Tensor], pin: bool) -> list[_Chunk]:
 
 @dataclass
 class Loaded:
-    """A pipeline in the cache: the key it was loaded for, the models it keeps parked, and, once set aside
-    (``ModelCache.set_aside``), all its models, parked until it is asked for again."""
+    """A model in the cache (a pipeline, or the ``ImageEncoder``): the key it was loaded for, the models it keeps
+    parked, and, once set aside (``ModelCache.set_aside``), all its models, parked until it is asked for again."""
 
     key: ModelKey
-    pipeline: DiffusionPipeline
+    model: object
     parking: Parking
     aside: Parking | None = None
 
 
 class ModelCache:
-    """One loaded pipeline per role, shared by every task instance of the process."""
+    """One loaded model per role, shared by every task instance of the process."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._loaded: dict[str, Loaded] = {}
         self.load_counts: Counter[str] = Counter()
 
-    def get(
-        self,
-        role: str,
-        pipeline_class: type[DiffusionPipeline],
-        parameter_name: str,
-        key: ModelKey,
-    ) -> DiffusionPipeline:
-        """Return the pipeline of ``role`` for ``key``, loading it only if the cached one differs."""
+    def get(self, role: str, key: ModelKey, load: Loader) -> object:
+        """Return the model of ``role`` for ``key``, loading it with ``load`` only if the cached one differs.
+
+        ``load`` (``load_pipeline``'s loaders, ``load_image_encoder``) returns the model placed as ``key`` says
+        and what it keeps parked; if it raises, the role holds nothing.
+        """
         with self.lock:
             cached = self._loaded.get(role)
             if cached is not None and cached.key == key:
                 if cached.aside is not None:
                     cached.aside.hold(*cached.aside.names)
-                return cached.pipeline
+                return cached.model
             self.release(role)
-            pipeline = load_pipeline(pipeline_class, parameter_name, key)
+            model, parking = load(key)
             self.load_counts[role] += 1
-            self._loaded[role] = Loaded(key, pipeline, _place(pipeline, key))
-            return pipeline
+            self._loaded[role] = Loaded(key, model, parking)
+            return model
 
     def adopt(self, role: str, key: ModelKey, pipeline: DiffusionPipeline) -> None:
-        """Cache a pipeline built elsewhere (the benchmarks build theirs in memory) as if loaded for ``key``."""
+        """Cache a pipeline built elsewhere (the benchmarks build theirs in memory) as if loaded for ``key``.
+
+        A prior that holds its image encoder gives it to the image encoder's role, as loading would.
+        """
         with self.lock:
             self.release(role)
+            encoder = getattr(pipeline, IMAGE_ENCODER, None)
+            if isinstance(pipeline, KandinskyV22PriorPipeline) and encoder is not None:
+                pipeline.register_modules(image_encoder=None)
+                image_encoder = ImageEncoder(encoder, key)
+                self._loaded[IMAGE_ENCODER] = Loaded(key, image_encoder, image_encoder.parking)
             self._loaded[role] = Loaded(key, pipeline, _place(pipeline, key))
 
     def set_aside(self, role: str) -> None:
@@ -215,13 +218,14 @@ class ModelCache:
         """
         with self.lock:
             loaded = self._loaded.get(role)
-            whole_on_device = loaded is not None and loaded.key.memory_mode == "gpu" and not loaded.parking.names
+            is_decoder = loaded is not None and "unet" in getattr(loaded.model, "components", {})
+            whole_on_device = is_decoder and loaded.key.memory_mode == "gpu" and not loaded.parking.names
             if not whole_on_device or loaded.key.compile_unet != "off":
                 return
             if loaded.aside is not None:
                 loaded.aside.park(*loaded.aside.names)
                 return
-            components = loaded.pipeline.components.items()
+            components = loaded.model.components.items()
             modules = {name: module for name, module in components if isinstance(module, torch.nn.Module)}
             try:
                 loaded.aside = Parking(modules, loaded.key.device)
@@ -234,13 +238,13 @@ class ModelCache:
                 torch.cuda.empty_cache()
 
     def parking(self, role: str) -> Parking:
-        """What the pipeline of ``role`` keeps parked in CPU memory: a prior's models, as ``PARKED_PRIOR_MODELS``
+        """What the model of ``role`` keeps parked in CPU memory: a prior's models, as ``PARKED_PRIOR_MODELS``
         says for its memory mode; nothing for a decoder."""
         with self.lock:
             return self._loaded[role].parking
 
     def release(self, role: str | None = None) -> None:
-        """Drop the pipeline of ``role`` (all of them when None) and give its memory back."""
+        """Drop the model of ``role`` (all of them when None) and give its memory back."""
         with self.lock:
             for name in [role] if role else list(self._loaded):
                 self._loaded.pop(name, None)
@@ -261,77 +265,123 @@ class ModelCache:
 MODEL_CACHE = ModelCache()
 
 
-def is_folder_name(model_name: str) -> bool:
-    """Whether a model name points at a folder rather than a hub id."""
-    expanded = os.path.expanduser(model_name)
-    return (
-        os.path.isdir(expanded)
-        or os.path.isabs(expanded)
-        or model_name.startswith(("./", "../", "~", "."))
-        or "\\" in model_name
-        or model_name.count("/") > 1
-    )
+def pipeline_components(pipeline_class: type[DiffusionPipeline]) -> list[str]:
+    """The components a pipeline class is built from (its constructor's arguments), as folders of its repo."""
+    return [name for name in inspect.signature(pipeline_class.__init__).parameters if name != "self"]
 
 
-def load_pipeline(pipeline_class: type[DiffusionPipeline], parameter_name: str, key: ModelKey) -> DiffusionPipeline:
-    """Load a pipeline, on the CPU, from a local folder or the Hugging Face cache/hub, safetensors only.
+def pipeline_loader(
+    pipeline_class: type[DiffusionPipeline],
+    parameter_name: str,
+    *,
+    skip: tuple[str, ...] = (),
+    check: Check = lambda folder, source: None,
+) -> Loader:
+    """A loader for ``ModelCache.get``: ``load_pipeline`` with these arguments, then the pipeline placed."""
 
-    A hub id already in the local cache loads without touching the network. Failures become a
-    ``ModelLoadError`` that says whether the model was not found, could not be fetched, or is broken.
-    """
-    name = key.model_name
-    if "://" in name:
-        raise ModelLoadError(
-            f"{parameter_name}: {name!r} is a URL; accepted: a Hugging Face hub id (owner/name) or a local folder."
-        )
-    if is_folder_name(name):
-        folder = os.path.expanduser(name)
-        if not os.path.isdir(folder):
-            raise ModelLoadError(f"{parameter_name}: folder {name!r} not found.")
-        try:
-            pipeline = _from_pretrained(pipeline_class, folder, key.dtype, local_files_only=True)
-        except Exception as error:
-            raise ModelLoadError(
-                f"{parameter_name}: folder {name!r} is not a usable {pipeline_class.__name__} repo "
-                f"(broken or incomplete): {first_line(error)}"
-            ) from error
-        return pipeline
-    if not _HUB_ID.fullmatch(name):
-        raise ModelLoadError(
-            f"{parameter_name}: {name!r} is neither an existing folder nor a Hugging Face hub id (owner/name)."
-        )
-    try:
-        pipeline = _from_pretrained(pipeline_class, name, key.dtype, local_files_only=True)
-    except Exception as cache_error:
-        if hub_constants.HF_HUB_OFFLINE:
-            raise ModelLoadError(
-                f"{parameter_name}: {name!r} is not (fully) in the local Hugging Face cache "
-                f"({hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
-                "Download it once with network access, or give a local folder."
-            ) from cache_error
-        try:
-            pipeline = _from_pretrained(pipeline_class, name, key.dtype, local_files_only=False)
-        except Exception as error:
-            raise ModelLoadError(_describe_hub_failure(parameter_name, name, pipeline_class, error)) from error
-    return pipeline
+    def load(key: ModelKey) -> tuple[DiffusionPipeline, Parking]:
+        pipeline = load_pipeline(pipeline_class, parameter_name, key, skip=skip, check=check)
+        return pipeline, _place(pipeline, key)
+
+    return load
 
 
-def _from_pretrained(
-    pipeline_class: type[DiffusionPipeline], source: str, dtype: torch.dtype, *, local_files_only: bool
+def load_pipeline(
+    pipeline_class: type[DiffusionPipeline],
+    parameter_name: str,
+    key: ModelKey,
+    *,
+    skip: tuple[str, ...] = (),
+    check: Check = lambda folder, source: None,
 ) -> DiffusionPipeline:
-    return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local_files_only)
+    """Load a pipeline on the CPU from a local folder or the Hugging Face cache or hub, safetensors only.
+
+    Args:
+        pipeline_class: the diffusers pipeline to build.
+        parameter_name: the parameter that named the model, for messages.
+        key: the model name, and the dtype to load the weights in.
+        skip: components left out, neither fetched nor loaded (they are ``None`` in the pipeline), as
+            diffusers' ``from_pretrained`` leaves out a component passed as ``None``.
+        check: reads the repo's configs before any weight is fetched or loaded, and raises to refuse it.
+
+    Raises ``ModelLoadError`` saying whether the model was not found, could not be fetched, or is broken.
+    """
+    source = parse_model_name(key.model_name, parameter_name)
+    components = [name for name in pipeline_components(pipeline_class) if name not in skip]
+    folder = fetch(source, parameter_name, components, check)
+    try:
+        return pipeline_class.from_pretrained(
+            folder, dtype=key.dtype, use_safetensors=True, local_files_only=True, **dict.fromkeys(skip)
+        )
+    except Exception as error:
+        raise ModelLoadError(
+            f"{parameter_name}: {source.describe()} is not a usable {pipeline_class.__name__} repo "
+            f"(broken or incomplete): {first_line(error)}"
+        ) from error
+
+
+def load_image_encoder(key: ModelKey) -> tuple["ImageEncoder", Parking]:
+    """A loader for ``ModelCache.get``: the CLIP image encoder of the prior repo ``key`` names, placed."""
+    source = parse_model_name(key.model_name, "prior_model_name")
+    folder = fetch(source, "prior_model_name", (IMAGE_ENCODER,))
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(
+            folder / IMAGE_ENCODER, dtype=key.dtype, use_safetensors=True, local_files_only=True
+        )
+    except Exception as error:
+        raise ModelLoadError(
+            f"prior_model_name: {source.describe()} has no usable CLIP image encoder ({IMAGE_ENCODER}/), which mix "
+            f"and an empty negative prompt need: {first_line(error)}"
+        ) from error
+    encoder = ImageEncoder(model, key)
+    return encoder, encoder.parking
+
+
+class ImageEncoder:
+    """The prior repo's CLIP image encoder, loaded apart from the prior, only when a run needs it.
+
+    It embeds mix's images, and an all-zero image: the negative embedding when the negative prompt is empty,
+    which diffusers' ``KandinskyV22PriorPipeline.get_zero_embed`` recomputes for every generation with its
+    1.8B-parameter encoder; the answer never changes, so it is computed once here. On CUDA the encoder waits
+    in CPU memory and visits the device for these uses only (``Parking``), or moves layer by layer under
+    sequential_offload (accelerate's ``cpu_offload``, as diffusers offloads the prior's other models).
+    """
+
+    def __init__(self, model: CLIPVisionModelWithProjection, key: ModelKey) -> None:
+        self.model = model
+        self.device = key.device
+        self.parking = Parking()
+        if key.memory_mode == "sequential_offload":
+            from accelerate import cpu_offload
+
+            cpu_offload(model, execution_device=torch.device(key.device))
+        elif key.memory_mode != "none":
+            self.parking = Parking({IMAGE_ENCODER: model}, key.device)
+        self._zero_embedding: torch.Tensor | None = None
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The CLIP image embeddings, (batch, projection_dim) on the device in the model's dtype, of ``pixels``:
+        (batch, 3, image_size, image_size) as CLIP's image processor gives them (resized, cropped, normalised)."""
+        with self.parking.visit(IMAGE_ENCODER):
+            return self.model(pixels.to(device=self.device, dtype=self.model.dtype))["image_embeds"]
+
+    def zero_embeds(self, batch_size: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+        """The embedding of an all-zero image, repeated ``batch_size`` times, on ``device``: what diffusers'
+        ``get_zero_embed`` returns, computed once."""
+        if self._zero_embedding is None:
+            size = self.model.config.image_size
+            self._zero_embedding = self.embed(torch.zeros(1, 3, size, size))
+        return self._zero_embedding.repeat(batch_size, 1).to(device or self._zero_embedding.device)
 
 
 def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:
     """Place a freshly loaded pipeline as ``key`` says, and return what it keeps parked.
 
-    A prior also gets its zero-image embedding cached; then, in gpu and prior_offload, the models that
-    ``PARKED_PRIOR_MODELS`` names are parked instead of placed (a decoder's key then says gpu).
+    In prior_offload, a prior's models that ``PARKED_PRIOR_MODELS`` names are parked instead of placed (a
+    decoder's key then says gpu).
     """
     pipeline.set_progress_bar_config(disable=True)
     is_prior = isinstance(pipeline, KandinskyV22PriorPipeline)
-    if is_prior:
-        _cache_zero_image_embedding(pipeline, key.device)
     parked = PARKED_PRIOR_MODELS.get(key.memory_mode, ()) if is_prior else ()
     if key.memory_mode == "model_offload":
         pipeline.enable_model_cpu_offload(device=key.device)
@@ -346,50 +396,3 @@ def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:
         # In place, so pipelines that share the UNet (img2img over the text2img decoder) share the compiled one.
         pipeline.unet.compile(mode=key.compile_unet)
     return parking
-
-
-def _cache_zero_image_embedding(prior: KandinskyV22PriorPipeline, device: str) -> None:
-    """Compute once the embedding of an all-zero image (the negative when there is no negative prompt).
-
-    diffusers' prior runs its 1.8B-parameter CLIP image encoder on an all-zero image for every
-    generation without a negative prompt; the answer never changes, so it is computed here, with the
-    encoder on ``device``, and ``get_zero_embed`` returns it from then on.
-    """
-    encoder = prior.image_encoder.to(device)
-    size = encoder.config.image_size
-    zeros = torch.zeros(1, 3, size, size, device=device, dtype=encoder.dtype)
-    with torch.no_grad():
-        zero_embedding = encoder(zeros)["image_embeds"]
-
-    def get_zero_embed(batch_size: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
-        return zero_embedding.repeat(batch_size, 1).to(device or zero_embedding.device)
-
-    prior.get_zero_embed = get_zero_embed
-
-
-def _describe_hub_failure(
-    parameter_name: str, name: str, pipeline_class: type[DiffusionPipeline], error: Exception
-) -> str:
-    chain = _exception_chain(error)
-    if any(isinstance(item, RepositoryNotFoundError) for item in chain):
-        return f"{parameter_name}: {name!r} was not found on the Hugging Face hub (or is private)."
-    if any(type(item).__name__ in _CONNECTION_ERRORS for item in chain):
-        return (
-            f"{parameter_name}: {name!r} is not in the local Hugging Face cache ({hub_constants.HF_HUB_CACHE}) "
-            "and could not be fetched: the hub is unreachable from this machine."
-        )
-    return f"{parameter_name}: {name!r} is not a usable {pipeline_class.__name__} repo: {first_line(error)}"
-
-
-def _exception_chain(error: BaseException) -> list[BaseException]:
-    chain = []
-    while error is not None and error not in chain:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message, or its type's name when it has none."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -20,6 +20,17 @@ DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
 DEFAULT_CONTROLNET_DECODER = "kandinsky-community/kandinsky-2-2-controlnet-depth"
 KNOWN_DECODERS = (DEFAULT_DECODER, DEFAULT_INPAINT_DECODER, DEFAULT_CONTROLNET_DECODER)
 MODES = ("text2img", "img2img", "inpaint", "controlnet_depth", "mix")
+# The decoder repo each mode uses when model_name is left at its default.
+MODE_DECODERS = {
+    "text2img": DEFAULT_DECODER,
+    "img2img": DEFAULT_DECODER,
+    "inpaint": DEFAULT_INPAINT_DECODER,
+    "controlnet_depth": DEFAULT_CONTROLNET_DECODER,
+    "mix": DEFAULT_DECODER,
+}
+# Known repos whose default branch cannot serve the task, and the revision loaded instead: the ControlNet depth
+# repo's main branch holds its weights as pickles only; its safetensors are at its open pull request #5.
+PINNED_REVISIONS = {DEFAULT_CONTROLNET_DECODER: "08632524a2b7e3bed39a7901d92cdd07e37544d0"}
 MEMORY_MODES = ("gpu", "prior_offload", "model_offload", "sequential_offload")
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 MAX_MIX_IMAGES = 8
@@ -59,6 +70,8 @@ class Parameter:
     step: float = 1
     multiline: bool = False
     suggestions: tuple[str, ...] = ()
+    # For some modes, the known values that fit them, in place of ``suggestions``: (mode, values) pairs.
+    suggestions_by_mode: tuple[tuple[str, tuple[str, ...]], ...] = ()
     accepts_folder: bool = False
     choices: tuple[str, ...] = ()
     # For free text: the characters the widget lets through (a regular expression over the whole text).
@@ -71,6 +84,10 @@ class Parameter:
     def used_in(self, mode: str) -> bool:
         """Whether a run in ``mode`` reads this parameter."""
         return not self.modes or mode in self.modes
+
+    def suggestions_in(self, mode: str) -> tuple[str, ...]:
+        """The known values to offer in ``mode``: those that fit it."""
+        return dict(self.suggestions_by_mode).get(mode, self.suggestions)
 
     def accepted(self) -> str:
         """Describe, for people, the values this parameter accepts."""
@@ -170,18 +187,27 @@ class Settings:
         label="Decoder model",
         group="Models",
         help=(
-            "Hugging Face hub id or local folder of a Kandinsky 2.2 decoder repo (UNet and MoVQ). Left at the "
-            f"default, inpaint uses {DEFAULT_INPAINT_DECODER} and controlnet_depth {DEFAULT_CONTROLNET_DECODER}."
+            "Hugging Face hub id (owner/name, or owner/name@revision) or local folder of a Kandinsky 2.2 decoder repo "
+            "(UNet and MoVQ) of the mode's kind: a text-to-image decoder for text2img, img2img and mix, an inpainting "
+            "decoder for inpaint, a ControlNet depth decoder for controlnet_depth; another kind is refused before any "
+            f"model runs. Left at the default, inpaint uses {DEFAULT_INPAINT_DECODER} and controlnet_depth "
+            f"{DEFAULT_CONTROLNET_DECODER} at revision {PINNED_REVISIONS[DEFAULT_CONTROLNET_DECODER][:8]} (its "
+            "main branch has pickle weights only, which are never loaded)."
         ),
         allow_blank=False,
         suggestions=KNOWN_DECODERS,
+        suggestions_by_mode=tuple((mode, (repo,)) for mode, repo in MODE_DECODERS.items()),
         accepts_folder=True,
     )
     prior_model_name: str = _setting(
         DEFAULT_PRIOR,
         label="Prior model",
         group="Models",
-        help="Hugging Face hub id or local folder of a Kandinsky 2.2 prior repo (CLIP encoders and prior).",
+        help=(
+            "Hugging Face hub id (owner/name, or owner/name@revision) or local folder of a Kandinsky 2.2 prior repo "
+            "(CLIP text encoder and prior). Its CLIP image encoder is loaded only when a run needs it: mix, or an "
+            "empty negative prompt."
+        ),
         allow_blank=False,
         suggestions=KNOWN_PRIORS,
         accepts_folder=True,
@@ -197,7 +223,10 @@ class Settings:
         "low quality, bad quality",
         label="Negative prompt",
         group="Prompt",
-        help="What the image should not show. Empty: the prior's zero-image embedding is the negative.",
+        help=(
+            "What the image should not show. Empty: the embedding of an all-zero image is the negative, as in "
+            "diffusers; this needs the prior's CLIP image encoder (3.69 GB more to download once)."
+        ),
         multiline=True,
     )
     prior_num_inference_steps: int = _setting(

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
-from huggingface_hub.errors import RepositoryNotFoundError
 
 from helpers import diffusers_reference, max_difference
-from infer_kandinsky_2_2.kandinsky22_engine import generation, models
+from infer_kandinsky_2_2.kandinsky22_engine import generation, hub, models
 from infer_kandinsky_2_2.kandinsky22_engine.generation import (
     GenerationStopped,
     Inputs,
@@ -19,10 +18,18 @@ from infer_kandinsky_2_2.kandinsky22_engine.generation import (
     choose_runtime,
     generate,
     load_pipelines,
-    prior_stage_models,
 )
-from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelKey, ModelLoadError, Parking
+from infer_kandinsky_2_2.kandinsky22_engine.models import (
+    IMAGE_ENCODER,
+    ModelCache,
+    ModelKey,
+    ModelLoadError,
+    Parking,
+    pipeline_loader,
+)
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import MAX_RANDOM_SEED, Settings
+
+DECODER = pipeline_loader(KandinskyV22Pipeline, "model_name")
 
 
 @pytest.fixture
@@ -148,9 +155,22 @@ def test_a_broken_decoder_folder_is_named_and_nothing_half_loaded_stays(settings
     expected = generate(settings, cache=cache).images[0]
     with pytest.raises(ModelLoadError) as refused:
         generate(Settings(**{**settings.__dict__, "model_name": str(folder)}), cache=cache)
-    assert str(refused.value).startswith(
-        f"model_name: folder {str(folder)!r} is not a usable KandinskyV22Pipeline repo (broken or incomplete): "
-    )
+    if damage == "pickle-only":
+        assert str(refused.value) == (
+            f"model_name: folder {str(folder)!r} holds its weights only as pickle files "
+            "(unet/diffusion_pytorch_model.bin), which the task never loads (unpickling can run code); accepted: "
+            "safetensors weights. Convert them to safetensors where you trust them, or use a repo that has "
+            "safetensors."
+        )
+    elif damage == "missing-unet":
+        assert str(refused.value).startswith(
+            f"model_name: folder {str(folder)!r} cannot serve text2img: it is a KandinskyV22Pipeline repo without a "
+            "UNet (no unet/config.json); text2img needs a text-to-image decoder"
+        )
+    else:
+        assert str(refused.value).startswith(
+            f"model_name: folder {str(folder)!r} is not a usable KandinskyV22Pipeline repo (broken or incomplete): "
+        )
     assert "decoder" not in cache.loaded_keys()
     assert np.array_equal(generate(settings, cache=cache).images[0], expected)
 
@@ -160,7 +180,7 @@ def test_a_missing_folder_is_named(settings, cache, tmp_path):
     with pytest.raises(ModelLoadError) as refused:
         generate(Settings(**{**settings.__dict__, "prior_model_name": missing}), cache=cache)
     assert str(refused.value) == f"prior_model_name: folder {missing!r} not found."
-    assert cache.loaded_keys() == {}
+    assert "prior" not in cache.loaded_keys()
 
 
 def test_a_name_that_is_neither_folder_nor_hub_id_is_refused(settings, cache):
@@ -172,81 +192,34 @@ def test_a_name_that_is_neither_folder_nor_hub_id_is_refused(settings, cache):
 
 
 def test_a_hub_id_missing_from_the_cache_while_offline_says_so(settings, cache, monkeypatch):
-    monkeypatch.setattr(models.hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub.hub_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelLoadError) as refused:
         generate(
             Settings(**{**settings.__dict__, "model_name": "kandinsky-community/kandinsky-2-2-decoder"}), cache=cache
         )
     assert str(refused.value) == (
         "model_name: 'kandinsky-community/kandinsky-2-2-decoder' is not (fully) in the local Hugging Face cache "
-        f"({models.hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
-        "Download it once with network access, or give a local folder."
+        f"({hub.hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded (missing: unet/, "
+        "scheduler/, movq/). Download it once with network access, or give a local folder."
     )
     assert "decoder" not in cache.loaded_keys()
 
 
-class ConnectError(Exception):
-    """Stands for the HTTP client's connection error, as raised where no network is reachable."""
-
-
-def repository_not_found() -> RepositoryNotFoundError:
-    """The hub's answer for an unknown repo (built without an HTTP response, which the test does not need)."""
-    error = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
-    Exception.__init__(error, "Repository Not Found")
-    return error
-
-
-@pytest.mark.parametrize(
-    ("failure", "reason"),
-    [
-        (ConnectError("Name or service not known"), "unreachable"),
-        (repository_not_found(), "not-found"),
-        (OSError("unexpected layout"), "broken"),
-    ],
-)
-def test_a_hub_id_that_cannot_be_fetched_says_why(settings, cache, monkeypatch, failure, reason):
-    monkeypatch.setattr(models.hub_constants, "HF_HUB_OFFLINE", False)
-
-    def from_pretrained(pipeline_class, source, dtype, *, local_files_only):
-        if local_files_only:
-            raise OSError("not in the cache")
-        raise OSError("Cannot load model") from failure
-
-    monkeypatch.setattr(models, "_from_pretrained", from_pretrained)
-    with pytest.raises(ModelLoadError) as refused:
-        generate(Settings(**{**settings.__dict__, "prior_model_name": "someone/prior"}), cache=cache)
-    expected = {
-        "unreachable": "prior_model_name: 'someone/prior' is not in the local Hugging Face cache "
-        f"({models.hub_constants.HF_HUB_CACHE}) and could not be fetched: the hub is unreachable from this machine.",
-        "not-found": "prior_model_name: 'someone/prior' was not found on the Hugging Face hub (or is private).",
-        "broken": "prior_model_name: 'someone/prior' is not a usable KandinskyV22PriorPipeline repo: Cannot load model",
-    }
-    assert str(refused.value) == expected[reason]
-
-
-def test_a_hub_id_already_in_the_cache_loads_without_the_network(settings, cache, monkeypatch, tiny_repos):
-    calls = []
-
-    def from_pretrained(pipeline_class, source, dtype, *, local_files_only):
-        calls.append((source, local_files_only))
-        folder = tiny_repos.prior if pipeline_class is KandinskyV22PriorPipeline else tiny_repos.decoder
-        return pipeline_class.from_pretrained(folder)
-
-    monkeypatch.setattr(models, "_from_pretrained", from_pretrained)
-    load_pipelines(Settings(**{**settings.__dict__, "prior_model_name": "someone/prior"}), cache)
-    assert calls[0] == ("someone/prior", True)
-    assert len(calls) == 2
-
-
-def test_the_zero_image_embedding_is_computed_once_per_prior(settings, cache):
+def test_the_image_encoder_loads_only_when_a_run_needs_it_and_the_zero_image_embedding_once(settings, cache):
+    generate(settings, cache=cache)
+    assert IMAGE_ENCODER not in cache.loaded_keys()
+    assert load_pipelines(settings, cache).prior.image_encoder is None
     no_negative = Settings(**{**settings.__dict__, "negative_prompt": ""})
     first = generate(no_negative, cache=cache).images[0]
-    encoder = load_pipelines(no_negative, cache).prior.image_encoder
+    assert cache.load_counts == {"prior": 1, "decoder": 1, IMAGE_ENCODER: 1}
+    encoder = load_pipelines(no_negative, cache).image_encoder.model
     calls = []
     encoder.register_forward_hook(lambda module, inputs, output: calls.append(1))
     again = generate(no_negative, cache=cache).images[0]
     assert calls == []
     assert np.array_equal(first, again)
+    generate(settings, cache=cache)
+    assert cache.load_counts == {"prior": 1, "decoder": 1, IMAGE_ENCODER: 1}
 
 
 def test_memory_modes_are_ignored_on_the_cpu_where_offloading_fails(settings, cache, monkeypatch):
@@ -302,10 +275,10 @@ def test_a_decoder_key_with_a_compile_mode_compiles_its_unet_in_place(tiny_repos
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **options: compiled.append((module, options)))
     key = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, compile_unet="reduce-overhead")
-    decoder = cache.get("decoder", KandinskyV22Pipeline, "model_name", key)
+    decoder = cache.get("decoder", key, DECODER)
     assert compiled == [(decoder.unet, {"mode": "reduce-overhead"})]
     plain = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32)
-    cache.get("decoder", KandinskyV22Pipeline, "model_name", plain)
+    cache.get("decoder", plain, DECODER)
     assert len(compiled) == 1
 
 
@@ -333,7 +306,11 @@ def test_parked_models_are_on_the_device_only_while_the_prior_stage_uses_them_an
     monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, memory_mode))
     monkeypatch.setattr(models, "_CHUNK_BYTES", 2**16)
     pipelines = load_pipelines(settings, cache)
-    stage = {name: getattr(pipelines.prior, name) for name in ("text_encoder", "prior", "image_encoder")}
+    stage = {name: getattr(pipelines.prior, name) for name in ("text_encoder", "prior")}
+    if mode == "mix":
+        stage[IMAGE_ENCODER] = pipelines.image_encoder.model
+    else:
+        assert pipelines.image_encoder is None and IMAGE_ENCODER not in cache.loaded_keys()
     placed = {name: first_weight(module) for name, module in stage.items()}
     used, during_decoder = {}, []
 
@@ -350,13 +327,14 @@ def test_parked_models_are_on_the_device_only_while_the_prior_stage_uses_them_an
     # cloning its weights in place moves mix's pixels by one level too.
     assert max_difference(result.images[0], expected) <= (1 if mode == "mix" else 0)
     assert result.metadata["memory_mode"] == memory_mode
-    assert set(used) == set(prior_stage_models(mode))
-    # gpu parks the image encoder alone, which text2img never runs; prior_offload parks the whole prior stage.
-    parked = {"gpu": {"image_encoder"}, "prior_offload": {"text_encoder", "prior", "image_encoder"}}[memory_mode]
+    assert set(used) == set(stage)
+    # The image encoder, which only mix loads, is parked in every memory mode on CUDA; prior_offload parks the
+    # text encoder and prior too.
+    parked = {"gpu": {IMAGE_ENCODER}, "prior_offload": {"text_encoder", "prior", IMAGE_ENCODER}}[memory_mode]
     assert {name for name in used if used[name] != placed[name]} == set(used) & parked
     assert during_decoder and all(weights == placed for weights in during_decoder)
     assert {name: first_weight(module) for name, module in stage.items()} == placed
-    assert cache.load_counts == {"prior": 1, "decoder": 1}
+    assert cache.load_counts == {"prior": 1, "decoder": 1, **({IMAGE_ENCODER: 1} if mode == "mix" else {})}
 
 
 @pytest.mark.parametrize("memory_mode", ["gpu", "prior_offload"])
@@ -448,8 +426,9 @@ def test_every_mode_but_gpu_sets_the_idle_decoders_aside_before_it_places_its_ow
             super().__init__()
             self.calls = []
 
-        def get(self, role, pipeline_class, parameter_name, key):
+        def get(self, role, key, load):
             self.calls.append(("get", role))
+            return KandinskyV22PriorPipeline.__new__(KandinskyV22PriorPipeline)
 
         def set_aside(self, role):
             self.calls.append(("set_aside", role))
@@ -460,7 +439,8 @@ def test_every_mode_but_gpu_sets_the_idle_decoders_aside_before_it_places_its_ow
     monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cuda", torch.float16, memory_mode))
     cache = RecordingCache()
     load_pipelines(Settings(**{**settings.__dict__, "mode": "inpaint"}), cache)
-    gets = [("get", "prior"), ("get", "inpaint_decoder")]
+    # The decoder first: a repo that cannot serve the mode is refused before the prior is fetched or loaded.
+    gets = [("get", "inpaint_decoder"), ("get", "prior")]
     # gpu keeps every decoder on the GPU; a CPU run ("none") leaves the GPU as earlier runs left it.
     keeping = memory_mode in ("gpu", "none")
     asides = [] if keeping else [("set_aside", "decoder"), ("set_aside", "controlnet_decoder")]
@@ -475,10 +455,10 @@ def test_only_a_decoder_whole_on_the_device_and_not_compiled_is_set_aside(tiny_r
         "offloaded": ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, "model_offload"),
         "prior": ModelKey(str(tiny_repos.prior), "cpu", torch.float32, "gpu"),
     }
-    classes = {"prior": KandinskyV22PriorPipeline}
+    loaders = {"prior": pipeline_loader(KandinskyV22PriorPipeline, "prior_model_name", skip=(IMAGE_ENCODER,))}
     unets = {}
     for role, key in keys.items():
-        pipeline = cache.get(role, classes.get(role, KandinskyV22Pipeline), "model_name", key)
+        pipeline = cache.get(role, key, loaders.get(role, DECODER))
         unets[role] = pipeline.prior if role == "prior" else pipeline.unet
     monkeypatch.setattr(models, "Parking", lambda *arguments: pytest.fail("only the decoder may be set aside"))
     placed = {role: weight_addresses(unet) for role, unet in unets.items()}
@@ -492,7 +472,7 @@ def test_only_a_decoder_whole_on_the_device_and_not_compiled_is_set_aside(tiny_r
 
 def test_a_decoder_whose_setting_aside_fails_midway_is_dropped_not_left_split(tiny_repos, cache, monkeypatch):
     key = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, "gpu")
-    cache.get("decoder", KandinskyV22Pipeline, "model_name", key)
+    cache.get("decoder", key, DECODER)
     pack, packed = models._pack, []
 
     def refuse_the_second_model(tensors: list[torch.Tensor], pin: bool) -> list:
@@ -506,7 +486,7 @@ def test_a_decoder_whose_setting_aside_fails_midway_is_dropped_not_left_split(ti
         cache.set_aside("decoder")
     assert "decoder" not in cache.loaded_keys()
     monkeypatch.undo()
-    cache.get("decoder", KandinskyV22Pipeline, "model_name", key)
+    cache.get("decoder", key, DECODER)
     assert cache.load_counts["decoder"] == 2
 
 

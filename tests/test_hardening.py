@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import diffusers_reference, max_difference
-from infer_kandinsky_2_2.kandinsky22_engine import models
+from infer_kandinsky_2_2.kandinsky22_engine import hub
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError
 
 Workflow = pytest.importorskip("ikomia.dataprocess.workflow").Workflow
@@ -308,11 +308,14 @@ def test_no_code_of_the_plugin_evaluates_a_string():
 
 
 def test_a_model_name_is_only_ever_an_id_or_a_path():
-    assert models.is_folder_name("/models/decoder") and models.is_folder_name("./decoder")
-    assert models.is_folder_name("a/b/c") and models.is_folder_name("~/decoder")
-    assert not models.is_folder_name("kandinsky-community/kandinsky-2-2-decoder")
-    assert not models._HUB_ID.fullmatch("https://example.com/model")
-    assert not models._HUB_ID.fullmatch("owner/name; rm -rf /")
+    assert hub.is_folder_name("/models/decoder") and hub.is_folder_name("./decoder")
+    assert hub.is_folder_name("a/b/c") and hub.is_folder_name("~/decoder")
+    assert not hub.is_folder_name("kandinsky-community/kandinsky-2-2-decoder")
+    assert not hub.is_folder_name("owner/name@refs/pr/5")
+    assert not hub._HUB_ID.fullmatch("https://example.com/model")
+    assert not hub._HUB_ID.fullmatch("owner/name; rm -rf /")
+    assert not hub._HUB_ID.fullmatch("owner/name@main; rm -rf /")
+    assert not hub._HUB_ID.fullmatch("owner/name@../../etc")
 
 
 def backend_failure(reason: Exception) -> Exception:
@@ -344,3 +347,49 @@ def test_without_compiling_errors_pass_through_unchanged():
     compiled = Runtime("cuda", torch.float16, "gpu", compile_unet="default")
     with pytest.raises(ValueError, match=r"^other$"), _explain_compile_failure(compiled):
         raise ValueError("other")
+
+
+@pytest.mark.parametrize("stage", ["prior", "decoder"])
+def test_values_that_are_not_finite_are_an_error_never_a_black_picture_and_the_next_run_works(
+    run_parameters, expected, stage
+):
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import load_pipelines
+
+    workflow, task = new_task(run_parameters)
+    settings = Settings.from_strings(run_parameters)
+    pipelines = load_pipelines(settings, sys.modules[type(task).__module__].MODEL_CACHE)
+    model = pipelines.prior.prior if stage == "prior" else pipelines.decoder.unet
+
+    def overflow(module: torch.nn.Module, inputs: tuple, output: tuple) -> None:
+        """What a float16 overflow does: the model's output turns to NaN (in place; the output is kept)."""
+        output[0].mul_(float("nan"))
+
+    hook = model.register_forward_hook(overflow)
+    model_name = settings.prior_model_name if stage == "prior" else settings.model_name
+    parameter = "prior_model_name" if stage == "prior" else "model_name"
+    message = (
+        f"The {stage} gave values that are not finite (NaN or infinity) for picture(s) 1 of 1, so no picture is "
+        f"returned (it would be black). In float32 this points at broken weights: check {parameter} {model_name!r}."
+    )
+    try:
+        with pytest.raises(RuntimeError, match=re.escape(message)):
+            workflow.run()
+    finally:
+        hook.remove()
+    workflow.run()
+    assert max_difference(task.get_output(0).get_image(), expected) <= 1
+
+
+def test_on_cuda_values_that_are_not_finite_are_explained_as_a_float16_overflow():
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import NotFinite, Runtime, _refuse_not_finite
+
+    pictures = np.zeros((3, 64, 64, 3), np.float32)
+    pictures[1, 5, 5, 0] = np.nan
+    pictures[2, 0, 0, 2] = np.inf
+    with pytest.raises(NotFinite) as refused:
+        _refuse_not_finite(pictures, "decoder", Settings(num_images=3), Runtime("cuda", torch.float16, "gpu"))
+    assert str(refused.value) == (
+        "The decoder gave values that are not finite (NaN or infinity) for picture(s) 2, 3 of 3, so no picture is "
+        "returned (it would be black). In float16 this is an overflow (a value past 65504). Try another seed or a "
+        "lower guidance scale, or set cuda to False to run in float32 on the CPU."
+    )

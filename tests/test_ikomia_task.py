@@ -1,7 +1,11 @@
 """The plugin through the real Ikomia API (ikomia 0.16.1), loaded by name from a throwaway root."""
 
+import logging
 import re
+import shutil
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +157,42 @@ def test_the_hub_test_entry_point_returns_ok(run_parameters):
     parameters, status = hub_test(task, {})
     assert status == "OK"
     assert parameters == task.get_parameters()
+
+
+def test_the_first_run_counts_in_its_metadata_the_loading_ikomia_starts_inside_it(
+    run_parameters, tmp_path, monkeypatch
+):
+    decoder = tmp_path / "decoder"
+    shutil.copytree(run_parameters["model_name"], decoder)
+    workflow, task = add_task({**run_parameters, "model_name": str(decoder)})
+    module = sys.modules[type(task).__module__]
+    load, loads = module.load_pipelines, []
+
+    def timed(*arguments, **keywords):
+        started = time.perf_counter()
+        result = load(*arguments, **keywords)
+        loads.append(time.perf_counter() - started)
+        return result
+
+    monkeypatch.setattr(module, "load_pipelines", timed)
+    workflow.run()
+    # Ikomia calls init_long_process from the first run's begin_task_run: the models load there.
+    assert len(loads) == 1
+    seconds = task.get_output(1).data["seconds"]
+    assert seconds["load"] >= loads[0]
+    assert seconds["total"] >= seconds["load"] + seconds["prior"] + seconds["decoder"] - 0.001
+    workflow.run()
+    assert len(loads) == 1
+    assert task.get_output(1).data["seconds"]["load"] < loads[0]
+
+
+def test_the_engines_log_lines_reach_ikomias_log_once(run_parameters):
+    from ikomia.core import config
+
+    add_task(run_parameters)
+    line = "infer_kandinsky_2_2: model_name: downloading 2 file(s), 5.28 GB, of a repo (a test line)"
+    logging.getLogger("infer_kandinsky_2_2.kandinsky22_engine.hub").info(line)
+    for handler in logging.getLogger("ikomia").handlers:
+        handler.flush()
+    log = Path(config.main_cfg["root_folder"]) / "log.txt"
+    assert log.read_text(encoding="utf-8").count(line) == 1

@@ -145,8 +145,21 @@ def test_inpaint_equals_diffusers_with_the_mask_upright_on_a_non_square_image(st
     settings = Settings.from_strings(strings["inpaint"])
     reference = inpaint_reference(settings, settings.seed, init, expected_mask)[0]
     assert max_difference(task.get_output(0).get_image(), reference) <= 1
+    read = {"mask image": "mask", "drawn rectangle": "mask drawing"}[mask_kind]
+    assert set(task.get_output(1).data["inputs"]) == {"image", read}
     transposed = inpaint_reference(settings, settings.seed, init, np.ascontiguousarray(expected_mask[::-1, ::-1]))[0]
     assert max_difference(task.get_output(0).get_image(), transposed) > 1, "the mask must matter"
+
+
+def test_inpaint_reads_a_label_map_of_0_and_1_as_diffusers_does_and_says_how_it_read_it(strings):
+    init = random_image(2)
+    labels = (left_half_mask() > 0).astype(np.uint8)
+    image, metadata = run(strings["inpaint"], {0: init, 2: labels})
+    settings = Settings.from_strings(strings["inpaint"])
+    # diffusers thresholds a numpy mask at 0.5 without scaling it: it repaints the 1s.
+    reference = inpaint_reference(settings, settings.seed, init, labels.astype(np.float32))[0]
+    assert max_difference(image, reference) <= 1
+    assert metadata["inputs"]["mask"] == "128x64, used as it is; label map: non-zero repaints; 50% repainted"
 
 
 def test_inpaint_never_reuses_the_mask_of_an_earlier_run(strings):
@@ -174,7 +187,19 @@ def test_inpaint_never_reuses_the_mask_of_an_earlier_run(strings):
             {0: random_image(2), 2: np.zeros((HEIGHT, HEIGHT), np.uint8)},
             "inpaint input 'mask': the mask is 64x64 but the image is 128x64; accepted: a mask of the image's size.",
         ),
+        (
+            "inpaint",
+            {0: random_image(2), 2: np.zeros((HEIGHT, WIDTH), np.uint8)},
+            "inpaint input 'mask': the mask repaints nothing (read as a label map, no 8-bit value reaching 128: every "
+            "pixel is 0); accepted: white (or, in a label map, non-zero) where to repaint.",
+        ),
         ("controlnet_depth", {}, "controlnet_depth input 'depth map': no image was given."),
+        (
+            "controlnet_depth",
+            {0: np.full((HEIGHT, WIDTH), 87, np.uint8)},
+            "controlnet_depth input 'depth map': every pixel of the depth map is 87: it carries no layout for "
+            "ControlNet to follow; accepted: a depth map whose values vary.",
+        ),
         ("mix", {0: random_image(3)}, "mix input 'image 2': no image was given."),
     ],
 )
@@ -213,6 +238,10 @@ def test_mix_equals_diffusers_interpolate_then_decoder(strings, negative_prompt)
     assert len(steps) == task.get_progress_steps() == 3 * 2 + 4
     reference = mix_reference(settings, settings.seed, images)[0]
     assert max_difference(task.get_output(0).get_image(), reference) <= 1
+    assert task.get_output(1).data["inputs"] == {
+        "image 1": "128x64, embedded by CLIP at 224x224 (shorter side scaled to 224, centre cut)",
+        "image 2": "32x32, embedded by CLIP at 224x224 (shorter side scaled to 224, centre cut)",
+    }
 
 
 def test_mix_weights_are_counted_against_the_items(strings):
@@ -258,13 +287,17 @@ def test_every_mode_shares_one_prior_and_img2img_and_mix_share_the_text2img_deco
     before = dict(cache.load_counts)
     run(strings["img2img"], {0: random_image(1)})
     run(strings["mix"], {0: random_image(5), 1: random_image(6)})
-    assert cache.load_counts == before
+    # mix loads the prior repo's image encoder (if no earlier test left it loaded), and nothing else.
+    assert {role: count for role, count in cache.load_counts.items() if role != "image_encoder"} == {
+        role: count for role, count in before.items() if role != "image_encoder"
+    }
     run(strings["inpaint"], {0: random_image(2), 2: left_half_mask()})
     run(strings["controlnet_depth"], {0: random_image(4, (HEIGHT, WIDTH))})
     run(strings["inpaint"], {0: random_image(2), 2: left_half_mask()})
     assert cache.load_counts["prior"] == before["prior"]
     assert cache.load_counts["decoder"] == before["decoder"]
-    assert set(cache.loaded_keys()) == {"prior", "decoder", "inpaint_decoder", "controlnet_decoder"}
+    roles = {"prior", "image_encoder", "decoder", "inpaint_decoder", "controlnet_decoder"}
+    assert set(cache.loaded_keys()) == roles
 
 
 def test_each_mode_uses_its_own_default_repo_unless_model_name_is_set():
@@ -337,3 +370,58 @@ def test_a_batch_gives_one_output_per_picture_each_equal_to_diffusers(strings, t
     assert task.get_output(1).data["num_images"] == 3
     task.set_parameters({"num_images": "1"})
     assert task.get_output_count() == 2
+
+
+DECODER_KINDS = {
+    "decoder": "a KandinskyV22Pipeline repo whose UNet takes 4 input channels with added embedding 'image' (a "
+    "text-to-image decoder, for text2img, img2img, mix)",
+    "inpaint_decoder": "a KandinskyV22InpaintPipeline repo whose UNet takes 9 input channels with added embedding "
+    "'image' (an inpainting decoder, for inpaint)",
+    "controlnet_decoder": "a KandinskyV22ControlnetPipeline repo whose UNet takes 8 input channels with added "
+    "embedding 'image_hint' (a ControlNet depth decoder, for controlnet_depth)",
+}
+NEEDS = {
+    "text2img": "text2img needs a text-to-image decoder (a UNet with 4 input channels and added embedding 'image'), "
+    "such as kandinsky-community/kandinsky-2-2-decoder.",
+    "inpaint": "inpaint needs an inpainting decoder (a UNet with 9 input channels and added embedding 'image'), such "
+    "as kandinsky-community/kandinsky-2-2-decoder-inpaint.",
+    "controlnet_depth": "controlnet_depth needs a ControlNet depth decoder (a UNet with 8 input channels and added "
+    "embedding 'image_hint'), such as kandinsky-community/kandinsky-2-2-controlnet-depth.",
+}
+
+
+@pytest.mark.parametrize(
+    ("mode", "repo"),
+    [
+        ("inpaint", "decoder"),
+        ("controlnet_depth", "decoder"),
+        ("text2img", "inpaint_decoder"),
+        ("inpaint", "controlnet_decoder"),
+    ],
+)
+def test_a_decoder_repo_that_cannot_serve_the_mode_is_refused_before_any_model_runs(strings, tiny_repos, mode, repo):
+    parameters = {**strings.get(mode, strings["img2img"]), "mode": mode, "model_name": str(getattr(tiny_repos, repo))}
+    sources = {"inpaint": {0: random_image(2), 2: left_half_mask()}, "controlnet_depth": {0: random_image(4)}}
+    workflow, task = workflow_with(parameters, sources.get(mode, {}))
+    steps = []
+    task.emit_step_progress = lambda: steps.append(1)
+    message = (
+        f"model_name: folder {str(getattr(tiny_repos, repo))!r} cannot serve {mode}: it is {DECODER_KINDS[repo]}; "
+        f"{NEEDS[mode]}"
+    )
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        workflow.run()
+    assert steps == []
+
+
+def test_a_decoder_given_as_prior_is_refused(strings, tiny_repos):
+    workflow, _ = workflow_with(
+        {**strings["img2img"], "mode": "text2img", "prior_model_name": str(tiny_repos.decoder)}, {}
+    )
+    message = (
+        f"prior_model_name: folder {str(tiny_repos.decoder)!r} is not a Kandinsky 2.2 prior: it is "
+        f"{DECODER_KINDS['decoder']}; accepted: a prior repo (CLIP text encoder and prior transformer), such as "
+        "kandinsky-community/kandinsky-2-2-prior."
+    )
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        workflow.run()

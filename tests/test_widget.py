@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
-    KNOWN_DECODERS,
+    DEFAULT_CONTROLNET_DECODER,
+    DEFAULT_DECODER,
+    DEFAULT_INPAINT_DECODER,
     KNOWN_PRIORS,
     MODES,
     PARAMETERS,
@@ -82,7 +84,7 @@ def test_defaults_are_shown_with_the_kind_of_control_and_the_range_of_each_param
     assert isinstance(widget.controls["negative_prompt"].widget, QtWidgets.QPlainTextEdit)
     decoders = inner(widget, "model_name", QtWidgets.QComboBox)
     assert decoders.isEditable()
-    assert [decoders.itemText(index) for index in range(decoders.count())] == list(KNOWN_DECODERS)
+    assert [decoders.itemText(index) for index in range(decoders.count())] == [DEFAULT_DECODER]
     priors = inner(widget, "prior_model_name", QtWidgets.QComboBox)
     assert [priors.itemText(index) for index in range(priors.count())] == list(KNOWN_PRIORS)
     assert inner(widget, "model_name", QtWidgets.QToolButton) is not None
@@ -276,3 +278,34 @@ def test_the_listed_mix_inputs_follow_mix_images(plugin):
     assert widget.inputs_label.text() == "0: image 1, 1: image 2, 2: image 3"
     widget.controls["mix_images"].widget.setValue(4)
     assert widget.inputs_label.text().endswith("3: image 4")
+
+
+def items(combo) -> list[str]:
+    return [combo.itemText(index) for index in range(combo.count())]
+
+
+def test_the_decoder_list_offers_only_the_known_repo_that_fits_the_mode_and_keeps_a_custom_one(plugin):
+    _, widget = open_widget(plugin)
+    decoders = inner(widget, "model_name", QtWidgets.QComboBox)
+    mode = widget.controls["mode"].widget
+    expected = {
+        "text2img": DEFAULT_DECODER,
+        "inpaint": DEFAULT_INPAINT_DECODER,
+        "img2img": DEFAULT_DECODER,
+        "controlnet_depth": DEFAULT_CONTROLNET_DECODER,
+        "mix": DEFAULT_DECODER,
+    }
+    for name, repo in expected.items():
+        mode.setCurrentText(name)
+        assert (items(decoders), decoders.currentText()) == ([repo], repo), name
+    decoders.setCurrentText("/models/my-inpainting-decoder")
+    mode.setCurrentText("inpaint")
+    assert items(decoders) == [DEFAULT_INPAINT_DECODER, "/models/my-inpainting-decoder"]
+    assert widget.control_values()["model_name"] == "/models/my-inpainting-decoder"
+
+
+def test_a_known_decoder_of_another_mode_set_from_python_opens_as_the_modes_own(plugin):
+    _, widget = open_widget(plugin, {"mode": "inpaint", "model_name": DEFAULT_CONTROLNET_DECODER})
+    assert widget.control_values()["model_name"] == DEFAULT_INPAINT_DECODER
+    priors = inner(widget, "prior_model_name", QtWidgets.QComboBox)
+    assert items(priors) == list(KNOWN_PRIORS)

@@ -1,0 +1,367 @@
+"""Where models come from: a local folder, or a Hugging Face hub repo fetched file by file.
+
+A model name is a local folder or a hub id, ``owner/name``, optionally at a revision: ``owner/name@revision``
+(a branch, a tag, ``refs/pr/N`` or a commit). A known repo whose default branch cannot serve the task loads
+at a pinned revision (``PINNED_REVISIONS``). From the hub, the task fetches only the files a run loads: the
+configs and safetensors weights of the components asked for, never ``.bin`` pickles, variant files (such as
+``*.fp16.safetensors``) or other folders. A repo already in the local Hugging Face cache loads without
+touching the network. Before a download starts, the log says what will be fetched and how large it is, and
+it shows the download's progress while it runs.
+"""
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download, try_to_load_from_cache
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import (
+    GatedRepoError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from tqdm.auto import tqdm
+
+from .parameters import PINNED_REVISIONS
+
+logger = logging.getLogger(__name__)
+# A revision's parts never start with a dot: huggingface_hub writes a branch's commit to refs/<revision> in the cache.
+_HUB_ID = re.compile(
+    r"(?P<repo>[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?)(?:@(?P<revision>[\w-][\w.-]*(?:/[\w-][\w.-]*)*))?"
+)
+# The weights diffusers and transformers load when no variant is asked for: one file, or shards and their index.
+_WEIGHTS = re.compile(r"(?:diffusion_pytorch_model|model)(?:-\d{5}-of-\d{5})?\.safetensors(?:\.index\.json)?")
+_PICKLES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+_CONNECTION_ERRORS = ("ConnectError", "ConnectionError", "ConnectTimeout", "Timeout", "LocalEntryNotFoundError")
+# Reads a repo's configs (in the folder) before its weights are fetched or loaded, and raises to refuse it.
+Check = Callable[[Path, "Source"], None]
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the parameter, the model and the reason."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model name, read: a local folder, or a hub repo at a revision (``None``: the default branch)."""
+
+    name: str
+    folder: Path | None = None
+    repo_id: str = ""
+    revision: str | None = None
+
+    def describe(self) -> str:
+        """The model as messages name it: the folder, or the hub id with the revision it loads at."""
+        if self.folder is not None:
+            return f"folder {self.name!r}"
+        pinned = self.revision is not None and "@" not in self.name
+        return f"{self.name!r} (revision {self.revision})" if pinned else repr(self.name)
+
+
+def is_folder_name(model_name: str) -> bool:
+    """Whether a model name points at a folder rather than a hub id (``owner/name[@revision]``)."""
+    expanded = Path(model_name).expanduser()
+    return (
+        expanded.is_dir()
+        or expanded.is_absolute()
+        or model_name.startswith(("./", "../", "~", "."))
+        or "\\" in model_name
+        or model_name.partition("@")[0].count("/") > 1
+    )
+
+
+def parse_model_name(model_name: str, parameter_name: str) -> Source:
+    """Read a model name as a folder or a hub id, and give a known repo its pinned revision.
+
+    Raises ``ModelLoadError`` for a URL, or a name that is neither a folder nor a hub id.
+    """
+    if "://" in model_name:
+        raise ModelLoadError(
+            f"{parameter_name}: {model_name!r} is a URL; accepted: a Hugging Face hub id (owner/name, optionally "
+            "owner/name@revision) or a local folder."
+        )
+    if is_folder_name(model_name):
+        return Source(model_name, folder=Path(model_name).expanduser())
+    match = _HUB_ID.fullmatch(model_name)
+    if not match:
+        raise ModelLoadError(
+            f"{parameter_name}: {model_name!r} is neither an existing folder nor a Hugging Face hub id (owner/name)."
+        )
+    repo_id = match["repo"]
+    return Source(model_name, repo_id=repo_id, revision=match["revision"] or PINNED_REVISIONS.get(repo_id))
+
+
+def needed_files(paths: Iterable[str], components: Iterable[str]) -> list[str]:
+    """The files of a repo that loading ``components`` reads: ``model_index.json``, and in each component's
+    folder its configs and tokenizer files (``*.json``, ``*.txt``) and its safetensors weights without variant.
+
+    ``paths`` are the repo's files, relative to its root. Pickles, variants and other folders are left out.
+    """
+    wanted = set(components)
+    chosen = []
+    for path in paths:
+        folder, _, name = path.partition("/")
+        if path == "model_index.json":
+            chosen.append(path)
+        elif folder in wanted and name and "/" not in name:
+            is_config = name.endswith((".json", ".txt")) and ".safetensors" not in name and ".bin" not in name
+            if is_config or _WEIGHTS.fullmatch(name):
+                chosen.append(path)
+    return sorted(chosen)
+
+
+def is_weights(path: str) -> bool:
+    """Whether ``path`` (in a repo) is a weights file that ``needed_files`` may choose."""
+    return bool(_WEIGHTS.fullmatch(path.rpartition("/")[2]))
+
+
+def fetch(
+    source: Source, parameter_name: str, components: Sequence[str], check: Check = lambda folder, source: None
+) -> Path:
+    """A folder holding ``model_index.json`` and, for each of ``components``, its configs and safetensors weights.
+
+    A local folder is used as it is. A hub repo is taken from the local Hugging Face cache when every
+    component is there, without the network; otherwise, unless ``HF_HUB_OFFLINE`` is set, its configs are
+    fetched, ``check`` reads them (so that a repo of the wrong kind is refused before its weights are
+    downloaded), then the missing weights are downloaded, with the plan and the progress in the log.
+
+    Raises ``ModelLoadError`` naming ``parameter_name``, the model and what is wrong; ``check`` raises its own.
+    """
+    if source.folder is not None:
+        if not source.folder.is_dir():
+            raise ModelLoadError(f"{parameter_name}: folder {source.name!r} not found.")
+        check(source.folder, source)
+        _refuse_pickles(source.folder, components, parameter_name, source)
+        return source.folder
+    cached = snapshot_folder(source)
+    if cached is not None:
+        check(cached, source)
+        missing = _missing(cached, components)
+        if not missing:
+            return cached
+        _refuse_pickles(cached, components, parameter_name, source)
+    else:
+        missing = [f"{component}/" for component in components]
+    if hub_constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"{parameter_name}: {source.describe()} is not (fully) in the local Hugging Face cache "
+            f"({hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded (missing: "
+            f"{', '.join(missing)}). Download it once with network access, or give a local folder."
+        )
+    return _download(source, parameter_name, components, check)
+
+
+def snapshot_folder(source: Source) -> Path | None:
+    """The folder of ``source``'s revision in the local Hugging Face cache, if its ``model_index.json`` is there."""
+    path = try_to_load_from_cache(source.repo_id, "model_index.json", revision=source.revision)
+    return Path(path).parent if isinstance(path, str) else None
+
+
+def _missing(folder: Path, components: Sequence[str]) -> list[str]:
+    """What a cached snapshot lacks of ``components``: a folder, or a model's safetensors weights."""
+    missing = []
+    for component in components:
+        files = [path.name for path in (folder / component).iterdir()] if (folder / component).is_dir() else []
+        if not files:
+            missing.append(f"{component}/")
+        elif "config.json" in files and not any(_WEIGHTS.fullmatch(name) for name in files):
+            missing.append(f"{component}/ safetensors weights")
+    return missing
+
+
+def _refuse_pickles(folder: Path, components: Sequence[str], parameter_name: str, source: Source) -> None:
+    """Refuse a folder or cached snapshot where a component's weights are pickles only (for a snapshot, the hub's
+    copy of that revision has no safetensors either)."""
+    pickled = []
+    for component in components:
+        names = [path.name for path in (folder / component).iterdir()] if (folder / component).is_dir() else []
+        if not any(_WEIGHTS.fullmatch(name) for name in names):
+            pickled += [f"{component}/{name}" for name in sorted(names) if name.endswith(_PICKLES)]
+    if pickled:
+        raise ModelLoadError(_pickles_message(parameter_name, source, pickled))
+
+
+def _pickles_message(parameter_name: str, source: Source, pickled: list[str]) -> str:
+    pinned = PINNED_REVISIONS.get(source.repo_id)
+    if pinned and source.revision != pinned:
+        where = f" This repo's safetensors are at revision {pinned}: set {parameter_name} to {source.repo_id!r}."
+    elif source.folder is None:
+        where = " Use a revision of the repo that has them (owner/name@revision)."
+    else:
+        where = " Convert them to safetensors where you trust them, or use a repo that has safetensors."
+    return (
+        f"{parameter_name}: {source.describe()} holds its weights only as pickle files ({', '.join(pickled)}), "
+        f"which the task never loads (unpickling can run code); accepted: safetensors weights.{where}"
+    )
+
+
+def _download(source: Source, parameter_name: str, components: Sequence[str], check: Check) -> Path:
+    """Fetch ``components`` of a hub repo into the cache: configs first for ``check``, then the weights."""
+    try:
+        # By the branch or tag, so that the cache records its commit (refs/<revision>) for later offline loads;
+        # everything else by that commit, so that all files come from one commit.
+        index = Path(hf_hub_download(source.repo_id, "model_index.json", revision=source.revision))
+        info = HfApi().model_info(source.repo_id, revision=index.parent.name, files_metadata=True)
+    except Exception as error:
+        raise ModelLoadError(_describe_hub_failure(parameter_name, source, error)) from error
+    sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or ()}
+    files = needed_files(sizes, components)
+    _refuse_incomplete(source, parameter_name, components, files, sizes)
+    configs = [path for path in files if not is_weights(path)]
+    folder = _snapshot(source, info.sha, configs, parameter_name)
+    check(folder, source)
+    weights = [path for path in files if is_weights(path) and not (folder / path).exists()]
+    if not weights:
+        return folder
+    total = sum(sizes[path] or 0 for path in weights)
+    listing = ", ".join(f"{path} ({_size(sizes[path])})" for path in weights)
+    logger.info(
+        "infer_kandinsky_2_2: %s: downloading %d file(s), %s, of %s at commit %s into %s: %s",
+        parameter_name,
+        len(weights),
+        _size(total),
+        source.repo_id,
+        info.sha,
+        hub_constants.HF_HUB_CACHE,
+        listing,
+    )
+    started = time.perf_counter()
+    _snapshot(source, info.sha, files, parameter_name, progress=_progress_bar(parameter_name, total))
+    logger.info(
+        "infer_kandinsky_2_2: %s: downloaded %s in %.0f s", parameter_name, _size(total), time.perf_counter() - started
+    )
+    return folder
+
+
+def _refuse_incomplete(
+    source: Source, parameter_name: str, components: Sequence[str], files: list[str], sizes: dict[str, int | None]
+) -> None:
+    """Refuse a repo lacking a component the task loads, or whose weights for one are pickles only."""
+    absent = [f"{name}/" for name in components if not any(path.startswith(f"{name}/") for path in files)]
+    if absent:
+        raise ModelLoadError(
+            f"{parameter_name}: {source.describe()} has no {', '.join(absent)}, which the task loads; accepted: a "
+            "Kandinsky 2.2 repo in the diffusers layout."
+        )
+    pickled = []
+    for component in components:
+        in_folder = [path for path in sizes if path.startswith(f"{component}/")]
+        if f"{component}/config.json" in sizes and not any(is_weights(path) for path in in_folder):
+            found = sorted(path for path in in_folder if path.endswith(_PICKLES))
+            if not found:
+                raise ModelLoadError(
+                    f"{parameter_name}: {source.describe()} has no safetensors weights in {component}/; accepted: a "
+                    "repo with safetensors weights."
+                )
+            pickled += found
+    if pickled:
+        raise ModelLoadError(_pickles_message(parameter_name, source, pickled))
+
+
+def _snapshot(
+    source: Source, commit: str, files: list[str], parameter_name: str, progress: type[tqdm] | None = None
+) -> Path:
+    try:
+        return Path(snapshot_download(source.repo_id, revision=commit, allow_patterns=files, tqdm_class=progress))
+    except Exception as error:
+        raise ModelLoadError(_describe_hub_failure(parameter_name, source, error)) from error
+
+
+def _progress_bar(parameter_name: str, total: int) -> type[tqdm]:
+    """A tqdm class for ``snapshot_download`` that writes the download's progress to the log, not to a terminal.
+
+    huggingface_hub counts the bytes received in one or two byte bars (unit "B"); the most any of them has
+    counted is logged each time it passes another tenth of ``total``, and at the end.
+    """
+    state = {"logged": 0, "started": time.perf_counter()}
+    lock = threading.Lock()
+
+    class LoggedProgress(tqdm):
+        def __init__(self, *arguments: object, **options: object) -> None:
+            options.update(disable=False, file=_Discard())
+            super().__init__(*arguments, **options)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            if self.unit != "B" or total <= 0:
+                return shown
+            with lock:
+                tenths = min(10, int(self.n * 10 // total))
+                if tenths > state["logged"]:
+                    state["logged"] = tenths
+                    seconds = max(time.perf_counter() - state["started"], 1e-9)
+                    logger.info(
+                        "infer_kandinsky_2_2: %s: downloaded %s of %s (%d%%), %s/s",
+                        parameter_name,
+                        _size(min(self.n, total)),
+                        _size(total),
+                        tenths * 10,
+                        _size(self.n / seconds),
+                    )
+            return shown
+
+    return LoggedProgress
+
+
+class _Discard:
+    """A file that forgets what is written to it: tqdm's terminal output, which the log replaces."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def _size(size: float | None) -> str:
+    if size is None:
+        return "size unknown"
+    for unit in ("bytes", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.2f} GB"
+
+
+def _describe_hub_failure(parameter_name: str, source: Source, error: Exception) -> str:
+    chain = _exception_chain(error)
+    name = source.describe()
+    if any(isinstance(item, GatedRepoError) for item in chain):
+        return (
+            f"{parameter_name}: {name} is gated on the Hugging Face hub: accept its conditions on its page, then log "
+            "in (hf auth login) or set HF_TOKEN."
+        )
+    if any(isinstance(item, RepositoryNotFoundError) for item in chain):
+        return f"{parameter_name}: {name} was not found on the Hugging Face hub (or is private)."
+    if any(isinstance(item, RevisionNotFoundError) for item in chain):
+        return f"{parameter_name}: {name} has no revision {source.revision!r} on the Hugging Face hub."
+    if any(isinstance(item, RemoteEntryNotFoundError) for item in chain):
+        return (
+            f"{parameter_name}: {name} has no model_index.json on the Hugging Face hub; accepted: a Kandinsky 2.2 "
+            "repo in the diffusers layout."
+        )
+    if any(type(item).__name__ in _CONNECTION_ERRORS for item in chain):
+        return (
+            f"{parameter_name}: {name} is not in the local Hugging Face cache ({hub_constants.HF_HUB_CACHE}) "
+            "and could not be fetched: the hub is unreachable from this machine."
+        )
+    return f"{parameter_name}: {name} could not be fetched from the Hugging Face hub: {first_line(error)}"
+
+
+def _exception_chain(error: BaseException) -> list[BaseException]:
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,301 @@
+"""Models by hub id: every mode from an offline Hugging Face cache with the default names, and downloads from a
+fake hub that fetch only what a run loads, with the plan and the progress in the log."""
+
+import hashlib
+import io
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import constants as hub_constants
+
+from fake_hub import FakeHub, FakeRepo, hub_at
+from infer_kandinsky_2_2.kandinsky22_engine import hub
+from infer_kandinsky_2_2.kandinsky22_engine.generation import Inputs, generate
+from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelLoadError
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
+    DEFAULT_CONTROLNET_DECODER,
+    DEFAULT_DECODER,
+    DEFAULT_INPAINT_DECODER,
+    DEFAULT_PRIOR,
+    PINNED_REVISIONS,
+    Settings,
+)
+
+PINNED = PINNED_REVISIONS[DEFAULT_CONTROLNET_DECODER]
+RUN = {"prior_num_inference_steps": 2, "num_inference_steps": 4, "height": 64, "width": 128, "seed": 7, "cuda": False}
+RNG = np.random.default_rng(0)
+MASK = np.zeros((64, 128), np.uint8)
+MASK[:, :64] = 255
+INPUTS = {
+    "text2img": Inputs(),
+    "img2img": Inputs(image=RNG.integers(0, 256, (64, 128, 3), dtype=np.uint8)),  # strength 0.3: 1 of 4 steps
+    "inpaint": Inputs(image=RNG.integers(0, 256, (64, 128, 3), dtype=np.uint8), mask=MASK),
+    "controlnet_depth": Inputs(depth=RNG.integers(0, 256, (64, 128), dtype=np.uint8)),
+    "mix": Inputs(mix_images=tuple(RNG.integers(0, 256, (64, 128, 3), dtype=np.uint8) for _ in range(2))),
+}
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file of a repo folder, by its path in the repo."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def commit_of(files: dict[str, bytes]) -> str:
+    digest = hashlib.sha1()
+    for path in sorted(files):
+        digest.update(path.encode() + b"\0" + files[path])
+    return digest.hexdigest()
+
+
+def pickled(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The repo with its safetensors weights replaced by .bin pickles, as the ControlNet repo's main branch is."""
+    from safetensors.torch import load
+
+    result = {}
+    for path, content in files.items():
+        if path.endswith(".safetensors"):
+            buffer = io.BytesIO()
+            torch.save(load(content), buffer)
+            result[path.replace(".safetensors", ".bin")] = buffer.getvalue()
+        else:
+            result[path] = content
+    return result
+
+
+def put_in_cache(cache: Path, repo_id: str, commit: str, files: dict[str, bytes], refs: tuple[str, ...]) -> None:
+    """Lay ``files`` out as huggingface_hub does: blobs by hash, the commit's snapshot linking to them, refs."""
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    for path, content in files.items():
+        blob = root / "blobs" / hashlib.sha256(content).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(content)
+        link = root / "snapshots" / commit / path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("../" * (path.count("/") + 2)) / "blobs" / blob.name)
+    for ref in refs:
+        (root / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (root / "refs" / ref).write_text(commit, encoding="utf-8")
+
+
+@pytest.fixture
+def cache_folder(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face hub cache for the test, offline unless a test goes online through the fake hub."""
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(folder))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def published(tiny_repos) -> dict[str, dict[str, bytes]]:
+    """The tiny repos' files under the published repos' hub ids."""
+    return {
+        DEFAULT_PRIOR: files_of(tiny_repos.prior),
+        DEFAULT_DECODER: files_of(tiny_repos.decoder),
+        DEFAULT_INPAINT_DECODER: files_of(tiny_repos.inpaint_decoder),
+        DEFAULT_CONTROLNET_DECODER: files_of(tiny_repos.controlnet_decoder),
+    }
+
+
+def by_folder(tiny_repos, mode: str) -> Settings:
+    decoders = {"inpaint": tiny_repos.inpaint_decoder, "controlnet_depth": tiny_repos.controlnet_decoder}
+    model = decoders.get(mode, tiny_repos.decoder)
+    return Settings(mode=mode, model_name=str(model), prior_model_name=str(tiny_repos.prior), **RUN)
+
+
+@pytest.mark.parametrize("mode", list(INPUTS))
+def test_every_mode_runs_offline_from_the_cache_with_its_default_models(cache_folder, published, tiny_repos, mode):
+    for repo_id, files in published.items():
+        if repo_id == DEFAULT_CONTROLNET_DECODER:
+            # main holds pickles only; the safetensors are at the pinned commit, which only a pull request names.
+            main = pickled(files)
+            put_in_cache(cache_folder, repo_id, commit_of(main), main, refs=("main",))
+            put_in_cache(cache_folder, repo_id, PINNED, files, refs=("refs/pr/5",))
+        else:
+            put_in_cache(cache_folder, repo_id, commit_of(files), files, refs=("main",))
+    result = generate(Settings(mode=mode, **RUN), INPUTS[mode], cache=ModelCache())
+    expected = generate(by_folder(tiny_repos, mode), INPUTS[mode], cache=ModelCache())
+    assert np.array_equal(result.images[0], expected.images[0])
+
+
+def test_the_controlnet_repos_main_branch_with_pickles_only_is_refused_and_names_the_pinned_revision(
+    cache_folder, published
+):
+    files = pickled(published[DEFAULT_CONTROLNET_DECODER])
+    put_in_cache(cache_folder, DEFAULT_CONTROLNET_DECODER, commit_of(files), files, refs=("main",))
+    name = f"{DEFAULT_CONTROLNET_DECODER}@main"
+    settings = Settings(mode="controlnet_depth", model_name=name, **RUN)
+    with pytest.raises(ModelLoadError) as refused:
+        generate(settings, INPUTS["controlnet_depth"], cache=ModelCache())
+    assert str(refused.value) == (
+        f"model_name: {name!r} holds its weights only as pickle files (unet/diffusion_pytorch_model.bin, "
+        "movq/diffusion_pytorch_model.bin), which the task never loads (unpickling can run code); accepted: "
+        f"safetensors weights. This repo's safetensors are at revision {PINNED}: set model_name to "
+        f"{DEFAULT_CONTROLNET_DECODER!r}."
+    )
+
+
+def test_text2img_with_a_negative_prompt_runs_from_a_cache_without_the_image_encoder(cache_folder, published):
+    for repo_id in (DEFAULT_PRIOR, DEFAULT_DECODER):
+        files = {path: content for path, content in published[repo_id].items() if "image_encoder" not in path}
+        put_in_cache(cache_folder, repo_id, commit_of(files), files, refs=("main",))
+    cache = ModelCache()
+    generate(Settings(**RUN), cache=cache)
+    assert set(cache.loaded_keys()) == {"prior", "decoder"}
+    with pytest.raises(ModelLoadError) as refused:
+        generate(Settings(negative_prompt="", **RUN), cache=cache)
+    assert str(refused.value) == (
+        f"prior_model_name: {DEFAULT_PRIOR!r} is not (fully) in the local Hugging Face cache ({cache_folder}) and "
+        "HF_HUB_OFFLINE is set, so it cannot be downloaded (missing: image_encoder/). Download it once with network "
+        "access, or give a local folder."
+    )
+
+
+# What a published repo holds beyond what the task loads: pickle copies, a float16 variant, a model card.
+EXTRAS = {
+    "README.md": b"# model card\n",
+    "unet/diffusion_pytorch_model.bin": b"pickle of the unet",
+    "unet/diffusion_pytorch_model.fp16.safetensors": b"float16 variant of the unet",
+    "prior/diffusion_pytorch_model.bin": b"pickle of the prior",
+    "text_encoder/pytorch_model.bin": b"pickle of the text encoder",
+    "image_encoder/pytorch_model.bin": b"pickle of the image encoder",
+}
+
+
+@pytest.fixture
+def online(cache_folder, published):
+    """A fake hub serving the published repos, with their extra files, and huggingface_hub pointed at it."""
+
+    def with_extras(files: dict[str, bytes]) -> dict[str, bytes]:
+        folders = {path.split("/")[0] for path in files if "/" in path}
+        return {**files, **{path: data for path, data in EXTRAS.items() if path.partition("/")[0] in folders | {path}}}
+
+    repos = {repo_id: FakeRepo.of(with_extras(files)) for repo_id, files in published.items()}
+    controlnet = with_extras(published[DEFAULT_CONTROLNET_DECODER])
+    main = {**pickled(published[DEFAULT_CONTROLNET_DECODER]), "README.md": EXTRAS["README.md"]}
+    repos[DEFAULT_CONTROLNET_DECODER] = FakeRepo(
+        commits={commit_of(main): main, PINNED: controlnet}, refs={"main": commit_of(main), "refs/pr/5": PINNED}
+    )
+    with FakeHub(repos) as fake, hub_at(fake.endpoint):
+        yield fake
+
+
+def loaded_files(repo_id: str, files: dict[str, bytes], *folders: str) -> list[str]:
+    """What loading ``folders`` of a repo reads: model_index.json, and their configs and safetensors weights."""
+    chosen = [path for path in files if path == "model_index.json" or path.split("/")[0] in folders]
+    return sorted(f"{repo_id}:{path}" for path in chosen)
+
+
+def test_downloads_fetch_only_what_the_run_loads_and_the_log_says_what_and_how_large_first(
+    online, published, tiny_repos, caplog
+):
+    cache = ModelCache()
+    with caplog.at_level(logging.INFO, logger=hub.__name__):
+        result = generate(Settings(**RUN), cache=cache)
+    prior, decoder = published[DEFAULT_PRIOR], published[DEFAULT_DECODER]
+    expected = loaded_files(
+        DEFAULT_PRIOR, prior, "text_encoder", "tokenizer", "prior", "scheduler", "image_processor"
+    ) + loaded_files(DEFAULT_DECODER, decoder, "unet", "scheduler", "movq")
+    assert sorted(online.downloaded()) == sorted(expected)
+    assert np.array_equal(result.images[0], generate(by_folder(tiny_repos, "text2img"), cache=ModelCache()).images[0])
+    # For each repo: the plan (files and sizes), then progress to 100%, then the total; all before the next repo.
+    messages = [record.getMessage() for record in caplog.records if record.name == hub.__name__]
+    plans = [index for index, message in enumerate(messages) if ": downloading " in message]
+    assert len(plans) == 2
+    decoder_weights = ["unet/diffusion_pytorch_model.safetensors", "movq/diffusion_pytorch_model.safetensors"]
+    size = sum(len(decoder[path]) for path in decoder_weights)
+    plan = messages[plans[0]]
+    assert plan.startswith(f"infer_kandinsky_2_2: model_name: downloading 2 file(s), {hub._size(size)}, of ")
+    assert all(f"{path} ({hub._size(len(decoder[path]))})" in plan for path in decoder_weights)
+    progress = messages[plans[0] + 1 : plans[1]]
+    assert progress[-2].startswith(f"infer_kandinsky_2_2: model_name: downloaded {hub._size(size)} of ")
+    assert "(100%)" in progress[-2]
+    assert re.fullmatch(rf"infer_kandinsky_2_2: model_name: downloaded {hub._size(size)} in \d+ s", progress[-1])
+
+    # mix then fetches the image encoder alone; a run already cached asks the hub nothing.
+    before = len(online.downloaded())
+    generate(Settings(mode="mix", **RUN), INPUTS["mix"], cache=cache)
+    encoder = ["image_encoder/config.json", "image_encoder/model.safetensors"]
+    assert sorted(online.downloaded()[before:]) == [f"{DEFAULT_PRIOR}:{path}" for path in encoder]
+    requests = len(online.requests)
+    generate(Settings(mode="mix", **RUN), INPUTS["mix"], cache=ModelCache())
+    assert len(online.requests) == requests
+
+
+def test_the_controlnet_repo_downloads_at_its_pinned_commit_without_pickles(online, published, tiny_repos):
+    generate(Settings(mode="controlnet_depth", **RUN), INPUTS["controlnet_depth"], cache=ModelCache())
+    files = published[DEFAULT_CONTROLNET_DECODER]
+    assert sorted(path for path in online.downloaded() if DEFAULT_CONTROLNET_DECODER in path) == loaded_files(
+        DEFAULT_CONTROLNET_DECODER, files, "unet", "scheduler", "movq"
+    )
+    assert any(f"/resolve/{PINNED}/" in path for _, path in online.requests)
+    snapshot = hub.snapshot_folder(hub.parse_model_name(DEFAULT_CONTROLNET_DECODER, "model_name"))
+    assert snapshot.name == PINNED
+
+
+def test_a_decoder_of_another_kind_is_refused_from_its_configs_before_any_weight_or_the_prior_is_fetched(
+    online, published
+):
+    settings = Settings(mode="inpaint", model_name=f"{DEFAULT_DECODER}@main", **RUN)
+    with pytest.raises(ModelLoadError) as refused:
+        generate(settings, INPUTS["inpaint"], cache=ModelCache())
+    assert str(refused.value) == (
+        f"model_name: '{DEFAULT_DECODER}@main' cannot serve inpaint: it is a KandinskyV22Pipeline repo whose UNet "
+        "takes 4 input channels with added embedding 'image' (a text-to-image decoder, for text2img, img2img, mix); "
+        "inpaint needs an inpainting decoder (a UNet with 9 input channels and added embedding 'image'), such as "
+        f"{DEFAULT_INPAINT_DECODER}."
+    )
+    assert sorted(online.downloaded()) == [
+        f"{DEFAULT_DECODER}:{path}"
+        for path in ("model_index.json", "movq/config.json", "scheduler/scheduler_config.json", "unet/config.json")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model_name", "message"),
+    [
+        ("someone/absent", "model_name: 'someone/absent' was not found on the Hugging Face hub (or is private)."),
+        (
+            f"{DEFAULT_DECODER}@v9",
+            f"model_name: '{DEFAULT_DECODER}@v9' has no revision 'v9' on the Hugging Face hub.",
+        ),
+    ],
+)
+def test_a_repo_or_revision_the_hub_does_not_have_is_named(online, model_name, message):
+    with pytest.raises(ModelLoadError) as refused:
+        generate(Settings(model_name=model_name, **RUN), cache=ModelCache())
+    assert str(refused.value) == message
+
+
+def test_an_unreachable_hub_is_said_so(cache_folder):
+    with hub_at("http://127.0.0.1:9"), pytest.raises(ModelLoadError) as refused:
+        generate(Settings(**RUN), cache=ModelCache())
+    assert str(refused.value) == (
+        f"model_name: {DEFAULT_DECODER!r} is not in the local Hugging Face cache ({cache_folder}) and could not be "
+        "fetched: the hub is unreachable from this machine."
+    )
+
+
+def test_a_repo_whose_model_weights_are_pickles_only_is_refused_before_downloading_them(online, published):
+    files = pickled(published[DEFAULT_DECODER])
+    with FakeHub({"someone/pickled": FakeRepo.of(files)}) as fake, hub_at(fake.endpoint):
+        with pytest.raises(ModelLoadError) as refused:
+            generate(Settings(model_name="someone/pickled", **RUN), cache=ModelCache())
+        assert fake.downloaded() == ["someone/pickled:model_index.json"]
+    assert str(refused.value) == (
+        "model_name: 'someone/pickled' holds its weights only as pickle files (unet/diffusion_pytorch_model.bin, "
+        "movq/diffusion_pytorch_model.bin), which the task never loads (unpickling can run code); accepted: "
+        "safetensors weights. Use a revision of the repo that has them (owner/name@revision)."
+    )
+
+
+def test_a_cached_repo_loads_without_any_request(online, tiny_repos, cache_folder):
+    generate(Settings(**RUN), cache=ModelCache())
+    requests = len(online.requests)
+    generate(Settings(**RUN), cache=ModelCache())
+    assert len(online.requests) == requests
