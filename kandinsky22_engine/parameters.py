@@ -347,9 +347,10 @@ class Settings:
         label="GPU memory",
         group="Device",
         help=(
-            "On CUDA: gpu keeps the models on the GPU (fastest; the CLIP image encoder is copied to it only "
-            "for mix's prior stage); prior_offload keeps the decoder on the GPU and copies the text encoder and "
-            "prior to it for the prior stage only, from pinned CPU memory; model_offload moves each model to the "
+            "On CUDA: gpu keeps the models on the GPU (fastest; the CLIP image encoder, loaded only for mix or an "
+            "empty negative prompt, is copied to it only while it embeds); prior_offload keeps the decoder on the "
+            "GPU and copies the text encoder and prior to it for the prior stage only, from pinned CPU memory; "
+            "model_offload moves each model to the "
             "GPU only while it runs (least memory measured at 768x768); sequential_offload moves each layer, "
             "slowest (diffusers keeps the prior on the GPU in this mode). gpu keeps each decoder it has used on "
             "the GPU (inpaint and controlnet_depth have their own); the other modes keep only the one in use "

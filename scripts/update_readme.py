@@ -1,27 +1,130 @@
-"""Rewrite the README's parameter table from the single parameter definition.
+"""Rewrite the README's generated blocks: the parameter table, and what each mode downloads.
+
+The parameter table comes from the single parameter definition. The downloads come from the published
+repos' file list (``kandinsky22_engine/published_configs/files.json``) and the rule the task fetches by
+(``hub.needed_files``, over the components each mode's pipelines load): a table of bytes per mode, and the
+``hf download`` commands that fetch exactly those files for offline use.
 
 Usage: python scripts/update_readme.py (a test fails while the README differs from it).
 """
 
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 
-from kandinsky22_engine.parameters import markdown_table  # noqa: E402
+from diffusers import KandinskyV22PriorPipeline  # noqa: E402
+
+from kandinsky22_engine.generation import DECODERS  # noqa: E402
+from kandinsky22_engine.hub import needed_files  # noqa: E402
+from kandinsky22_engine.models import IMAGE_ENCODER, pipeline_components  # noqa: E402
+from kandinsky22_engine.parameters import DEFAULT_PRIOR, MODES, PINNED_REVISIONS, markdown_table  # noqa: E402
+from kandinsky22_engine.published import file_sizes  # noqa: E402
 
 README = CHECKOUT / "README.md"
-BLOCK = re.compile(r"(<!-- parameters:start -->\n).*?(\n<!-- parameters:end -->)", re.S)
+
+
+@dataclass(frozen=True)
+class Part:
+    """Files of one published repo that some modes fetch, with their sizes (None: not in the file list)."""
+
+    name: str
+    repo: str
+    revision: str
+    sizes: dict[str, int | None]
+
+    def known_bytes(self) -> int:
+        return sum(size for size in self.sizes.values() if size is not None)
+
+    def unknown(self) -> list[str]:
+        return [path for path, size in self.sizes.items() if size is None]
+
+    def command(self) -> str:
+        revision = "" if self.revision == "main" else f" --revision {self.revision}"
+        return f"hf download {self.repo}{revision} \\\n  " + " ".join(self.sizes)
+
+
+def _part(name: str, repo: str, components: list[str], skip_index: bool = False) -> Part:
+    revision = PINNED_REVISIONS.get(repo, "main")
+    listed = file_sizes()[repo][revision]
+    paths = [path for path in needed_files(listed, components) if not (skip_index and path == "model_index.json")]
+    return Part(name, repo, revision, {path: listed[path] for path in paths})
+
+
+def parts() -> dict[str, Part]:
+    """What the modes fetch, by part: the prior, its image encoder, and each decoder (by the modes using it)."""
+    prior = [name for name in pipeline_components(KandinskyV22PriorPipeline) if name != IMAGE_ENCODER]
+    result = {
+        "prior": _part("the prior: every mode", DEFAULT_PRIOR, prior),
+        IMAGE_ENCODER: _part(
+            "its CLIP image encoder: mix, or an empty negative prompt", DEFAULT_PRIOR, [IMAGE_ENCODER], skip_index=True
+        ),
+    }
+    for mode in MODES:
+        decoder = DECODERS[mode]
+        if decoder.default_model not in result:
+            users = ", ".join(each for each in MODES if DECODERS[each].default_model == decoder.default_model)
+            components = pipeline_components(decoder.pipeline_class)
+            result[decoder.default_model] = _part(f"the decoder of {users}", decoder.default_model, components)
+    return result
+
+
+def mode_parts(mode: str, empty_negative_prompt: bool = False) -> list[str]:
+    """The keys of ``parts()`` that a first run of ``mode`` fetches."""
+    encoder = [IMAGE_ENCODER] if mode == "mix" or empty_negative_prompt else []
+    return ["prior", *encoder, DECODERS[mode].default_model]
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB"
+
+
+def downloads_block() -> str:
+    """The README's table of what a first run of each mode downloads, and the commands that fetch it ahead."""
+    every = parts()
+    unknown = sorted({path for part in every.values() for path in part.unknown()})
+    rows = [
+        "| mode | a first run downloads (negative prompt set) | with an empty negative prompt |",
+        "|---|---|---|",
+    ]
+    for mode in MODES:
+        sizes = [sum(every[key].known_bytes() for key in mode_parts(mode, empty)) for empty in (False, True)]
+        rows.append(f"| {mode} | {_gigabytes(sizes[0])} | {_gigabytes(sizes[1])} |")
+    lines = [
+        *rows,
+        "",
+        f"Sizes are sums of the files' sizes in the repos' file lists, plus {' and '.join(unknown)}, whose sizes "
+        "the recorded list lacks; the inpainting UNet's size is computed from its architecture "
+        "(`scripts/safetensors_size.py`, which gives the other listed weights sizes to the byte). A later run of "
+        "another mode fetches only what is new to it: its own decoder, or the image encoder.",
+        "",
+        "```bash",
+    ]
+    for part in every.values():
+        lines += [f"# {part.name} ({_gigabytes(part.known_bytes())})", part.command()]
+    lines += ["export HF_HUB_OFFLINE=1  # from now on, never reach for the hub", "```"]
+    return "\n".join(lines)
+
+
+BLOCKS = {"parameters": markdown_table, "downloads": downloads_block}
+
+
+def rewrite(text: str) -> str:
+    """``text`` with every generated block replaced by what it is generated from now."""
+    for name, generate in BLOCKS.items():
+        block = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
+        if not block.search(text):
+            sys.exit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block")
+        content = generate()
+        text = block.sub(lambda match, content=content: match.group(1) + content + match.group(2), text)
+    return text
 
 
 def main() -> None:
-    text = README.read_text(encoding="utf-8")
-    if not BLOCK.search(text):
-        sys.exit("README.md has no <!-- parameters:start --> ... <!-- parameters:end --> block")
-    table = markdown_table()
-    README.write_text(BLOCK.sub(lambda match: match.group(1) + table + match.group(2), text), encoding="utf-8")
+    README.write_text(rewrite(README.read_text(encoding="utf-8")), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ fake hub that fetch only what a run loads, with the plan and the progress in the
 import hashlib
 import io
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +302,38 @@ def test_a_cached_repo_loads_without_any_request(online, tiny_repos, cache_folde
     requests = len(online.requests)
     generate(Settings(**RUN), cache=ModelCache())
     assert len(online.requests) == requests
+
+
+def readme_commands() -> list[list[str]]:
+    """The ``hf download`` commands of the README's offline recipe, as argument lists."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- downloads:start -->", 1)[1].split("<!-- downloads:end -->", 1)[0]
+    joined = block.replace("\\\n", " ")
+    return [line.split() for line in joined.splitlines() if line.startswith("hf download ")]
+
+
+def test_the_readmes_commands_fetch_exactly_what_the_modes_load_then_every_mode_runs_offline(
+    online, cache_folder, monkeypatch
+):
+    commands = readme_commands()
+    assert len(commands) == 5
+    environment = {
+        **os.environ,
+        "HF_ENDPOINT": online.endpoint,
+        "HF_HUB_CACHE": str(cache_folder),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    hf = str(Path(sys.executable).parent / "hf")
+    for command in commands:
+        subprocess.run([hf, *command[1:]], env=environment, check=True, capture_output=True, timeout=120)
+    fetched = set()
+    for command in commands:
+        repo, files = command[2], command[3:]
+        if files[0] == "--revision":
+            files = files[2:]
+        fetched |= {f"{repo}:{path}" for path in files}
+    assert sorted(online.downloaded()) == sorted(fetched)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    for mode, inputs in INPUTS.items():
+        generate(Settings(mode=mode, negative_prompt="", **RUN), inputs, cache=ModelCache())

@@ -153,6 +153,20 @@ def test_readme_table_is_the_one_generated_from_the_definitions():
     assert block.group(1) == markdown_table(), "run: python scripts/update_readme.py"
 
 
+def test_every_generated_block_of_the_readme_is_up_to_date():
+    from update_readme import rewrite
+
+    readme = README.read_text(encoding="utf-8")
+    assert rewrite(readme) == readme, "run: python scripts/update_readme.py"
+
+
+def test_the_negative_prompt_help_gives_the_image_encoders_size_from_the_file_list():
+    from infer_kandinsky_2_2.kandinsky22_engine.published import file_sizes
+
+    size = file_sizes()["kandinsky-community/kandinsky-2-2-prior"]["main"]["image_encoder/model.safetensors"]
+    assert f"({size / 1e9:.2f} GB more to download once)" in BY_NAME["negative_prompt"].help
+
+
 def test_readme_python_example_sets_every_parameter_with_its_default_or_a_valid_value():
     readme = README.read_text(encoding="utf-8")
     example = readme.split("## Use from Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
