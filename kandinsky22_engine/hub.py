@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download, try_to_load_from_cache
+from huggingface_hub import HfApi, snapshot_download, try_to_load_from_cache
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -136,7 +136,7 @@ def fetch(
         if not source.folder.is_dir():
             raise ModelLoadError(f"{parameter_name}: folder {source.name!r} not found.")
         check(source.folder, source)
-        _refuse_pickles(source.folder, components, parameter_name, source)
+        _refuse_pickles(_paths_in(source.folder, components), components, parameter_name, source)
         return source.folder
     cached = snapshot_folder(source)
     if cached is not None:
@@ -144,7 +144,7 @@ def fetch(
         missing = _missing(cached, components)
         if not missing:
             return cached
-        _refuse_pickles(cached, components, parameter_name, source)
+        _refuse_pickles(_paths_in(cached, components), components, parameter_name, source)
     else:
         missing = [f"{component}/" for component in components]
     if hub_constants.HF_HUB_OFFLINE:
@@ -174,16 +174,26 @@ def _missing(folder: Path, components: Sequence[str]) -> list[str]:
     return missing
 
 
-def _refuse_pickles(folder: Path, components: Sequence[str], parameter_name: str, source: Source) -> None:
-    """Refuse a folder or cached snapshot where a component's weights are pickles only (for a snapshot, the hub's
-    copy of that revision has no safetensors either)."""
+def _refuse_pickles(paths: Iterable[str], components: Sequence[str], parameter_name: str, source: Source) -> None:
+    """Refuse a repo (its files' ``paths``, relative to its root) where a component's weights are pickles only."""
+    paths = list(paths)
     pickled = []
     for component in components:
-        names = [path.name for path in (folder / component).iterdir()] if (folder / component).is_dir() else []
-        if not any(_WEIGHTS.fullmatch(name) for name in names):
-            pickled += [f"{component}/{name}" for name in sorted(names) if name.endswith(_PICKLES)]
+        inside = [path for path in paths if path.rpartition("/")[0] == component]
+        if not any(is_weights(path) for path in inside):
+            pickled += sorted(path for path in inside if path.endswith(_PICKLES))
     if pickled:
         raise ModelLoadError(_pickles_message(parameter_name, source, pickled))
+
+
+def _paths_in(folder: Path, components: Sequence[str]) -> list[str]:
+    """The files of ``components``' folders in a local repo, as paths relative to its root."""
+    return [
+        f"{component}/{path.name}"
+        for component in components
+        if (folder / component).is_dir()
+        for path in (folder / component).iterdir()
+    ]
 
 
 def _pickles_message(parameter_name: str, source: Source, pickled: list[str]) -> str:
@@ -201,41 +211,53 @@ def _pickles_message(parameter_name: str, source: Source, pickled: list[str]) ->
 
 
 def _download(source: Source, parameter_name: str, components: Sequence[str], check: Check) -> Path:
-    """Fetch ``components`` of a hub repo into the cache: configs first for ``check``, then the weights."""
+    """Fetch ``components`` of a hub repo into the cache: configs first for ``check``, then the weights.
+
+    A repo that lacks a component, or holds a component's weights as pickles only, is refused before anything
+    is downloaded.
+    """
     try:
-        # By the branch or tag, so that the cache records its commit (refs/<revision>) for later offline loads;
-        # everything else by that commit, so that all files come from one commit.
-        index = Path(hf_hub_download(source.repo_id, "model_index.json", revision=source.revision))
-        info = HfApi().model_info(source.repo_id, revision=index.parent.name, files_metadata=True)
+        info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True)
     except Exception as error:
         raise ModelLoadError(_describe_hub_failure(parameter_name, source, error)) from error
     sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or ()}
     files = needed_files(sizes, components)
     _refuse_incomplete(source, parameter_name, components, files, sizes)
     configs = [path for path in files if not is_weights(path)]
-    folder = _snapshot(source, info.sha, configs, parameter_name)
+    _log_plan("reading the configs:", parameter_name, source, info.sha, configs, sizes)
+    # By the branch or tag, so that the cache records its commit (refs/<revision>) for later offline loads; the
+    # weights then come by that commit, so that every file comes from one commit.
+    folder = _snapshot(source, source.revision, configs, parameter_name)
     check(folder, source)
     weights = [path for path in files if is_weights(path) and not (folder / path).exists()]
     if not weights:
         return folder
-    total = sum(sizes[path] or 0 for path in weights)
-    listing = ", ".join(f"{path} ({_size(sizes[path])})" for path in weights)
-    logger.info(
-        "infer_kandinsky_2_2: %s: downloading %d file(s), %s, of %s at commit %s into %s: %s",
-        parameter_name,
-        len(weights),
-        _size(total),
-        source.repo_id,
-        info.sha,
-        hub_constants.HF_HUB_CACHE,
-        listing,
-    )
+    total = _log_plan("downloading", parameter_name, source, folder.name, weights, sizes)
     started = time.perf_counter()
-    _snapshot(source, info.sha, files, parameter_name, progress=_progress_bar(parameter_name, total))
+    _snapshot(source, folder.name, files, parameter_name, progress=_progress_bar(parameter_name, total))
     logger.info(
         "infer_kandinsky_2_2: %s: downloaded %s in %.0f s", parameter_name, _size(total), time.perf_counter() - started
     )
     return folder
+
+
+def _log_plan(
+    doing: str, parameter_name: str, source: Source, commit: str, paths: list[str], sizes: dict[str, int | None]
+) -> int:
+    """Say in the log which files of the repo are about to be fetched, and how large they are; return the bytes."""
+    total = sum(sizes[path] or 0 for path in paths)
+    logger.info(
+        "infer_kandinsky_2_2: %s: %s %d file(s), %s, of %s at commit %s into %s: %s",
+        parameter_name,
+        doing,
+        len(paths),
+        _size(total),
+        source.repo_id,
+        commit,
+        hub_constants.HF_HUB_CACHE,
+        ", ".join(f"{path} ({_size(sizes[path])})" for path in paths),
+    )
+    return total
 
 
 def _refuse_incomplete(
@@ -248,26 +270,21 @@ def _refuse_incomplete(
             f"{parameter_name}: {source.describe()} has no {', '.join(absent)}, which the task loads; accepted: a "
             "Kandinsky 2.2 repo in the diffusers layout."
         )
-    pickled = []
+    _refuse_pickles(sizes, components, parameter_name, source)
     for component in components:
-        in_folder = [path for path in sizes if path.startswith(f"{component}/")]
-        if f"{component}/config.json" in sizes and not any(is_weights(path) for path in in_folder):
-            found = sorted(path for path in in_folder if path.endswith(_PICKLES))
-            if not found:
-                raise ModelLoadError(
-                    f"{parameter_name}: {source.describe()} has no safetensors weights in {component}/; accepted: a "
-                    "repo with safetensors weights."
-                )
-            pickled += found
-    if pickled:
-        raise ModelLoadError(_pickles_message(parameter_name, source, pickled))
+        weights = [path for path in files if path.startswith(f"{component}/") and is_weights(path)]
+        if f"{component}/config.json" in sizes and not weights:
+            raise ModelLoadError(
+                f"{parameter_name}: {source.describe()} has no safetensors weights in {component}/; accepted: a "
+                "repo with safetensors weights."
+            )
 
 
 def _snapshot(
-    source: Source, commit: str, files: list[str], parameter_name: str, progress: type[tqdm] | None = None
+    source: Source, revision: str | None, files: list[str], parameter_name: str, progress: type[tqdm] | None = None
 ) -> Path:
     try:
-        return Path(snapshot_download(source.repo_id, revision=commit, allow_patterns=files, tqdm_class=progress))
+        return Path(snapshot_download(source.repo_id, revision=revision, allow_patterns=files, tqdm_class=progress))
     except Exception as error:
         raise ModelLoadError(_describe_hub_failure(parameter_name, source, error)) from error
 
