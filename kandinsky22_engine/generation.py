@@ -36,13 +36,13 @@ from .hub import ModelLoadError, Source, first_line
 from .images import InputError, as_rgb, depth_hint, fit, mask_from
 from .models import (
     IMAGE_ENCODER,
+    IMAGE_ENCODER_LOADER,
     MODEL_CACHE,
     ImageEncoder,
     ModelCache,
     ModelKey,
     Parking,
-    load_image_encoder,
-    pipeline_loader,
+    PipelineLoader,
 )
 from .parameters import DEFAULT_DECODER, DEFAULT_PRIOR, MAX_RANDOM_SEED, MODE_DECODERS, RANDOM_SEED, Settings
 
@@ -235,8 +235,9 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
     """Load (or reuse) the decoder of the mode that ``settings`` ask for, the prior, and the image encoder if the
     run needs it.
 
-    The decoder comes first: a repo that cannot serve the mode is refused from its configs before anything
-    else is fetched or loaded. Raises ``ModelLoadError``.
+    Every model that is not loaded yet is found and its configs read first, the decoder first: a wrong or
+    missing model (a repo that cannot serve the mode, a misspelt prior, an image encoder not in an offline
+    cache) is refused before any weights are fetched or loaded. Raises ``ModelLoadError``.
     """
     runtime = choose_runtime(settings)
     decoder = DECODERS[settings.mode]
@@ -248,18 +249,26 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
             for role in DECODER_ROLES:
                 if role != decoder.role:
                     cache.set_aside(role)
-        decoder_pipeline = cache.get(
-            decoder.role,
-            runtime.decoder_key(decoder_model_name(settings)),
-            pipeline_loader(decoder.pipeline_class, "model_name", check=check_decoder(settings.mode)),
-        )
         prior_key = runtime.key(settings.prior_model_name)
-        prior = cache.get(
-            "prior",
-            prior_key,
-            pipeline_loader(KandinskyV22PriorPipeline, "prior_model_name", skip=(IMAGE_ENCODER,), check=check_prior),
-        )
-        encoder = cache.get(IMAGE_ENCODER, prior_key, load_image_encoder) if needs_image_encoder(settings) else None
+        wanted = [
+            (
+                decoder.role,
+                runtime.decoder_key(decoder_model_name(settings)),
+                PipelineLoader(decoder.pipeline_class, "model_name", check=check_decoder(settings.mode)),
+            ),
+            (
+                "prior",
+                prior_key,
+                PipelineLoader(KandinskyV22PriorPipeline, "prior_model_name", (IMAGE_ENCODER,), check_prior),
+            ),
+        ]
+        if needs_image_encoder(settings):
+            wanted.append((IMAGE_ENCODER, prior_key, IMAGE_ENCODER_LOADER))
+        for role, key, loader in wanted:
+            if not cache.holds(role, key):
+                loader.preflight(key)
+        decoder_pipeline, prior, *encoders = (cache.get(role, key, loader) for role, key, loader in wanted)
+        encoder = encoders[0] if encoders else None
         # diffusers' prior calls get_zero_embed for the negative when there is no negative prompt; this run's
         # encoder answers it, or nothing does (a reference to an earlier encoder would keep it in memory).
         prior.get_zero_embed = encoder.zero_embeds if encoder is not None else _no_zero_embedding
@@ -356,6 +365,11 @@ def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
     if mode == "inpaint":
         masks = []
         for name, array in ((DRAWING_INPUT, inputs.drawn_mask), (MASK_INPUT, inputs.mask)):
+            if name == DRAWING_INPUT and array is not None and array.size and not array.any():
+                raise InputError(
+                    f"inpaint input '{DRAWING_INPUT}': the shapes drawn cover no pixel of the image; accepted: shapes "
+                    "drawn over the image."
+                )
             if array is not None and array.size:
                 mask = mask_from(array, f"inpaint input '{name}'", image.shape[:2], height, width)
                 masks.append(mask.array)

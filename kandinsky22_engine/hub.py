@@ -37,6 +37,8 @@ _HUB_ID = re.compile(
 # The weights diffusers and transformers load when no variant is asked for: one file, or shards and their index.
 _WEIGHTS = re.compile(r"(?:diffusion_pytorch_model|model)(?:-\d{5}-of-\d{5})?\.safetensors(?:\.index\.json)?")
 _PICKLES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+# The cache keeps a commit's files under its full hash: a shortened one finds nothing there offline.
+_SHORT_COMMIT = re.compile(r"[0-9a-f]{7,39}")
 _CONNECTION_ERRORS = ("ConnectError", "ConnectionError", "ConnectTimeout", "Timeout", "LocalEntryNotFoundError")
 # Reads a repo's configs (in the folder) before its weights are fetched or loaded, and raises to refuse it.
 Check = Callable[[Path, "Source"], None]
@@ -92,8 +94,13 @@ def parse_model_name(model_name: str, parameter_name: str) -> Source:
         raise ModelLoadError(
             f"{parameter_name}: {model_name!r} is neither an existing folder nor a Hugging Face hub id (owner/name)."
         )
-    repo_id = match["repo"]
-    return Source(model_name, repo_id=repo_id, revision=match["revision"] or PINNED_REVISIONS.get(repo_id))
+    repo_id, revision = match["repo"], match["revision"]
+    if revision and _SHORT_COMMIT.fullmatch(revision):
+        raise ModelLoadError(
+            f"{parameter_name}: {model_name!r} names revision {revision!r}, which looks like a shortened commit hash; "
+            "accepted: a full 40-character commit hash, a branch, a tag or refs/pr/N."
+        )
+    return Source(model_name, repo_id=repo_id, revision=revision or PINNED_REVISIONS.get(repo_id))
 
 
 def needed_files(paths: Iterable[str], components: Iterable[str]) -> list[str]:
@@ -121,14 +128,20 @@ def is_weights(path: str) -> bool:
 
 
 def fetch(
-    source: Source, parameter_name: str, components: Sequence[str], check: Check = lambda folder, source: None
+    source: Source,
+    parameter_name: str,
+    components: Sequence[str],
+    check: Check = lambda folder, source: None,
+    *,
+    weights: bool = True,
 ) -> Path:
     """A folder holding ``model_index.json`` and, for each of ``components``, its configs and safetensors weights.
 
     A local folder is used as it is. A hub repo is taken from the local Hugging Face cache when every
     component is there, without the network; otherwise, unless ``HF_HUB_OFFLINE`` is set, its configs are
     fetched, ``check`` reads them (so that a repo of the wrong kind is refused before its weights are
-    downloaded), then the missing weights are downloaded, with the plan and the progress in the log.
+    downloaded), then the missing weights are downloaded, with the plan and the progress in the log. With
+    ``weights`` False it stops before the weights: what a run checks of every model before it fetches any.
 
     Raises ``ModelLoadError`` naming ``parameter_name``, the model and what is wrong; ``check`` raises its own.
     """
@@ -153,7 +166,7 @@ def fetch(
             f"({hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded (missing: "
             f"{', '.join(missing)}). Download it once with network access, or give a local folder."
         )
-    return _download(source, parameter_name, components, check)
+    return _download(source, parameter_name, components, check, weights)
 
 
 def snapshot_folder(source: Source) -> Path | None:
@@ -210,11 +223,10 @@ def _pickles_message(parameter_name: str, source: Source, pickled: list[str]) ->
     )
 
 
-def _download(source: Source, parameter_name: str, components: Sequence[str], check: Check) -> Path:
-    """Fetch ``components`` of a hub repo into the cache: configs first for ``check``, then the weights.
-
-    A repo that lacks a component, or holds a component's weights as pickles only, is refused before anything
-    is downloaded.
+def _download(source: Source, parameter_name: str, components: Sequence[str], check: Check, weights: bool) -> Path:
+    """Fetch ``components`` of a hub repo into the cache: configs first for ``check``, then (if ``weights``) the
+    weights. A repo that lacks a component, or holds a component's weights as pickles or variants only, is
+    refused before any weight is downloaded.
     """
     try:
         info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True)
@@ -222,17 +234,18 @@ def _download(source: Source, parameter_name: str, components: Sequence[str], ch
         raise ModelLoadError(_describe_hub_failure(parameter_name, source, error)) from error
     sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or ()}
     files = needed_files(sizes, components)
-    _refuse_incomplete(source, parameter_name, components, files, sizes)
     configs = [path for path in files if not is_weights(path)]
     _log_plan("reading the configs:", parameter_name, source, info.sha, configs, sizes)
     # By the branch or tag, so that the cache records its commit (refs/<revision>) for later offline loads; the
     # weights then come by that commit, so that every file comes from one commit.
-    folder = _snapshot(source, source.revision, configs, parameter_name)
+    folder = _snapshot(source, source.revision, configs, parameter_name, progress=_progress_bar(parameter_name, 0))
+    # The configs say what the repo is: a repo of another kind is named as such, not as one missing a part.
     check(folder, source)
-    weights = [path for path in files if is_weights(path) and not (folder / path).exists()]
-    if not weights:
+    _refuse_incomplete(source, parameter_name, components, files, sizes)
+    missing = [path for path in files if is_weights(path) and not (folder / path).exists()]
+    if not weights or not missing:
         return folder
-    total = _log_plan("downloading", parameter_name, source, folder.name, weights, sizes)
+    total = _log_plan("downloading", parameter_name, source, folder.name, missing, sizes)
     started = time.perf_counter()
     _snapshot(source, folder.name, files, parameter_name, progress=_progress_bar(parameter_name, total))
     logger.info(
@@ -272,11 +285,13 @@ def _refuse_incomplete(
         )
     _refuse_pickles(sizes, components, parameter_name, source)
     for component in components:
-        weights = [path for path in files if path.startswith(f"{component}/") and is_weights(path)]
-        if f"{component}/config.json" in sizes and not weights:
+        inside = [path for path in sizes if path.rpartition("/")[0] == component]
+        if f"{component}/config.json" in sizes and not any(is_weights(path) for path in inside):
+            variants = sorted(path for path in inside if path.endswith(".safetensors"))
+            only = f" (only {', '.join(variants)}: variant files, which the task does not load)" if variants else ""
             raise ModelLoadError(
-                f"{parameter_name}: {source.describe()} has no safetensors weights in {component}/; accepted: a "
-                "repo with safetensors weights."
+                f"{parameter_name}: {source.describe()} has no safetensors weights in {component}/{only}; accepted: "
+                "a repo with weights named diffusion_pytorch_model.safetensors or model.safetensors (or shards)."
             )
 
 

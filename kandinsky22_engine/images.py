@@ -66,8 +66,10 @@ def fit(array: np.ndarray, height: int, width: int, resample: Image.Resampling =
     image = Image.fromarray(array).resize((scaled_columns, scaled_rows), resample=resample, reducing_gap=1)
     top, left = (scaled_rows - height) // 2, (scaled_columns - width) // 2
     cropped = np.asarray(image.crop((left, top, left + width, top + height)))
-    cut = f", centre cut, {scaled_columns - width} x {scaled_rows - height} pixels left out" if top or left else ""
-    return Fitted(cropped, f"{columns}x{rows} scaled to {scaled_columns}x{scaled_rows}{cut}")
+    cut = f"centre cut, {scaled_columns - width} x {scaled_rows - height} pixels left out" if top or left else ""
+    if (scaled_rows, scaled_columns) == (rows, columns):
+        return Fitted(cropped, f"{columns}x{rows}, {cut}")
+    return Fitted(cropped, f"{columns}x{rows} scaled to {scaled_columns}x{scaled_rows}" + (f", {cut}" if cut else ""))
 
 
 def _value(number: np.generic) -> str:
@@ -162,31 +164,32 @@ def _alpha_scale(dtype: np.dtype) -> tuple[bool | float, bool | float, str] | No
 def _read_mask(channels: np.ndarray, name: str) -> tuple[np.ndarray, str]:
     """The pixels a mask repaints (bool, height x width) and how it was read; ``InputError`` when there are none."""
     reading = _read_colours(channels, name)
-    has_alpha = channels.shape[2] == 4
+    scale = _alpha_scale(channels.dtype) if channels.shape[2] == 4 else None
+    if scale is not None:
+        _, half, transparent_words = scale
+        transparent = channels[:, :, 3] < half
+        if transparent.any():
+            kept = ~transparent
+            colours = channels[:, :, :3][kept]
+            if kept.any() and (colours == colours[0]).all() and reading.repaint[kept].all():
+                # One colour that marks, painted on a transparent layer: what is painted repaints.
+                return kept, "painted on a transparent layer: the opaque pixels, of one colour that marks, repaint"
+            # OpenAI's image-edit masks: the picture itself, with the part to repaint made transparent.
+            return transparent, f"alpha: transparent repaints (alpha {transparent_words})"
     if reading.repaint.any():
-        return reading.repaint, reading.how + (", alpha ignored" if has_alpha else "")
+        return reading.repaint, reading.how + (", alpha ignored" if channels.shape[2] == 4 else "")
     nothing = f"{name}: the mask repaints nothing"
-    if not has_alpha:
+    if channels.shape[2] != 4:
         raise InputError(f"{nothing} ({reading.empty}); accepted: {reading.accepted} where to repaint.")
-    scale = _alpha_scale(channels.dtype)
     if scale is None:
         raise InputError(
             f"{nothing} ({reading.empty}; the alpha channel is not read for {channels.dtype} values); "
             f"accepted: {reading.accepted} where to repaint."
         )
-    opaque, half, transparent_words = scale
-    alpha = channels[:, :, 3]
-    accepted = f"accepted: {reading.accepted}, or transparent (alpha {transparent_words}), where to repaint."
-    if (alpha == opaque).all():
-        raise InputError(f"{nothing} ({reading.empty}; its alpha channel is opaque everywhere); {accepted}")
-    # OpenAI's image-edit masks mark what to repaint by transparency, over colours that mark nothing.
-    transparent = alpha < half
-    if not transparent.any():
-        raise InputError(
-            f"{nothing} (its colours repaint nothing, so it was read by its alpha channel: no pixel has alpha "
-            f"{transparent_words}); {accepted}"
-        )
-    return transparent, f"alpha: transparent repaints (alpha {transparent_words})"
+    raise InputError(
+        f"{nothing} ({reading.empty}; no pixel is transparent, alpha {scale[2]}); accepted: {reading.accepted}, "
+        f"or transparent (alpha {scale[2]}), where to repaint."
+    )
 
 
 def mask_from(array: np.ndarray, name: str, image_shape: tuple[int, int], height: int, width: int) -> Fitted:
@@ -199,10 +202,11 @@ def mask_from(array: np.ndarray, name: str, image_shape: tuple[int, int], height
             32768) it is a label map and every non-zero value repaints (0/1 masks, class indices);
             otherwise it is a picture and values from half the range up repaint (white). Other integers:
             a label map, non-zero repaints. Floats, from 0 to 1: 0.5 and above repaint (diffusers' own
-            threshold). With 4 channels whose colours repaint nothing, an alpha channel that is not opaque
-            everywhere is the mask: transparent (below half its range, 0.5 for floats; False for bool)
-            repaints, as in OpenAI's image-edit masks; otherwise alpha is ignored. The alpha of other integer
-            dtypes is never read.
+            threshold). With 4 channels, when some pixels are transparent (alpha below half its range, 0.5
+            for floats; False for bool): if the opaque pixels all have one colour that marks (a mask painted on
+            a transparent layer), they repaint; otherwise the transparent pixels repaint, as in OpenAI's
+            image-edit masks (the picture itself, with the part to edit erased). With no transparent pixel, the
+            alpha is ignored. The alpha of other integer dtypes is never read.
         name: the input, as messages name it, e.g. "inpaint input 'mask'".
         image_shape: (rows, columns) of the image the mask belongs to.
         height, width: the output size; the mask is fitted as its image is (``fit``), by nearest neighbour.
@@ -266,7 +270,8 @@ def depth_hint(
 
     Raises:
         InputError: naming ``name``, when the array is missing, of another shape, of bool or a non-numeric
-            dtype, holds non-finite floats, or is uniform (the same value everywhere: no layout to follow).
+            dtype, holds non-finite floats, or is uniform (the same value everywhere: no layout to follow),
+            also once fitted to the output size.
     """
     channels = _channels(array, name)
     kind = channels.dtype
@@ -303,5 +308,11 @@ def depth_hint(
         fitted = fit(gray.astype(np.float32), height, width)
         # Bicubic scaling overshoots at edges; a uint8 image clips, floats do not.
         hint = torch.from_numpy(np.clip(fitted.array, 0, 1))
+    if hint.min() == hint.max():
+        raise InputError(
+            f"{name}: the depth map is uniform once fitted to {width}x{height} ({fitted.note}): where it varies "
+            "lies outside the centre of the image that is kept; accepted: a depth map whose values vary inside "
+            "that centre."
+        )
     hint = hint.unsqueeze(0).repeat(3, 1, 1).unsqueeze(0)
     return hint.to(device=device, dtype=dtype), fitted.note + note

@@ -13,9 +13,10 @@ import inspect
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
@@ -28,8 +29,16 @@ logger = logging.getLogger(__name__)
 # part of the loaded prior pipeline: ``ImageEncoder`` holds it, loaded only when a run needs it.
 PARKED_PRIOR_MODELS = {"prior_offload": ("text_encoder", "prior")}
 IMAGE_ENCODER = "image_encoder"
-# What each cached model is: (model, what it keeps parked), from a loader given its key.
-Loader = Callable[["ModelKey"], tuple[object, "Parking"]]
+
+
+class Loader(Protocol):
+    """How ``ModelCache.get`` loads a model for a key, and how a run checks the model before any is loaded."""
+
+    def __call__(self, key: "ModelKey") -> tuple[object, "Parking"]:
+        """Load the model ``key`` names, placed as it says; return it and what it keeps parked."""
+
+    def preflight(self, key: "ModelKey") -> None:
+        """Find the model and read its configs, fetching only them; raise ``ModelLoadError`` to refuse it."""
 
 
 @dataclass(frozen=True)
@@ -176,10 +185,15 @@ class ModelCache:
         self._loaded: dict[str, Loaded] = {}
         self.load_counts: Counter[str] = Counter()
 
+    def holds(self, role: str, key: ModelKey) -> bool:
+        """Whether the model of ``role`` is loaded for ``key``: ``get`` would load nothing."""
+        with self.lock:
+            return role in self._loaded and self._loaded[role].key == key
+
     def get(self, role: str, key: ModelKey, load: Loader) -> object:
         """Return the model of ``role`` for ``key``, loading it with ``load`` only if the cached one differs.
 
-        ``load`` (``load_pipeline``'s loaders, ``load_image_encoder``) returns the model placed as ``key`` says
+        ``load`` (a ``PipelineLoader``, or ``IMAGE_ENCODER_LOADER``) returns the model placed as ``key`` says
         and what it keeps parked; if it raises, the role holds nothing.
         """
         with self.lock:
@@ -270,20 +284,32 @@ def pipeline_components(pipeline_class: type[DiffusionPipeline]) -> list[str]:
     return [name for name in inspect.signature(pipeline_class.__init__).parameters if name != "self"]
 
 
-def pipeline_loader(
-    pipeline_class: type[DiffusionPipeline],
-    parameter_name: str,
-    *,
-    skip: tuple[str, ...] = (),
-    check: Check = lambda folder, source: None,
-) -> Loader:
-    """A loader for ``ModelCache.get``: ``load_pipeline`` with these arguments, then the pipeline placed."""
+def _no_check(folder: object, source: object) -> None:
+    """Accept any repo (``load_pipeline``'s default check)."""
 
-    def load(key: ModelKey) -> tuple[DiffusionPipeline, Parking]:
-        pipeline = load_pipeline(pipeline_class, parameter_name, key, skip=skip, check=check)
+
+@dataclass(frozen=True)
+class PipelineLoader:
+    """A ``Loader`` of pipelines: ``load_pipeline`` with these arguments, then the pipeline placed as the key says."""
+
+    pipeline_class: type[DiffusionPipeline]
+    parameter_name: str
+    skip: tuple[str, ...] = ()
+    check: Check = _no_check
+
+    def preflight(self, key: ModelKey) -> None:
+        """Find the model and read its configs (from the hub, fetching only them), and refuse a wrong or missing
+        one: a run checks every model this way before it fetches or loads any weights."""
+        source = parse_model_name(key.model_name, self.parameter_name)
+        fetch(source, self.parameter_name, _components(self.pipeline_class, self.skip), self.check, weights=False)
+
+    def __call__(self, key: ModelKey) -> tuple[DiffusionPipeline, Parking]:
+        pipeline = load_pipeline(self.pipeline_class, self.parameter_name, key, skip=self.skip, check=self.check)
         return pipeline, _place(pipeline, key)
 
-    return load
+
+def _components(pipeline_class: type[DiffusionPipeline], skip: tuple[str, ...]) -> list[str]:
+    return [name for name in pipeline_components(pipeline_class) if name not in skip]
 
 
 def load_pipeline(
@@ -292,7 +318,7 @@ def load_pipeline(
     key: ModelKey,
     *,
     skip: tuple[str, ...] = (),
-    check: Check = lambda folder, source: None,
+    check: Check = _no_check,
 ) -> DiffusionPipeline:
     """Load a pipeline on the CPU from a local folder or the Hugging Face cache or hub, safetensors only.
 
@@ -307,8 +333,7 @@ def load_pipeline(
     Raises ``ModelLoadError`` saying whether the model was not found, could not be fetched, or is broken.
     """
     source = parse_model_name(key.model_name, parameter_name)
-    components = [name for name in pipeline_components(pipeline_class) if name not in skip]
-    folder = fetch(source, parameter_name, components, check)
+    folder = fetch(source, parameter_name, _components(pipeline_class, skip), check)
     try:
         return pipeline_class.from_pretrained(
             folder, dtype=key.dtype, use_safetensors=True, local_files_only=True, **dict.fromkeys(skip)
@@ -320,21 +345,30 @@ def load_pipeline(
         ) from error
 
 
-def load_image_encoder(key: ModelKey) -> tuple["ImageEncoder", Parking]:
-    """A loader for ``ModelCache.get``: the CLIP image encoder of the prior repo ``key`` names, placed."""
-    source = parse_model_name(key.model_name, "prior_model_name")
-    folder = fetch(source, "prior_model_name", (IMAGE_ENCODER,))
-    try:
-        model = CLIPVisionModelWithProjection.from_pretrained(
-            folder / IMAGE_ENCODER, dtype=key.dtype, use_safetensors=True, local_files_only=True
-        )
-    except Exception as error:
-        raise ModelLoadError(
-            f"prior_model_name: {source.describe()} has no usable CLIP image encoder ({IMAGE_ENCODER}/), which mix "
-            f"and an empty negative prompt need: {first_line(error)}"
-        ) from error
-    encoder = ImageEncoder(model, key)
-    return encoder, encoder.parking
+class ImageEncoderLoader:
+    """A ``Loader`` of the CLIP image encoder (``image_encoder/``) of the prior repo a key names."""
+
+    def preflight(self, key: ModelKey) -> None:
+        """Find the image encoder and read its config, fetching only that; refuse a missing one."""
+        fetch(parse_model_name(key.model_name, "prior_model_name"), "prior_model_name", (IMAGE_ENCODER,), weights=False)
+
+    def __call__(self, key: ModelKey) -> tuple["ImageEncoder", Parking]:
+        source = parse_model_name(key.model_name, "prior_model_name")
+        folder = fetch(source, "prior_model_name", (IMAGE_ENCODER,))
+        try:
+            model = CLIPVisionModelWithProjection.from_pretrained(
+                folder / IMAGE_ENCODER, dtype=key.dtype, use_safetensors=True, local_files_only=True
+            )
+        except Exception as error:
+            raise ModelLoadError(
+                f"prior_model_name: {source.describe()} has no usable CLIP image encoder ({IMAGE_ENCODER}/), which "
+                f"mix and an empty negative prompt need: {first_line(error)}"
+            ) from error
+        encoder = ImageEncoder(model, key)
+        return encoder, encoder.parking
+
+
+IMAGE_ENCODER_LOADER = ImageEncoderLoader()
 
 
 class ImageEncoder:

@@ -290,7 +290,7 @@ def test_a_repo_whose_model_weights_are_pickles_only_is_refused_before_downloadi
     with FakeHub({"someone/pickled": FakeRepo.of(files)}) as fake, hub_at(fake.endpoint):
         with pytest.raises(ModelLoadError) as refused:
             generate(Settings(model_name="someone/pickled", **RUN), cache=ModelCache())
-        assert fake.downloaded() == []
+        assert all(path.endswith((".json", ".txt")) for path in fake.downloaded())
     assert str(refused.value) == (
         "model_name: 'someone/pickled' holds its weights only as pickle files (unet/diffusion_pytorch_model.bin, "
         "movq/diffusion_pytorch_model.bin), which the task never loads (unpickling can run code); accepted: "
@@ -338,3 +338,48 @@ def test_the_readmes_commands_fetch_exactly_what_the_modes_load_then_every_mode_
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     for mode, inputs in INPUTS.items():
         generate(Settings(mode=mode, negative_prompt="", **RUN), inputs, cache=ModelCache())
+
+
+def test_a_misspelt_prior_is_refused_before_any_weight_of_the_decoder_is_fetched(online):
+    settings = Settings(prior_model_name=f"{DEFAULT_PRIOR}x", **RUN)
+    with pytest.raises(ModelLoadError) as refused:
+        generate(settings, cache=ModelCache())
+    assert str(refused.value) == (
+        f"prior_model_name: '{DEFAULT_PRIOR}x' was not found on the Hugging Face hub (or is private)."
+    )
+    assert online.downloaded() and all(path.endswith((".json", ".txt")) for path in online.downloaded())
+
+
+def test_a_prior_given_as_model_name_by_hub_id_is_named_as_a_prior(online):
+    with pytest.raises(ModelLoadError) as refused:
+        generate(Settings(model_name=f"{DEFAULT_PRIOR}@main", **RUN), cache=ModelCache())
+    assert str(refused.value) == (
+        f"model_name: '{DEFAULT_PRIOR}@main' cannot serve text2img: it is a KandinskyV22PriorPipeline repo without a "
+        "UNet (a prior, for prior_model_name); text2img needs a text-to-image decoder (a UNet with 4 input channels "
+        "and added embedding 'image'), such as kandinsky-community/kandinsky-2-2-decoder."
+    )
+
+
+def test_a_repo_with_only_variant_weights_says_so(online, published):
+    files = dict(published[DEFAULT_DECODER])
+    files["unet/diffusion_pytorch_model.fp16.safetensors"] = files.pop("unet/diffusion_pytorch_model.safetensors")
+    with (
+        FakeHub({"someone/variants": FakeRepo.of(files)}) as fake,
+        hub_at(fake.endpoint),
+        pytest.raises(ModelLoadError) as refused,
+    ):
+        generate(Settings(model_name="someone/variants", **RUN), cache=ModelCache())
+    assert str(refused.value) == (
+        "model_name: 'someone/variants' has no safetensors weights in unet/ (only "
+        "unet/diffusion_pytorch_model.fp16.safetensors: variant files, which the task does not load); accepted: a "
+        "repo with weights named diffusion_pytorch_model.safetensors or model.safetensors (or shards)."
+    )
+
+
+def test_a_shortened_commit_hash_is_refused_saying_what_is_accepted(cache_folder):
+    with pytest.raises(ModelLoadError) as refused:
+        generate(Settings(model_name=f"{DEFAULT_DECODER}@08632524", **RUN), cache=ModelCache())
+    assert str(refused.value) == (
+        f"model_name: '{DEFAULT_DECODER}@08632524' names revision '08632524', which looks like a shortened commit "
+        "hash; accepted: a full 40-character commit hash, a branch, a tag or refs/pr/N."
+    )

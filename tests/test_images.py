@@ -149,8 +149,23 @@ def transparent_left(dtype: type, opaque: object, transparent: object) -> np.nda
 
 def colours_marking_alpha_ignored() -> np.ndarray:
     alpha = np.full((64, 128), 255, np.uint8)
-    alpha[:, 64:] = 0  # would mark the right half if it were read
+    alpha[:, 64:] = 200  # not transparent anywhere: the alpha is not read
     return rgba(left_half(), alpha)
+
+
+def painted_on_a_transparent_layer() -> np.ndarray:
+    """White strokes on a transparent layer (black where transparent): what is painted repaints."""
+    alpha = np.zeros((64, 128), np.uint8)
+    alpha[:, :64] = 255
+    return rgba(left_half(), alpha)
+
+
+def photo_with_an_erased_part() -> np.ndarray:
+    """OpenAI's image-edit mask: the picture itself, with the part to repaint made transparent."""
+    photo = np.random.default_rng(7).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    alpha = np.full((64, 128), 255, np.uint8)
+    alpha[:, :64] = 0
+    return np.dstack([photo, alpha])
 
 
 LABEL_MAP, PICTURE_8, PICTURE_16 = (
@@ -183,6 +198,11 @@ LABEL_MAP, PICTURE_8, PICTURE_16 = (
         (transparent_left(np.float32, 1.0, 0.2), "alpha: transparent repaints (alpha below 0.5)"),
         (transparent_left(bool, True, False), "alpha: transparent repaints (alpha False)"),
         (colours_marking_alpha_ignored(), PICTURE_8 + ", alpha ignored"),
+        (
+            painted_on_a_transparent_layer(),
+            "painted on a transparent layer: the opaque pixels, of one colour that marks, repaint",
+        ),
+        (photo_with_an_erased_part(), "alpha: transparent repaints (alpha below 128)"),
         (rgba(left_half(np.int32, 1), np.zeros((64, 128), np.int32)), LABEL_MAP + ", alpha ignored"),
     ],
     ids=[
@@ -206,6 +226,8 @@ LABEL_MAP, PICTURE_8, PICTURE_16 = (
         "rgba-transparent-float",
         "rgba-transparent-bool",
         "rgba-colours-mark-alpha-ignored",
+        "rgba-painted-on-a-transparent-layer",
+        "rgba-photo-with-an-erased-part",
         "int32-rgba-alpha-not-read",
     ],
 )
@@ -256,13 +278,15 @@ WHITE_OR_LABELS = "white (or, in a label map, non-zero)"
         ),
         (
             rgba(np.zeros((64, 128), np.uint8), np.full((64, 128), 255, np.uint8)),
-            f"{NOTHING} (read as a label map, no 8-bit value reaching 128: every pixel is 0; its alpha channel is "
-            f"opaque everywhere); accepted: {WHITE_OR_LABELS}, or transparent (alpha below 128), where to repaint.",
+            f"{NOTHING} (read as a label map, no 8-bit value reaching 128: every pixel is 0; no pixel is "
+            f"transparent, alpha below 128); accepted: {WHITE_OR_LABELS}, or transparent (alpha below 128), where to "
+            "repaint.",
         ),
         (
             rgba(np.zeros((64, 128), np.uint8), np.full((64, 128), 200, np.uint8)),
-            f"{NOTHING} (its colours repaint nothing, so it was read by its alpha channel: no pixel has alpha below "
-            f"128); accepted: {WHITE_OR_LABELS}, or transparent (alpha below 128), where to repaint.",
+            f"{NOTHING} (read as a label map, no 8-bit value reaching 128: every pixel is 0; no pixel is "
+            f"transparent, alpha below 128); accepted: {WHITE_OR_LABELS}, or transparent (alpha below 128), where to "
+            "repaint.",
         ),
         (
             rgba(np.zeros((64, 128), np.int16), np.zeros((64, 128), np.int16)),
@@ -443,3 +467,19 @@ def test_a_float_depth_map_within_0_1_is_used_as_it_is_and_stays_in_range_when_s
 def test_an_unusable_depth_map_is_refused(depth, message):
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
         depth_hint(depth, DEPTH, 64, 128, "cpu", torch.float32)
+
+
+def test_an_input_of_the_width_but_taller_is_only_cut_and_the_note_says_so():
+    assert fit(np.zeros((256, 128, 3), np.uint8), 128, 128).note == "128x256, centre cut, 0 x 128 pixels left out"
+
+
+def test_a_depth_map_that_varies_only_where_the_centre_cut_drops_it_is_refused():
+    depth = np.zeros((256, 128), np.uint8)
+    depth[0, 0] = 200
+    message = (
+        "controlnet_depth input 'depth map': the depth map is uniform once fitted to 128x128 (128x256, centre cut, "
+        "0 x 128 pixels left out): where it varies lies outside the centre of the image that is kept; accepted: a "
+        "depth map whose values vary inside that centre."
+    )
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        depth_hint(depth, "controlnet_depth input 'depth map'", 128, 128, "cpu", torch.float32)

@@ -162,6 +162,14 @@ def test_inpaint_reads_a_label_map_of_0_and_1_as_diffusers_does_and_says_how_it_
     assert metadata["inputs"]["mask"] == "128x64, used as it is; label map: non-zero repaints; 50% repainted"
 
 
+def test_a_drawing_whose_shapes_miss_the_image_is_refused_as_such(strings):
+    workflow, task = workflow_with(strings["inpaint"], {0: random_image(2)})
+    task.get_input(1).set_items([core.CGraphicsRectangle(500, 500, 10, 10)])
+    message = "inpaint input 'mask drawing': the shapes drawn cover no pixel of the image; accepted: shapes drawn"
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        workflow.run()
+
+
 def test_inpaint_never_reuses_the_mask_of_an_earlier_run(strings):
     workflow, task = workflow_with(strings["inpaint"], {0: random_image(2)})
     task.get_input(1).set_items([core.CGraphicsRectangle(16, 8, 39, 15)])
