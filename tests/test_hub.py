@@ -111,6 +111,13 @@ def by_folder(tiny_repos, mode: str) -> Settings:
     return Settings(mode=mode, model_name=str(model), prior_model_name=str(tiny_repos.prior), **RUN)
 
 
+def refusal(settings: Settings, inputs: Inputs = INPUTS["text2img"], cache: ModelCache | None = None) -> str:
+    """The message of the ``ModelLoadError`` that a run of ``settings`` raises."""
+    with pytest.raises(ModelLoadError) as refused:
+        generate(settings, inputs, cache=cache or ModelCache())
+    return str(refused.value)
+
+
 @pytest.mark.parametrize("mode", list(INPUTS))
 def test_every_mode_runs_offline_from_the_cache_with_its_default_models(cache_folder, published, tiny_repos, mode):
     for repo_id, files in published.items():
@@ -133,9 +140,7 @@ def test_the_controlnet_repos_main_branch_with_pickles_only_is_refused_and_names
     put_in_cache(cache_folder, DEFAULT_CONTROLNET_DECODER, commit_of(files), files, refs=("main",))
     name = f"{DEFAULT_CONTROLNET_DECODER}@main"
     settings = Settings(mode="controlnet_depth", model_name=name, **RUN)
-    with pytest.raises(ModelLoadError) as refused:
-        generate(settings, INPUTS["controlnet_depth"], cache=ModelCache())
-    assert str(refused.value) == (
+    assert refusal(settings, INPUTS["controlnet_depth"]) == (
         f"model_name: {name!r} holds its weights only as pickle files (unet/diffusion_pytorch_model.bin, "
         "movq/diffusion_pytorch_model.bin), which the task never loads (unpickling can run code); accepted: "
         f"safetensors weights. This repo's safetensors are at revision {PINNED}: set model_name to "
@@ -150,9 +155,7 @@ def test_text2img_with_a_negative_prompt_runs_from_a_cache_without_the_image_enc
     cache = ModelCache()
     generate(Settings(**RUN), cache=cache)
     assert set(cache.loaded_keys()) == {"prior", "decoder"}
-    with pytest.raises(ModelLoadError) as refused:
-        generate(Settings(negative_prompt="", **RUN), cache=cache)
-    assert str(refused.value) == (
+    assert refusal(Settings(negative_prompt="", **RUN), cache=cache) == (
         f"prior_model_name: {DEFAULT_PRIOR!r} is not (fully) in the local Hugging Face cache ({cache_folder}) and "
         "HF_HUB_OFFLINE is set, so it cannot be downloaded (missing: image_encoder/). Download it once with network "
         "access, or give a local folder."
@@ -246,9 +249,7 @@ def test_a_decoder_of_another_kind_is_refused_from_its_configs_before_any_weight
     online, published
 ):
     settings = Settings(mode="inpaint", model_name=f"{DEFAULT_DECODER}@main", **RUN)
-    with pytest.raises(ModelLoadError) as refused:
-        generate(settings, INPUTS["inpaint"], cache=ModelCache())
-    assert str(refused.value) == (
+    assert refusal(settings, INPUTS["inpaint"]) == (
         f"model_name: '{DEFAULT_DECODER}@main' cannot serve inpaint: it is a KandinskyV22Pipeline repo whose UNet "
         "takes 4 input channels with added embedding 'image' (a text-to-image decoder, for text2img, img2img, mix); "
         "inpaint needs an inpainting decoder (a UNet with 9 input channels and added embedding 'image'), such as "
@@ -271,9 +272,7 @@ def test_a_decoder_of_another_kind_is_refused_from_its_configs_before_any_weight
     ],
 )
 def test_a_repo_or_revision_the_hub_does_not_have_is_named(online, model_name, message):
-    with pytest.raises(ModelLoadError) as refused:
-        generate(Settings(model_name=model_name, **RUN), cache=ModelCache())
-    assert str(refused.value) == message
+    assert refusal(Settings(model_name=model_name, **RUN)) == message
 
 
 def test_an_unreachable_hub_is_said_so(cache_folder):
@@ -342,18 +341,14 @@ def test_the_readmes_commands_fetch_exactly_what_the_modes_load_then_every_mode_
 
 def test_a_misspelt_prior_is_refused_before_any_weight_of_the_decoder_is_fetched(online):
     settings = Settings(prior_model_name=f"{DEFAULT_PRIOR}x", **RUN)
-    with pytest.raises(ModelLoadError) as refused:
-        generate(settings, cache=ModelCache())
-    assert str(refused.value) == (
+    assert refusal(settings) == (
         f"prior_model_name: '{DEFAULT_PRIOR}x' was not found on the Hugging Face hub (or is private)."
     )
     assert online.downloaded() and all(path.endswith((".json", ".txt")) for path in online.downloaded())
 
 
 def test_a_prior_given_as_model_name_by_hub_id_is_named_as_a_prior(online):
-    with pytest.raises(ModelLoadError) as refused:
-        generate(Settings(model_name=f"{DEFAULT_PRIOR}@main", **RUN), cache=ModelCache())
-    assert str(refused.value) == (
+    assert refusal(Settings(model_name=f"{DEFAULT_PRIOR}@main", **RUN)) == (
         f"model_name: '{DEFAULT_PRIOR}@main' cannot serve text2img: it is a KandinskyV22PriorPipeline repo without a "
         "UNet (a prior, for prior_model_name); text2img needs a text-to-image decoder (a UNet with 4 input channels "
         "and added embedding 'image'), such as kandinsky-community/kandinsky-2-2-decoder."
@@ -377,9 +372,7 @@ def test_a_repo_with_only_variant_weights_says_so(online, published):
 
 
 def test_a_shortened_commit_hash_is_refused_saying_what_is_accepted(cache_folder):
-    with pytest.raises(ModelLoadError) as refused:
-        generate(Settings(model_name=f"{DEFAULT_DECODER}@08632524", **RUN), cache=ModelCache())
-    assert str(refused.value) == (
+    assert refusal(Settings(model_name=f"{DEFAULT_DECODER}@08632524", **RUN)) == (
         f"model_name: '{DEFAULT_DECODER}@08632524' names revision '08632524', which looks like a shortened commit "
         "hash; accepted: a full 40-character commit hash, a branch, a tag or refs/pr/N."
     )
