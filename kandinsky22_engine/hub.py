@@ -44,6 +44,10 @@ _CONNECTION_ERRORS = ("ConnectError", "ConnectionError", "ConnectTimeout", "Time
 Check = Callable[[Path, "Source"], None]
 
 
+def no_check(folder: Path, source: "Source") -> None:
+    """Accept any repo: the check of a model that has no kind to verify."""
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names the parameter, the model and the reason."""
 
@@ -131,7 +135,7 @@ def fetch(
     source: Source,
     parameter_name: str,
     components: Sequence[str],
-    check: Check = lambda folder, source: None,
+    check: Check = no_check,
     *,
     weights: bool = True,
 ) -> Path:

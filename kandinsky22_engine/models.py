@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from accelerate import cpu_offload
 from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
 from transformers import CLIPVisionModelWithProjection
 
-from .hub import Check, ModelLoadError, fetch, first_line, parse_model_name
+from .hub import Check, ModelLoadError, fetch, first_line, no_check, parse_model_name
 
 logger = logging.getLogger(__name__)
 # The models of a prior pipeline that each memory mode parks (see ``Parking``). The CLIP image encoder is not
@@ -284,10 +285,6 @@ def pipeline_components(pipeline_class: type[DiffusionPipeline]) -> list[str]:
     return [name for name in inspect.signature(pipeline_class.__init__).parameters if name != "self"]
 
 
-def _no_check(folder: object, source: object) -> None:
-    """Accept any repo (``load_pipeline``'s default check)."""
-
-
 @dataclass(frozen=True)
 class PipelineLoader:
     """A ``Loader`` of pipelines: ``load_pipeline`` with these arguments, then the pipeline placed as the key says."""
@@ -295,7 +292,7 @@ class PipelineLoader:
     pipeline_class: type[DiffusionPipeline]
     parameter_name: str
     skip: tuple[str, ...] = ()
-    check: Check = _no_check
+    check: Check = no_check
 
     def preflight(self, key: ModelKey) -> None:
         """Find the model and read its configs (from the hub, fetching only them), and refuse a wrong or missing
@@ -318,7 +315,7 @@ def load_pipeline(
     key: ModelKey,
     *,
     skip: tuple[str, ...] = (),
-    check: Check = _no_check,
+    check: Check = no_check,
 ) -> DiffusionPipeline:
     """Load a pipeline on the CPU from a local folder or the Hugging Face cache or hub, safetensors only.
 
@@ -386,8 +383,6 @@ class ImageEncoder:
         self.device = key.device
         self.parking = Parking()
         if key.memory_mode == "sequential_offload":
-            from accelerate import cpu_offload
-
             cpu_offload(model, execution_device=torch.device(key.device))
         elif key.memory_mode != "none":
             self.parking = Parking({IMAGE_ENCODER: model}, key.device)
