@@ -472,11 +472,15 @@ def _input_notes(settings: Settings, prepared: Prepared, prior: KandinskyV22Prio
     notes = dict(prepared.notes)
     if settings.mode == "mix":
         processor = prior.image_processor
-        shorter, crop = processor.size["shortest_edge"], processor.crop_size
+        size, crop = processor.size, processor.crop_size if processor.do_center_crop else None
+        scaled = (
+            f"shorter side scaled to {size['shortest_edge']}"
+            if "shortest_edge" in size
+            else f"scaled to {size.get('width')}x{size.get('height')}"
+        )
+        how = f"at {crop['width']}x{crop['height']} ({scaled}, centre cut)" if crop else scaled
         for name in input_names("mix", settings.mix_images):
-            notes[name] += (
-                f", embedded by CLIP at {crop['width']}x{crop['height']} (shorter side scaled to {shorter}, centre cut)"
-            )
+            notes[name] += f", embedded by CLIP {how}"
     return notes
 
 
