@@ -523,3 +523,19 @@ def test_parking_falls_back_to_pageable_memory_where_pinned_memory_is_refused_an
         "the GPU from pageable memory, which is slower."
     ]
     assert all(torch.equal(layers.state_dict()[name], weights[name]) for name in weights)
+
+
+def test_mix_notes_say_how_clip_resized_the_images_whatever_its_processor_does():
+    from types import SimpleNamespace
+
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import Prepared, _input_notes
+
+    settings = Settings(mode="mix")
+    prepared = Prepared(notes={"image 1": "128x64", "image 2": "32x32"})
+    fixed = SimpleNamespace(size={"height": 224, "width": 224}, crop_size=None, do_center_crop=False)
+    notes = _input_notes(settings, prepared, SimpleNamespace(image_processor=fixed))
+    assert notes == {
+        "image 1": "128x64, embedded by CLIP scaled to 224x224",
+        "image 2": "32x32, embedded by CLIP scaled to 224x224",
+    }
+    assert prepared.notes == {"image 1": "128x64", "image 2": "32x32"}
