@@ -1,7 +1,6 @@
 """Self-tests of the fake hub against the real huggingface_hub client (no network)."""
 
 import hashlib
-import io
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +8,7 @@ from typing import Any
 
 import huggingface_hub
 import pytest
-from huggingface_hub import HfApi, constants, file_download, hf_api, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, constants, hf_api, hf_hub_download, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from tqdm.auto import tqdm
 
@@ -138,16 +137,6 @@ def test_unknown_repo_and_revision_raise_the_client_errors(hub: FakeHub, tmp_pat
     with pytest.raises(RevisionNotFoundError):
         call(REPO_ID, "no-such-branch", tmp_path)
     assert hub.downloaded() == []
-
-
-def test_a_range_request_resumes_a_download(hub: FakeHub) -> None:
-    path = "unet/diffusion_pytorch_model.safetensors"
-    url = huggingface_hub.hf_hub_url(REPO_ID, path, revision=MAIN)
-    buffer = io.BytesIO()
-
-    file_download.http_get(url, buffer, resume_size=1000, expected_size=len(MAIN_FILES[path]))
-
-    assert buffer.getvalue() == MAIN_FILES[path][1000:]
 
 
 def test_hub_at_restores_the_client_settings_and_the_hub_leaves_no_thread() -> None:
