@@ -181,14 +181,20 @@ def snapshot_folder(source: Source) -> Path | None:
 
 def _missing(folder: Path, components: Sequence[str]) -> list[str]:
     """What a cached snapshot lacks of ``components``: a folder, or a model's safetensors weights."""
+    paths = _paths_in(folder, components)
     missing = []
     for component in components:
-        files = [path.name for path in (folder / component).iterdir()] if (folder / component).is_dir() else []
-        if not files:
+        inside = _inside(paths, component)
+        if not inside:
             missing.append(f"{component}/")
-        elif "config.json" in files and not any(_WEIGHTS.fullmatch(name) for name in files):
+        elif f"{component}/config.json" in inside and not any(is_weights(path) for path in inside):
             missing.append(f"{component}/ safetensors weights")
     return missing
+
+
+def _inside(paths: Iterable[str], component: str) -> list[str]:
+    """The paths among ``paths`` (relative to a repo's root) of the files directly in ``component``'s folder."""
+    return [path for path in paths if path.rpartition("/")[0] == component]
 
 
 def _refuse_pickles(paths: Iterable[str], components: Sequence[str], parameter_name: str, source: Source) -> None:
@@ -196,7 +202,7 @@ def _refuse_pickles(paths: Iterable[str], components: Sequence[str], parameter_n
     paths = list(paths)
     pickled = []
     for component in components:
-        inside = [path for path in paths if path.rpartition("/")[0] == component]
+        inside = _inside(paths, component)
         if not any(is_weights(path) for path in inside):
             pickled += sorted(path for path in inside if path.endswith(_PICKLES))
     if pickled:
@@ -280,7 +286,8 @@ def _log_plan(
 def _refuse_incomplete(
     source: Source, parameter_name: str, components: Sequence[str], files: list[str], sizes: dict[str, int | None]
 ) -> None:
-    """Refuse a repo lacking a component the task loads, or whose weights for one are pickles only."""
+    """Refuse a repo (``sizes``: its files, ``files``: those the task would fetch) that lacks a component the
+    task loads, or whose weights for one are pickles or variant files only."""
     absent = [f"{name}/" for name in components if not any(path.startswith(f"{name}/") for path in files)]
     if absent:
         raise ModelLoadError(
@@ -289,7 +296,7 @@ def _refuse_incomplete(
         )
     _refuse_pickles(sizes, components, parameter_name, source)
     for component in components:
-        inside = [path for path in sizes if path.rpartition("/")[0] == component]
+        inside = _inside(sizes, component)
         if f"{component}/config.json" in sizes and not any(is_weights(path) for path in inside):
             variants = sorted(path for path in inside if path.endswith(".safetensors"))
             only = f" (only {', '.join(variants)}: variant files, which the task does not load)" if variants else ""

@@ -18,7 +18,6 @@ DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
 DEFAULT_CONTROLNET_DECODER = "kandinsky-community/kandinsky-2-2-controlnet-depth"
-KNOWN_DECODERS = (DEFAULT_DECODER, DEFAULT_INPAINT_DECODER, DEFAULT_CONTROLNET_DECODER)
 MODES = ("text2img", "img2img", "inpaint", "controlnet_depth", "mix")
 # The decoder repo each mode uses when model_name is left at its default.
 MODE_DECODERS = {
@@ -31,6 +30,7 @@ MODE_DECODERS = {
 # Known repos whose default branch cannot serve the task, and the revision loaded instead: the ControlNet depth
 # repo's main branch holds its weights as pickles only; its safetensors are at its open pull request #5.
 PINNED_REVISIONS = {DEFAULT_CONTROLNET_DECODER: "08632524a2b7e3bed39a7901d92cdd07e37544d0"}
+KNOWN_DECODERS = tuple(dict.fromkeys(MODE_DECODERS.values()))
 MEMORY_MODES = ("gpu", "prior_offload", "model_offload", "sequential_offload")
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 MAX_MIX_IMAGES = 8
@@ -191,7 +191,7 @@ class Settings:
             "(UNet and MoVQ) of the mode's kind: a text-to-image decoder for text2img, img2img and mix, an inpainting "
             "decoder for inpaint, a ControlNet depth decoder for controlnet_depth; another kind is refused before any "
             f"model runs. Left at the default, inpaint uses {DEFAULT_INPAINT_DECODER} and controlnet_depth "
-            f"{DEFAULT_CONTROLNET_DECODER} at revision {PINNED_REVISIONS[DEFAULT_CONTROLNET_DECODER][:8]} (its "
+            f"{DEFAULT_CONTROLNET_DECODER} at revision {PINNED_REVISIONS[DEFAULT_CONTROLNET_DECODER]} (its "
             "main branch has pickle weights only, which are never loaded)."
         ),
         allow_blank=False,
