@@ -64,9 +64,9 @@ def main() -> None:
     from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
     from ikomia.dataprocess.workflow import Workflow
 
+    from infer_kandinsky_2_2.kandinsky22_devkit.reference import combine, combined_arguments
+    from infer_kandinsky_2_2.kandinsky22_devkit.tiny import build_tiny_repos
     from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
-    from infer_kandinsky_2_2.kandinsky22_engine.reference import combine, combined_arguments
-    from infer_kandinsky_2_2.kandinsky22_engine.tiny import build_tiny_repos
 
     repos = build_tiny_repos(folder / "models")
     parameters = {

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kandinsky22_engine.tiny import (
+from kandinsky22_devkit.tiny import (
     FULL,
     MAX_TOKENS,
     Architecture,

@@ -44,11 +44,11 @@ import transformers
 from diffusers import DiffusionPipeline
 from flops import count_flops
 
+from kandinsky22_devkit.reference import combine, combined_arguments
+from kandinsky22_devkit.tiny import FULL, TINY, build_decoder_pipeline, build_prior_pipeline, write_tokenizer
 from kandinsky22_engine.generation import Inputs, choose_runtime, generate, to_uint8
 from kandinsky22_engine.models import ModelCache
 from kandinsky22_engine.parameters import Settings
-from kandinsky22_engine.reference import combine, combined_arguments
-from kandinsky22_engine.tiny import FULL, TINY, build_decoder_pipeline, build_prior_pipeline, write_tokenizer
 
 PROMPT = "portrait of a young women, blue eyes, cinematic"
 PLACED = ("gpu", "prior_offload")  # the memory modes whose decoder stays on the device

@@ -50,7 +50,7 @@ def main() -> None:
     parameters = dict(item.split("=", 1) for item in arguments.set)
     with tempfile.TemporaryDirectory(prefix="tiny_kandinsky_") as tiny_folder:
         if arguments.tiny:
-            from infer_kandinsky_2_2.kandinsky22_engine.tiny import build_tiny_repos
+            from infer_kandinsky_2_2.kandinsky22_devkit.tiny import build_tiny_repos
 
             repos = build_tiny_repos(tiny_folder)
             parameters = {

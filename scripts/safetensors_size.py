@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kandinsky22_engine.published import REPOS
-from kandinsky22_engine.tiny import FULL, build_decoder_pipeline, build_prior_pipeline, write_tokenizer
+from kandinsky22_devkit.published import REPOS
+from kandinsky22_devkit.tiny import FULL, build_decoder_pipeline, build_prior_pipeline, write_tokenizer
 
 # The position of each dtype in the safetensors library's own enum, which orders the tensors' data.
 _DTYPE_ORDER = {torch.int64: ("I64", 13, 8), torch.float32: ("F32", 11, 4)}

@@ -1,7 +1,7 @@
 """Rewrite the README's generated blocks: the parameter table, and what each mode downloads.
 
 The parameter table comes from the single parameter definition. The downloads come from the published
-repos' file list (``kandinsky22_engine/published_configs/files.json``) and the rule the task fetches by
+repos' file list (``kandinsky22_devkit/published_configs/files.json``) and the rule the task fetches by
 (``hub.needed_files``, over the components each mode's pipelines load): a table of bytes per mode, and the
 ``hf download`` commands that fetch exactly those files for offline use.
 
@@ -18,11 +18,11 @@ sys.path.insert(0, str(CHECKOUT))
 
 from diffusers import KandinskyV22PriorPipeline  # noqa: E402
 
+from kandinsky22_devkit.published import file_sizes  # noqa: E402
 from kandinsky22_engine.generation import DECODERS  # noqa: E402
 from kandinsky22_engine.hub import needed_files  # noqa: E402
 from kandinsky22_engine.models import IMAGE_ENCODER, pipeline_components  # noqa: E402
 from kandinsky22_engine.parameters import DEFAULT_PRIOR, MODES, PINNED_REVISIONS, markdown_table  # noqa: E402
-from kandinsky22_engine.published import file_sizes  # noqa: E402
 
 README = CHECKOUT / "README.md"
 

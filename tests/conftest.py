@@ -26,7 +26,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 use_ikomia_home(SESSION_FOLDER / "home")
 sys.path.insert(0, str(SESSION_FOLDER / "home" / "Ikomia" / "Plugins" / "Python"))
 
-from infer_kandinsky_2_2.kandinsky22_engine.tiny import TinyRepos, build_tiny_repos  # noqa: E402
+from infer_kandinsky_2_2.kandinsky22_devkit.tiny import TinyRepos, build_tiny_repos  # noqa: E402
 
 # Small, non-square and fast: the tiny models need few steps to exercise every stage.
 TINY_RUN = {

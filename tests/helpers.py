@@ -17,8 +17,8 @@ from diffusers import (
 )
 from PIL import Image
 
+from infer_kandinsky_2_2.kandinsky22_devkit.reference import combine, combined_arguments
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
-from infer_kandinsky_2_2.kandinsky22_engine.reference import combine, combined_arguments
 
 
 def _combined(combined_class: type, decoder_class: type, settings: Settings):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from infer_kandinsky_2_2.kandinsky22_engine.tiny import (
+from infer_kandinsky_2_2.kandinsky22_devkit.tiny import (
     FULL,
     build_decoder_pipeline,
     build_prior_pipeline,

@@ -161,7 +161,7 @@ def test_every_generated_block_of_the_readme_is_up_to_date():
 
 
 def test_the_negative_prompt_help_gives_the_image_encoders_size_from_the_file_list():
-    from infer_kandinsky_2_2.kandinsky22_engine.published import file_sizes
+    from infer_kandinsky_2_2.kandinsky22_devkit.published import file_sizes
 
     size = file_sizes()["kandinsky-community/kandinsky-2-2-prior"]["main"]["image_encoder/model.safetensors"]
     assert f"({size / 1e9:.2f} GB more to download once)" in BY_NAME["negative_prompt"].help

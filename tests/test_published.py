@@ -8,14 +8,14 @@ import pytest
 from safetensors import safe_open
 from safetensors_size import computed_sizes
 
-from infer_kandinsky_2_2.kandinsky22_engine.published import (
+from infer_kandinsky_2_2.kandinsky22_devkit.published import (
     REPOS,
     config_path,
     file_sizes,
     published_config,
     published_paths,
 )
-from infer_kandinsky_2_2.kandinsky22_engine.tiny import TOKENIZER_FILES
+from infer_kandinsky_2_2.kandinsky22_devkit.tiny import TOKENIZER_FILES
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "hub_configs"
 UNET_SIZES = {"block_out_channels", "layers_per_block", "attention_head_dim", "encoder_hid_dim", "cross_attention_dim"}
@@ -111,3 +111,10 @@ def test_the_computed_weights_sizes_are_those_the_hub_lists_to_the_byte():
     }
     computed = computed_sizes()
     assert {hub_id: {path: listed[hub_id][path] for path in paths} for hub_id, paths in computed.items()} == computed
+
+
+def test_the_published_repos_are_the_default_models_of_the_task():
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import DECODERS
+    from infer_kandinsky_2_2.kandinsky22_engine.parameters import DEFAULT_PRIOR
+
+    assert set(REPOS.values()) == {DEFAULT_PRIOR} | {decoder.default_model for decoder in DECODERS.values()}

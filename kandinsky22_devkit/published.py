@@ -11,15 +11,13 @@ import json
 from functools import cache
 from pathlib import Path
 
-from .parameters import DEFAULT_CONTROLNET_DECODER, DEFAULT_DECODER, DEFAULT_INPAINT_DECODER, DEFAULT_PRIOR
-
 FOLDER = Path(__file__).resolve().parent / "published_configs"
-# The short name of each published repo, as in the configs' file names.
+_PREFIX = "kandinsky-community/kandinsky-2-2-"
+# The short name of each published repo, as in the configs' file names ("prior", "decoder", ...) -> hub id.
 REPOS = {
-    "prior": DEFAULT_PRIOR,
-    "decoder": DEFAULT_DECODER,
-    "decoder-inpaint": DEFAULT_INPAINT_DECODER,
-    "controlnet-depth": DEFAULT_CONTROLNET_DECODER,
+    hub_id.removeprefix(_PREFIX): hub_id
+    for hub_id in json.loads((FOLDER / "files.json").read_text(encoding="utf-8"))
+    if not hub_id.startswith("_")
 }
 
 # Two files of the prior repo were not recovered byte for byte; these are written from what is known of

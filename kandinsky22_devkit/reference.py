@@ -1,9 +1,14 @@
 """diffusers' own combined pipelines over stages already loaded, to compare the engine with them."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 from diffusers import DiffusionPipeline, KandinskyV22CombinedPipeline, KandinskyV22PriorPipeline
 
-from .parameters import Settings
+if TYPE_CHECKING:
+    from kandinsky22_engine.parameters import Settings
 
 
 def combine(
