@@ -195,11 +195,13 @@ class Prepared:
 
 
 def choose_runtime(settings: Settings) -> Runtime:
-    """CUDA in float16 with the chosen memory mode when asked for and present, else the CPU in float32.
+    """Where and how a run computes: CUDA in float16 with the chosen memory mode and compile mode when
+    ``settings.cuda`` asks for it and torch sees a CUDA device; otherwise the CPU in float32, with a note
+    when CUDA was asked for but is absent.
 
-    Offloading is never asked of diffusers without an accelerator, where it fails; compiling neither:
-    on the CPU it needs a C++ compiler, and compiling even the tiny test UNet took 84 s on the
-    development VM, for a speed-up not measured there.
+    On the CPU, memory_mode and compile_unet are read as "none" and "off": diffusers' offloading needs an
+    accelerator and fails without one, and torch.compile there needs a C++ compiler and minutes of
+    compiling, for a speed-up this project has not measured. Raises nothing.
     """
     if settings.cuda and torch.cuda.is_available():
         return Runtime(
@@ -233,11 +235,27 @@ def needs_image_encoder(settings: Settings) -> bool:
 
 def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipelines:
     """Load (or reuse) the decoder of the mode that ``settings`` ask for, the prior, and the image encoder if the
-    run needs it.
+    run needs it (``needs_image_encoder``).
 
     Every model that is not loaded yet is found and its configs read first, the decoder first: a wrong or
     missing model (a repo that cannot serve the mode, a misspelt prior, an image encoder not in an offline
-    cache) is refused before any weights are fetched or loaded. Raises ``ModelLoadError``.
+    cache) is refused before any weights are fetched or loaded. A model already in ``cache`` for the same key
+    is reused as it is; one with another key replaces it (``ModelCache.get``).
+
+    Args:
+        settings: checked settings; the mode, model names, ``cuda``, ``memory_mode`` and ``compile_unet`` are
+            read (through ``choose_runtime``).
+        cache: where the models live; its lock is held while loading.
+
+    Returns:
+        ``Pipelines``: the prior and the mode's decoder, placed and in the runtime's dtype (float16 on CUDA,
+        float32 on the CPU); the prior's models that visit the device for its stage only; the image encoder or
+        None. The prior's ``get_zero_embed`` is this run's encoder's (see the patch note below).
+
+    Raises:
+        ModelLoadError: a model that cannot be found, fetched or loaded, or that cannot serve the mode; the
+            message names the parameter (``model_name`` or ``prior_model_name``) and the value. The roles
+            loaded before the failure stay usable, the failing one holds nothing.
     """
     runtime = choose_runtime(settings)
     decoder = DECODERS[settings.mode]
@@ -269,8 +287,10 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
                 loader.preflight(key)
         decoder_pipeline, prior, *encoders = (cache.get(role, key, loader) for role, key, loader in wanted)
         encoder = encoders[0] if encoders else None
-        # diffusers' prior calls get_zero_embed for the negative when there is no negative prompt; this run's
-        # encoder answers it, or nothing does (a reference to an earlier encoder would keep it in memory).
+        # Patch of a diffusers internal (diffusers 0.40.0 to 0.42.1, tests/test_upstream.py): the prior's
+        # __call__ asks self.get_zero_embed for the negative when there is no negative prompt, which would
+        # need the image encoder inside the prior; this run's encoder answers it, or nothing does (a
+        # reference to an earlier encoder would keep it in memory).
         prior.get_zero_embed = encoder.zero_embeds if encoder is not None else _no_zero_embedding
         return Pipelines(prior, decoder_pipeline, cache.parking("prior"), encoder)
 
@@ -351,9 +371,25 @@ def progress_steps(settings: Settings) -> int:
 
 
 def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
-    """Check and convert the inputs the mode reads; raise ``InputError`` naming a missing or unusable one.
+    """Check and convert the inputs that ``settings.mode`` reads, before any model is loaded.
 
-    The notes say, for every input read, its size and what was done to it (the run's metadata ``inputs``).
+    Args:
+        settings: checked settings (mode, height, width, mix_images, cuda).
+        inputs: the arrays given to the task: images as height x width x 3 (or 1, or 4 with alpha) uint8,
+            uint16 or floats in 0..1; masks and depth maps as height x width or height x width x channels
+            (``images.mask_from`` and ``images.depth_hint`` say how each dtype is read).
+
+    Returns:
+        ``Prepared``: for img2img and inpaint, ``image`` as height x width x 3 uint8 at the output size
+        (scaled to cover it and centre-cropped, never stretched); for inpaint, ``mask`` as height x width
+        float32, 1 where to repaint; for controlnet_depth, ``hint`` as a (1, 3, height, width) tensor in 0..1
+        on the run's device and dtype; for mix, the images as PIL RGB images at their own size (CLIP's image
+        processor resizes them). ``notes`` say, for every input read, its size and what was done to it (the
+        run's metadata ``inputs``).
+
+    Raises:
+        InputError: an input the mode needs is missing, empty or unusable (wrong shape or dtype, a mask that
+            repaints nothing, a uniform depth map); the message names the mode and the input.
     """
     mode, height, width = settings.mode, settings.height, settings.width
     runtime = choose_runtime(settings)
@@ -415,8 +451,22 @@ def generate(
             calls the task's ``init_long_process`` from the first run's ``begin_task_run``); the metadata's
             ``seconds.load`` and ``seconds.total`` count them.
 
-    Raises ``InputError``, ``ModelLoadError``, ``GenerationStopped``, ``GenerationOutOfMemory``, ``CompileFailed``
-    or ``NotFinite``; the cache stays usable after each.
+    Returns:
+        ``Generation``: ``images``, ``settings.num_images`` arrays of height x width x 3 RGB uint8, and
+        ``metadata``: the mode, the seed used (drawn when ``settings.seed`` is -1), the device, dtype,
+        memory and compile modes, the model names, notes on the inputs and truncated prompts, the seconds
+        spent loading and in each stage, and the diffusers and torch versions.
+
+    Raises:
+        InputError: a missing or unusable input (before any model is loaded).
+        ModelLoadError: a model that cannot be found, fetched or loaded (see ``load_pipelines``).
+        GenerationStopped: ``should_stop`` returned True; the message says after which step of which stage.
+        GenerationOutOfMemory: the device ran out of memory; the message suggests a memory_mode, size or
+            batch that fits.
+        CompileFailed: torch.compile failed; the message says to set compile_unet to off.
+        NotFinite: the prior or the decoder produced NaN or infinite values (float16 overflow, broken weights).
+
+    The cache stays usable after each error: the next run reuses what was loaded.
     """
     runtime = choose_runtime(settings)
     if runtime.note:
@@ -648,7 +698,8 @@ def _decode(
     """
     image_embeds, negative_image_embeds = embeds
     count = settings.num_images
-    # With guidance at 1, diffusers' decoders do not cast the embeddings (nor the hint) to the UNet's dtype.
+    # Workaround (diffusers 0.40.0 to 0.42.1, tests/test_upstream.py): with guidance at 1, diffusers' decoders
+    # do not cast the embeddings (nor the hint) to the UNet's dtype.
     unet_dtype = decoder.unet.dtype
     arguments = {
         "image_embeds": image_embeds.to(unet_dtype),
@@ -679,9 +730,10 @@ def _decode(
 def _img2img_pipeline(decoder: KandinskyV22Pipeline) -> KandinskyV22Img2ImgPipeline:
     """An img2img pipeline over the text2img decoder's own components: nothing is loaded again.
 
-    diffusers' img2img resizer is called with height and width swapped (asked for 64 tall x 128 wide, it
-    returns 64 wide x 128 tall), so it is replaced by one that does not resize: the input already has
-    the output size (see ``images.fit``).
+    Workaround of a diffusers bug (diffusers 0.40.0 to 0.42.1, tests/test_upstream.py): its img2img
+    pipeline calls its resizer with height and width swapped (asked for 64 tall x 128 wide, it returns 64
+    wide x 128 tall), so the resizer is replaced by one that does not resize: the input already has the
+    output size (see ``images.fit``).
     """
     pipeline = KandinskyV22Img2ImgPipeline(**decoder.components)
     pipeline.image_processor = VaeImageProcessor(

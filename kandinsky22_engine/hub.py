@@ -39,7 +39,11 @@ _WEIGHTS = re.compile(r"(?:diffusion_pytorch_model|model)(?:-\d{5}-of-\d{5})?\.s
 _PICKLES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 # The cache keeps a commit's files under its full hash: a shortened one finds nothing there offline.
 _SHORT_COMMIT = re.compile(r"[0-9a-f]{7,39}")
-_CONNECTION_ERRORS = ("ConnectError", "ConnectionError", "ConnectTimeout", "Timeout", "LocalEntryNotFoundError")
+# Workaround, matched by class name (huggingface_hub 1.x and 2.x; tests/test_hub.py's unreachable-hub test tells
+# when it stops working): the hub could not be reached. huggingface_hub lets its transport's network errors and
+# timeouts through, httpx's in 1.x and httpx2's in 2.x, whose classes have the same names but no common base
+# to import; LocalEntryNotFoundError is its own, raised when it fell back to a cache that lacks the file.
+_CONNECTION_ERRORS = ("NetworkError", "TimeoutException", "LocalEntryNotFoundError")
 # Reads a repo's configs (in the folder) before its weights are fetched or loaded, and raises to refuse it.
 Check = Callable[[Path, "Source"], None]
 
@@ -388,7 +392,7 @@ def _describe_hub_failure(parameter_name: str, source: Source, error: Exception)
             f"{parameter_name}: {name} has no model_index.json on the Hugging Face hub; accepted: a Kandinsky 2.2 "
             "repo in the diffusers layout."
         )
-    if any(type(item).__name__ in _CONNECTION_ERRORS for item in chain):
+    if any(kind.__name__ in _CONNECTION_ERRORS for item in chain for kind in type(item).__mro__):
         return (
             f"{parameter_name}: {name} is not in the local Hugging Face cache ({hub_constants.HF_HUB_CACHE}) "
             "and could not be fetched: the hub is unreachable from this machine."

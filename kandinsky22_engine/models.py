@@ -194,8 +194,20 @@ class ModelCache:
     def get(self, role: str, key: ModelKey, load: Loader) -> object:
         """Return the model of ``role`` for ``key``, loading it with ``load`` only if the cached one differs.
 
-        ``load`` (a ``PipelineLoader``, or ``IMAGE_ENCODER_LOADER``) returns the model placed as ``key`` says
-        and what it keeps parked; if it raises, the role holds nothing.
+        Args:
+            role: the cache slot: "prior", a decoder's role ("decoder", "inpaint_decoder",
+                "controlnet_decoder") or "image_encoder".
+            key: what the model must be: repo, device, dtype, memory mode, compile mode.
+            load: a ``PipelineLoader`` or ``IMAGE_ENCODER_LOADER``; called with ``key``, it returns the model
+                placed as ``key`` says and what it keeps parked.
+
+        Returns:
+            The cached model (a diffusers pipeline, or an ``ImageEncoder``), brought back to the device first
+            if it was set aside. ``load_counts[role]`` counts the loads.
+
+        Raises:
+            Whatever ``load`` raises (``ModelLoadError`` for the engine's loaders); the role then holds nothing,
+            as the model it held before was released first to free its memory.
         """
         with self.lock:
             cached = self._loaded.get(role)
@@ -267,7 +279,7 @@ class ModelCache:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
                 # A parked model's pinned memory stays with PyTorch's host allocator until this gives it
-                # back; torch 2.11, which the GPU benchmark may run on, has no such call.
+                # back; torch 2.11 and earlier have no such call.
                 if hasattr(torch.accelerator, "empty_host_cache"):
                     torch.accelerator.empty_host_cache()
 
@@ -395,8 +407,9 @@ class ImageEncoder:
             return self.model(pixels.to(device=self.device, dtype=self.model.dtype))["image_embeds"]
 
     def zero_embeds(self, batch_size: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
-        """The embedding of an all-zero image, repeated ``batch_size`` times, on ``device``: what diffusers'
-        ``get_zero_embed`` returns, computed once."""
+        """The embedding of an all-zero image, (batch_size, projection_dim) on ``device``: what diffusers'
+        ``KandinskyV22PriorPipeline.get_zero_embed`` returns, with its signature, computed once. It stands in
+        for that method (a patch, see ``generation.load_pipelines``)."""
         if self._zero_embedding is None:
             size = self.model.config.image_size
             self._zero_embedding = self.embed(torch.zeros(1, 3, size, size))
