@@ -202,8 +202,7 @@ class Settings:
         label="Prior model",
         group="Models",
         help=(
-            "Hugging Face hub id (owner/name, or owner/name@revision) or local folder of a Kandinsky 2.2 prior repo "
-            "(CLIP text encoder, prior and CLIP image encoder)."
+            "Kandinsky 2.2 prior repo: a Hugging Face hub id (owner/name, or owner/name@revision) or a local folder."
         ),
         allow_blank=False,
         suggestions=KNOWN_PRIORS,
@@ -297,10 +296,7 @@ class Settings:
         1,
         label="Images",
         group="Output",
-        help=(
-            "How many pictures one run makes, as one batch. Picture 1 is output 0; pictures 2 and on are outputs 2 "
-            "and on (output 1 is the metadata)."
-        ),
+        help="How many pictures one run makes, as one batch: picture 1 is output 0, the others outputs 2 and on.",
         minimum=1,
         maximum=MAX_IMAGES,
     )
@@ -344,9 +340,9 @@ class Settings:
         label="GPU memory",
         group="Device",
         help=(
-            "How the models use GPU memory: gpu keeps them on the GPU (fastest), prior_offload moves the text "
-            "encoder and prior there for the prior stage only, model_offload moves each model there only while it "
-            "runs (least memory), sequential_offload one layer at a time (slowest). Ignored on the CPU."
+            "How the models use GPU memory: gpu keeps them there (fastest), prior_offload moves the text encoder "
+            "and prior there for the prior stage only, model_offload each model only while it runs (least memory), "
+            "sequential_offload one layer at a time (slowest). Ignored on the CPU."
         ),
         choices=MEMORY_MODES,
         cuda_only=True,
@@ -357,7 +353,7 @@ class Settings:
         group="Device",
         help=(
             "Compile the decoder's UNet with torch.compile in this mode (reduce-overhead, with CUDA graphs, is the "
-            "fastest); ignored on the CPU. The first run compiles (about a minute on an H200), and so does the first "
+            "fastest); ignored on the CPU. The first run compiles (about a minute on an H200), as does the first "
             "after a change of size, batch or guidance."
         ),
         choices=COMPILE_MODES,

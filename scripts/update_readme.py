@@ -105,10 +105,9 @@ def downloads_block() -> str:
     lines = [
         *rows,
         "",
-        f"Sizes are sums of the files' sizes in the repos' file lists, plus {' and '.join(unknown)}, whose sizes "
-        "the recorded list lacks; the inpainting UNet's size is computed from its architecture "
-        "(`scripts/safetensors_size.py`, which gives the other listed weights sizes to the byte). A later run of "
-        "another mode fetches only what is new to it: its own decoder, or the image encoder.",
+        f"Sizes are those of the repos' file lists, without {' and '.join(unknown)}, which the list gives no size "
+        "for; the inpainting UNet's is computed from its architecture (`scripts/safetensors_size.py`). A later run "
+        "of another mode fetches only what is new to it: its own decoder, or the image encoder.",
         "",
         "```bash",
     ]
