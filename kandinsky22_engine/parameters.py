@@ -188,11 +188,9 @@ class Settings:
         group="Models",
         help=(
             "Hugging Face hub id (owner/name, or owner/name@revision) or local folder of a Kandinsky 2.2 decoder repo "
-            "(UNet and MoVQ) of the mode's kind: a text-to-image decoder for text2img, img2img and mix, an inpainting "
-            "decoder for inpaint, a ControlNet depth decoder for controlnet_depth; another kind is refused before any "
-            f"model runs. Left at the default, inpaint uses {DEFAULT_INPAINT_DECODER} and controlnet_depth "
-            f"{DEFAULT_CONTROLNET_DECODER} at revision {PINNED_REVISIONS[DEFAULT_CONTROLNET_DECODER]} (its "
-            "main branch has pickle weights only, which are never loaded)."
+            "of the mode's kind: text-to-image, inpainting or ControlNet depth. Left at the default, inpaint uses "
+            f"{DEFAULT_INPAINT_DECODER} and controlnet_depth "
+            f"{DEFAULT_CONTROLNET_DECODER}@{PINNED_REVISIONS[DEFAULT_CONTROLNET_DECODER]}."
         ),
         allow_blank=False,
         suggestions=KNOWN_DECODERS,
@@ -204,9 +202,7 @@ class Settings:
         label="Prior model",
         group="Models",
         help=(
-            "Hugging Face hub id (owner/name, or owner/name@revision) or local folder of a Kandinsky 2.2 prior repo "
-            "(CLIP text encoder and prior). Its CLIP image encoder is loaded only when a run needs it: mix, or an "
-            "empty negative prompt."
+            "Kandinsky 2.2 prior repo: a Hugging Face hub id (owner/name, or owner/name@revision) or a local folder."
         ),
         allow_blank=False,
         suggestions=KNOWN_PRIORS,
@@ -233,7 +229,7 @@ class Settings:
         25,
         label="Prior steps",
         group="Prior: prompt to image embedding",
-        help="Denoising steps of the prior (diffusers' UnCLIPScheduler divides by zero at 1).",
+        help="Denoising steps of the prior.",
         minimum=2,
         maximum=MAX_STEPS,
     )
@@ -280,7 +276,7 @@ class Settings:
         768,
         label="Height",
         group="Output",
-        help=f"Image height in pixels, a multiple of {SIDE_STEP} up to {MAX_SIDE}.",
+        help="Image height in pixels.",
         minimum=SIDE_STEP,
         maximum=MAX_SIDE,
         multiple_of=SIDE_STEP,
@@ -290,7 +286,7 @@ class Settings:
         768,
         label="Width",
         group="Output",
-        help=f"Image width in pixels, a multiple of {SIDE_STEP} up to {MAX_SIDE}.",
+        help="Image width in pixels.",
         minimum=SIDE_STEP,
         maximum=MAX_SIDE,
         multiple_of=SIDE_STEP,
@@ -300,10 +296,7 @@ class Settings:
         1,
         label="Images",
         group="Output",
-        help=(
-            f"How many pictures one run makes, as one batch (faster per picture than separate runs), from 1 to "
-            f"{MAX_IMAGES}. Picture 1 is output 0; pictures 2 and on are outputs 2 and on (output 1 is the metadata)."
-        ),
+        help="How many pictures one run makes, as one batch: picture 1 is output 0, the others outputs 2 and on.",
         minimum=1,
         maximum=MAX_IMAGES,
     )
@@ -319,7 +312,7 @@ class Settings:
         2,
         label="Images to mix",
         group="Mix",
-        help=f"mix: how many image inputs the task offers, from 2 to {MAX_MIX_IMAGES}; each must be given an image.",
+        help="mix: how many image inputs the task offers; each must be given an image.",
         minimum=2,
         maximum=MAX_MIX_IMAGES,
         modes=("mix",),
@@ -329,8 +322,8 @@ class Settings:
         label="Mix weights",
         group="Mix",
         help=(
-            "mix: one weight per item, in order: image 1, image 2, ..., then the prompt when it is not empty; "
-            "numbers separated by commas or spaces, 0 or more, not all 0. Empty: equal weights."
+            "mix: one weight per item (image 1, image 2, ..., then the prompt when it is not empty), separated by "
+            "commas or spaces. Empty: equal weights."
         ),
         pattern=r"[0-9.eE+\s,;]*",
         modes=("mix",),
@@ -347,14 +340,9 @@ class Settings:
         label="GPU memory",
         group="Device",
         help=(
-            "On CUDA: gpu keeps the models on the GPU (fastest; the CLIP image encoder, loaded only for mix or an "
-            "empty negative prompt, is copied to it only while it embeds); prior_offload keeps the decoder on the "
-            "GPU and copies the text encoder and prior to it for the prior stage only, from pinned CPU memory; "
-            "model_offload moves each model to the "
-            "GPU only while it runs (least memory measured at 768x768); sequential_offload moves each layer, "
-            "slowest (diffusers keeps the prior on the GPU in this mode). gpu keeps each decoder it has used on "
-            "the GPU (inpaint and controlnet_depth have their own); the other modes keep only the one in use "
-            "there. Ignored on the CPU."
+            "How the models use GPU memory: gpu keeps them there (fastest), prior_offload moves the text encoder "
+            "and prior there for the prior stage only, model_offload each model only while it runs (least memory), "
+            "sequential_offload one layer at a time (slowest). Ignored on the CPU."
         ),
         choices=MEMORY_MODES,
         cuda_only=True,
@@ -364,9 +352,9 @@ class Settings:
         label="Compile the UNet",
         group="Device",
         help=(
-            "On CUDA: compile the decoder's UNet with torch.compile in this mode (reduce-overhead adds CUDA "
-            "graphs, the fastest). The first run compiles (about a minute on an H200), and again for each new "
-            "size, batch or guidance; later runs are faster. Ignored on the CPU."
+            "Compile the decoder's UNet with torch.compile in this mode (reduce-overhead, with CUDA graphs, is the "
+            "fastest); ignored on the CPU. The first run compiles (about a minute on an H200), as does the first "
+            "after a change of size, batch or guidance."
         ),
         choices=COMPILE_MODES,
         cuda_only=True,

@@ -1,6 +1,7 @@
-"""Rewrite the README's generated blocks: the parameter table, and what each mode downloads.
+"""Rewrite the README's generated blocks: the Python example, the parameter table, and what each mode downloads.
 
-The parameter table comes from the single parameter definition. The downloads come from the published
+The Python example, which sets every parameter to its default, and the parameter table come from the single
+parameter definition. The downloads come from the published
 repos' file list (``kandinsky22_devkit/published_configs/files.json``) and the rule the task fetches by
 (``hub.needed_files``, over the components each mode's pipelines load): a table of bytes per mode, and the
 ``hf download`` commands that fetch exactly those files for offline use.
@@ -8,6 +9,7 @@ repos' file list (``kandinsky22_devkit/published_configs/files.json``) and the r
 Usage: python scripts/update_readme.py (a test fails while the README differs from it).
 """
 
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -22,7 +24,14 @@ from kandinsky22_devkit.published import file_sizes  # noqa: E402
 from kandinsky22_engine.generation import DECODERS  # noqa: E402
 from kandinsky22_engine.hub import needed_files  # noqa: E402
 from kandinsky22_engine.models import IMAGE_ENCODER, pipeline_components  # noqa: E402
-from kandinsky22_engine.parameters import DEFAULT_PRIOR, MODES, PINNED_REVISIONS, markdown_table  # noqa: E402
+from kandinsky22_engine.parameters import (  # noqa: E402
+    DEFAULT_PRIOR,
+    MODES,
+    PARAMETERS,
+    PINNED_REVISIONS,
+    Parameter,
+    markdown_table,
+)
 
 README = CHECKOUT / "README.md"
 
@@ -96,10 +105,9 @@ def downloads_block() -> str:
     lines = [
         *rows,
         "",
-        f"Sizes are sums of the files' sizes in the repos' file lists, plus {' and '.join(unknown)}, whose sizes "
-        "the recorded list lacks; the inpainting UNet's size is computed from its architecture "
-        "(`scripts/safetensors_size.py`, which gives the other listed weights sizes to the byte). A later run of "
-        "another mode fetches only what is new to it: its own decoder, or the image encoder.",
+        f"Sizes are those of the repos' file lists, without {' and '.join(unknown)}, which the list gives no size "
+        "for; the inpainting UNet's is computed from its architecture (`scripts/safetensors_size.py`). A later run "
+        "of another mode fetches only what is new to it: its own decoder, or the image encoder.",
         "",
         "```bash",
     ]
@@ -109,7 +117,56 @@ def downloads_block() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"parameters": markdown_table, "downloads": downloads_block}
+def example_value(parameter: Parameter) -> tuple[str, str]:
+    """The string the Python example sets ``parameter`` to, and the comment beside it ("" for none).
+
+    The value is the default; a default that depends on the machine (``cuda``) is shown as it is where it
+    matters, so that the README is the same on every machine.
+    """
+    notes = []
+    if parameter.default_text is None:
+        value = parameter.to_string(parameter.default)
+    elif parameter.type is bool:
+        value = parameter.to_string(True)
+        notes.append(f"default: {parameter.default_text}")
+    else:
+        raise ValueError(f"{parameter.name}: no example value for a default of {parameter.default_text!r}")
+    if parameter.modes:
+        notes.append(", ".join(parameter.modes) + " only")
+    if parameter.cuda_only:
+        notes.append("CUDA only")
+    return value, "; ".join(notes)
+
+
+def python_example() -> str:
+    """The README's example of the Python API: a text2img run that sets every parameter to its default."""
+    lines = [
+        "```python",
+        "from ikomia.dataprocess.workflow import Workflow",
+        "",
+        "wf = Workflow()",
+        'algo = wf.add_task(name="infer_kandinsky_2_2")  # add public_hub=False to use a local copy only',
+        "algo.set_parameters(",
+        "    {",
+    ]
+    for parameter in PARAMETERS:
+        value, note = example_value(parameter)
+        lines.append(f'        "{parameter.name}": {json.dumps(value)},' + (f"  # {note}" if note else ""))
+    lines += [
+        "    }",
+        ")",
+        "wf.init_long_process()  # optional: load the models now rather than at the first run",
+        "wf.run()  # text2img has no input; the other modes need theirs connected (below)",
+        "",
+        "image = algo.get_output(0).get_image()  # numpy array, height x width x 3, RGB, uint8",
+        "metadata = algo.get_output(1).data  # dict: the seed used, device, models, seconds per stage, ...",
+        'print(metadata["seed"], metadata["seconds"])',
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+BLOCKS = {"python-example": python_example, "parameters": markdown_table, "downloads": downloads_block}
 
 
 def rewrite(text: str) -> str:

@@ -167,9 +167,11 @@ def test_the_negative_prompt_help_gives_the_image_encoders_size_from_the_file_li
     assert f"({size / 1e9:.2f} GB more to download once)" in BY_NAME["negative_prompt"].help
 
 
-def test_readme_python_example_sets_every_parameter_with_its_default_or_a_valid_value():
+def test_readme_python_example_sets_every_parameter_to_its_default():
     readme = README.read_text(encoding="utf-8")
     example = readme.split("## Use from Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     values = dict(re.findall(r'^\s+"(\w+)": "([^"]*)",', example, re.M))
     assert list(values) == [parameter.name for parameter in PARAMETERS]
-    assert Settings.from_strings(values).seed == 42
+    settings = Settings.from_strings(values)
+    # cuda's default depends on the machine; the example shows it where CUDA is available.
+    assert settings == Settings(cuda=True)
