@@ -10,7 +10,9 @@ fix a diffusers bug, and the docstring of that step says which.
 import gc
 import json
 import logging
+import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -194,14 +196,44 @@ class Prepared:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+# CUDA graphs (compile_unet reduce-overhead) captured outside the main thread trip an assertion in torch
+# releases before this one (pytorch/pytorch#123177); Ikomia Studio runs tasks in worker threads.
+CUDA_GRAPHS_IN_THREADS = (2, 13)
+
+
+def check_cuda_graphs(compile_unet: str, torch_version: str, main_thread: bool) -> None:
+    """Refuse ``compile_unet`` reduce-overhead outside the main thread when ``torch_version`` cannot capture CUDA
+    graphs there; any other mode, thread or torch passes.
+
+    ``torch_version`` is compared by its major and minor numbers only, so a pre-release or local build of 2.13
+    ("2.13.0a0+git...") counts as 2.13, and a version that does not start with them is let through. Raises
+    ``CompileFailed`` naming the parameter, the torch found and what to do.
+    """
+    if compile_unet != "reduce-overhead" or main_thread:
+        return
+    numbers = re.match(r"(\d+)\.(\d+)", torch_version)
+    if numbers is None or tuple(map(int, numbers.groups())) >= CUDA_GRAPHS_IN_THREADS:
+        return
+    needed = ".".join(map(str, CUDA_GRAPHS_IN_THREADS))
+    raise CompileFailed(
+        f"compile_unet: 'reduce-overhead' (CUDA graphs) needs torch {needed} or later when the task runs outside "
+        f"the main thread, as Ikomia Studio runs it; this torch is {torch_version}, whose CUDA graphs fail there "
+        f"(pytorch/pytorch#123177). Set compile_unet to default or off, or install torch {needed} or later."
+    )
+
+
 def choose_runtime(settings: Settings) -> Runtime:
     """CUDA in float16 with the chosen memory mode when asked for and present, else the CPU in float32.
 
     Offloading is never asked of diffusers without an accelerator, where it fails; compiling neither:
     on the CPU it needs a C++ compiler, and compiling even the tiny test UNet took 84 s on the
-    development VM, for a speed-up not measured there.
+    development VM, for a speed-up not measured there. Raises ``CompileFailed`` when CUDA graphs are asked
+    for where this torch cannot capture them (see ``check_cuda_graphs``).
     """
     if settings.cuda and torch.cuda.is_available():
+        check_cuda_graphs(
+            settings.compile_unet, torch.__version__, threading.current_thread() is threading.main_thread()
+        )
         return Runtime(
             device="cuda",
             dtype=torch.float16,
@@ -237,7 +269,8 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
 
     Every model that is not loaded yet is found and its configs read first, the decoder first: a wrong or
     missing model (a repo that cannot serve the mode, a misspelt prior, an image encoder not in an offline
-    cache) is refused before any weights are fetched or loaded. Raises ``ModelLoadError``.
+    cache) is refused before any weights are fetched or loaded. Raises ``ModelLoadError``, or ``CompileFailed``
+    when the torch at hand cannot run the compile_unet asked for (see ``choose_runtime``).
     """
     runtime = choose_runtime(settings)
     decoder = DECODERS[settings.mode]
