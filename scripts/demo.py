@@ -83,6 +83,7 @@ def main() -> None:
     outputs = [0, *range(2, metadata["num_images"] + 1)]
     print(json.dumps(metadata, indent=2))
     for index, path in zip(outputs, picture_paths(arguments.output, len(outputs)), strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(task.get_output(index).get_image()).save(path)
         print(f"Image written to {path.resolve()}")
 
