@@ -10,7 +10,9 @@ fix a diffusers bug, and the docstring of that step says which.
 import gc
 import json
 import logging
+import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -194,6 +196,32 @@ class Prepared:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+# CUDA graphs (compile_unet reduce-overhead) captured outside the main thread trip an assertion in torch
+# releases before this one (pytorch/pytorch#123177); Ikomia Studio runs tasks in worker threads.
+CUDA_GRAPHS_IN_THREADS = (2, 13)
+
+
+def check_cuda_graphs(compile_unet: str, torch_version: str, main_thread: bool) -> None:
+    """Refuse ``compile_unet`` reduce-overhead outside the main thread when ``torch_version`` cannot capture CUDA
+    graphs there; any other mode, thread or torch passes.
+
+    ``torch_version`` is compared by its major and minor numbers only, so a pre-release or local build of 2.13
+    ("2.13.0a0+git...") counts as 2.13, and a version that does not start with them is let through. Raises
+    ``CompileFailed`` naming the parameter, the torch found and what to do.
+    """
+    if compile_unet != "reduce-overhead" or main_thread:
+        return
+    numbers = re.match(r"(\d+)\.(\d+)", torch_version)
+    if numbers is None or tuple(map(int, numbers.groups())) >= CUDA_GRAPHS_IN_THREADS:
+        return
+    needed = ".".join(map(str, CUDA_GRAPHS_IN_THREADS))
+    raise CompileFailed(
+        f"compile_unet: 'reduce-overhead' (CUDA graphs) needs torch {needed} or later when the task runs outside "
+        f"the main thread, as Ikomia Studio runs it; this torch is {torch_version}, whose CUDA graphs fail there "
+        f"(pytorch/pytorch#123177). Set compile_unet to default or off, or install torch {needed} or later."
+    )
+
+
 def choose_runtime(settings: Settings) -> Runtime:
     """Where and how a run computes: CUDA in float16 with the chosen memory mode and compile mode when
     ``settings.cuda`` asks for it and torch sees a CUDA device; otherwise the CPU in float32, with a note
@@ -201,9 +229,15 @@ def choose_runtime(settings: Settings) -> Runtime:
 
     On the CPU, memory_mode and compile_unet are read as "none" and "off": diffusers' offloading needs an
     accelerator and fails without one, and torch.compile there needs a C++ compiler and minutes of
-    compiling, for a speed-up this project has not measured. Raises nothing.
+    compiling, for a speed-up this project has not measured.
+
+    Raises ``CompileFailed`` when CUDA graphs are asked for where this torch cannot capture them (see
+    ``check_cuda_graphs``).
     """
     if settings.cuda and torch.cuda.is_available():
+        check_cuda_graphs(
+            settings.compile_unet, torch.__version__, threading.current_thread() is threading.main_thread()
+        )
         return Runtime(
             device="cuda",
             dtype=torch.float16,
@@ -256,6 +290,7 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
         ModelLoadError: a model that cannot be found, fetched or loaded, or that cannot serve the mode; the
             message names the parameter (``model_name`` or ``prior_model_name``) and the value. The roles
             loaded before the failure stay usable, the failing one holds nothing.
+        CompileFailed: the torch at hand cannot run the compile_unet asked for (see ``choose_runtime``).
     """
     runtime = choose_runtime(settings)
     decoder = DECODERS[settings.mode]

@@ -1,9 +1,10 @@
-"""Generate one image with infer_kandinsky_2_2 through the Ikomia workflow API.
+"""Generate images with infer_kandinsky_2_2 through the Ikomia workflow API.
 
 Real Kandinsky 2.2 weights by default (downloaded once into the Hugging Face cache); ``--tiny``
 runs offline on tiny random-weight models instead, which checks the whole path in seconds but
-paints noise (at 256 x 256 with 25 decoder steps, unless set otherwise). Run it through
-``scripts/demo.sh``, which sets up the environment first.
+paints noise (at 256 x 256 with 25 decoder steps, unless set otherwise). Every picture of the run is
+written: one to ``--output``, several (``--set num_images=3``) to ``--output``'s name with ``_1``, ``_2``...
+before its suffix. Run it through ``scripts/demo.sh``, which sets up the environment first.
 """
 
 import argparse
@@ -22,7 +23,12 @@ TINY_DEFAULTS = {"height": "256", "width": "256", "num_inference_steps": "25"}
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="run offline on tiny random-weight models")
-    parser.add_argument("--output", type=Path, default=Path("kandinsky_2_2_demo.png"), help="PNG file to write")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("kandinsky_2_2_demo.png"),
+        help="PNG file to write, from the current folder; several pictures get _1, _2... before the suffix",
+    )
     parser.add_argument(
         "--set",
         metavar="NAME=VALUE",
@@ -31,6 +37,14 @@ def parse_arguments() -> argparse.Namespace:
         help="set a task parameter, e.g. --set seed=42 --set prompt='a red cat' (repeatable)",
     )
     return parser.parse_args()
+
+
+def picture_paths(output: Path, count: int) -> list[Path]:
+    """Where the ``count`` pictures of a run go: ``output`` for one; for several, ``output`` with ``_1``,
+    ``_2``... added to its stem (``out.png`` gives ``out_1.png``, ``out_2.png``...)."""
+    if count == 1:
+        return [output]
+    return [output.with_stem(f"{output.stem}_{index}") for index in range(1, count + 1)]
 
 
 def plugins_folder() -> Path:
@@ -64,9 +78,14 @@ def main() -> None:
         task.set_parameters(parameters)
         workflow.run()
 
-    Image.fromarray(task.get_output(0).get_image()).save(arguments.output)
-    print(json.dumps(task.get_output(1).data, indent=2))
-    print(f"Image written to {arguments.output.resolve()}")
+    metadata = task.get_output(1).data
+    # Output 0 holds picture 1, output 1 the metadata, outputs 2 and on pictures 2 and on.
+    outputs = [0, *range(2, metadata["num_images"] + 1)]
+    print(json.dumps(metadata, indent=2))
+    for index, path in zip(outputs, picture_paths(arguments.output, len(outputs)), strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(task.get_output(index).get_image()).save(path)
+        print(f"Image written to {path.resolve()}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set everything up, then generate one image through the Ikomia workflow API.
+# Set everything up, then generate images through the Ikomia workflow API.
 # Usage: scripts/demo.sh [--tiny] [demo.py options]   (--tiny: offline, on tiny random-weight models)
+# Runs from the caller's folder: a relative --output is written there.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-python=$(bash scripts/setup.sh requirements-demo.txt)
-exec "$python" scripts/demo.py "$@"
+plugin=$(dirname "$0")/..
+python=$(bash "$plugin/scripts/setup.sh" requirements-demo.txt)
+exec "$python" "$plugin/scripts/demo.py" "$@"

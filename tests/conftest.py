@@ -16,6 +16,10 @@ from hypothesis import settings as hypothesis_settings
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from ikomia_home import use_ikomia_home
 
+# Hypothesis keeps its examples and caches out of the plugin folder, which Ikomia HUB zips: in the user's cache,
+# found before HOME points at the throwaway root below, so that they outlive the session.
+HYPOTHESIS_FOLDER = Path.home() / ".cache" / "infer_kandinsky_2_2" / "hypothesis"
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(HYPOTHESIS_FOLDER))
 # Parsing is fast, but the first examples can meet a garbage collection of the model tests' tensors.
 hypothesis_settings.register_profile("suite", deadline=None)
 hypothesis_settings.load_profile("suite")
