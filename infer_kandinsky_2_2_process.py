@@ -11,11 +11,14 @@ then pictures 2 and on when ``num_images`` asks for more. Inputs and outputs are
 ``mode``, ``mix_images`` or ``num_images`` changes, however the parameters are set.
 """
 
+import ctypes
 import logging
+import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from ikomia import core, dataprocess, utils
@@ -203,19 +206,56 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         prepared = prepare_inputs(settings, self._read_inputs(settings))
         self._seconds_loading = 0.0
         self.begin_task_run()
-        result = generate(
-            settings,
-            prepared,
-            cache=MODEL_CACHE,
-            on_step=self.emit_step_progress,
-            should_stop=self._stop_requested.is_set,
-            seconds_loading_before=self._seconds_loading,
-        )
+        with openmp_teams_as_on_the_main_thread():
+            result = generate(
+                settings,
+                prepared,
+                cache=MODEL_CACHE,
+                on_step=self.emit_step_progress,
+                should_stop=self._stop_requested.is_set,
+                seconds_loading_before=self._seconds_loading,
+            )
         for output, image in zip(self._picture_outputs(), result.images, strict=True):
             output.set_image(image)
         self.get_output(1).data = result.metadata
         self.get_param_object().last_seed = result.metadata["seed"]
         self.end_task_run()
+
+
+def _gnu_openmp() -> ctypes.CDLL | None:
+    """GNU OpenMP (libgomp) if this process has loaded it already, else None; never loads it."""
+    no_load = getattr(os, "RTLD_NOLOAD", None)
+    if no_load is None:
+        return None
+    try:
+        return ctypes.CDLL("libgomp.so.1", mode=no_load | os.RTLD_LAZY)
+    except OSError:
+        return None
+
+
+@contextmanager
+def openmp_teams_as_on_the_main_thread() -> Iterator[None]:
+    """Let OpenMP size this thread's teams as it does on the main thread while the block runs; the thread's
+    own setting is put back after.
+
+    ikomia's OpenCV turns on OpenMP's dynamic adjustment of team sizes (``omp_set_dynamic(1)``) when it loads,
+    and GNU libgomp keeps that setting per thread: only the thread that loaded OpenCV, the main thread, has it.
+    With it, libgomp gives a team the cores that the 15-minute load average leaves free (one at least).
+    Studio runs tasks in other threads, where torch's teams took every core whatever the load and their
+    threads spun waiting for each other at every barrier: on cores kept busy by other processes, a run from
+    such a thread took several times as long as the same run from the main thread (BENCHMARKS.md, runs from a
+    worker thread). Where libgomp is not loaded, torch uses another OpenMP and nothing changes.
+    """
+    runtime = _gnu_openmp()
+    if runtime is None:
+        yield
+        return
+    before = runtime.omp_get_dynamic()
+    runtime.omp_set_dynamic(1)
+    try:
+        yield
+    finally:
+        runtime.omp_set_dynamic(before)
 
 
 def _call_while_alive(method: weakref.WeakMethod) -> Callable[[], None]:

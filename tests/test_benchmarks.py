@@ -84,6 +84,29 @@ def test_the_cpu_overhead_benchmark_times_the_task_against_diffusers_with_nothin
     assert report["batch_per_image"]["num_images"] == 2
 
 
+def test_the_thread_benchmark_times_every_case_from_the_main_thread_and_from_worker_threads(tmp_path):
+    small = ["--rounds", "2", "--height", "64", "--width", "64", "--steps", "2", "--prior-steps", "2"]
+    report_path = tmp_path / "thread_overhead.json"
+    command = [sys.executable, str(BENCHMARKS / "thread_overhead.py"), *small, "--busy", "1"]
+    environment = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    subprocess.run(
+        [*command, "--output", str(report_path)], check=True, capture_output=True, timeout=600, env=environment
+    )
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert report["busy_processes"] == 1 and report["run"]["num_inference_steps"] == "2"
+    assert set(report["cases"]) == {
+        "plugin, main thread",
+        "plugin, threading.Thread",
+        "plugin, QThread",
+        "diffusers, main thread",
+        "diffusers, threading.Thread",
+    }
+    for name, case in report["cases"].items():
+        assert case["runs"] == 2 and case["min_s"] <= case["median_s"] <= case["max_s"]
+        assert case["over_main_thread"] == 1.0 if name.endswith("main thread") else case["over_main_thread"] > 0
+    assert report["openmp"]["dynamic_main_thread"] == 1 and report["openmp"]["dynamic_new_thread"] == 0
+
+
 def test_the_gpu_figures_in_benchmarks_md_are_those_of_the_committed_reports():
     reports = sorted((BENCHMARKS / "results").glob("*.json"))
     rendered = "\n\n".join(render(json.loads(path.read_text(encoding="utf-8"))) for path in reports)
