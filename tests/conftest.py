@@ -56,9 +56,9 @@ def other_decoder(tiny_repos: TinyRepos) -> Path:
     return copy
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_strings(tiny_repos: TinyRepos) -> dict[str, str]:
-    """Parameters, as Ikomia strings, of a quick run on the tiny models."""
+    """Parameters, as Ikomia strings, of a quick run on the tiny models (shared: copy it to change it)."""
     return {
         "model_name": str(tiny_repos.decoder),
         "prior_model_name": str(tiny_repos.prior),
