@@ -27,6 +27,7 @@ use_ikomia_home(SESSION_FOLDER / "home")
 sys.path.insert(0, str(SESSION_FOLDER / "home" / "Ikomia" / "Plugins" / "Python"))
 
 from infer_kandinsky_2_2.kandinsky22_devkit.tiny import TinyRepos, build_tiny_repos  # noqa: E402
+from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache  # noqa: E402
 
 # Small, non-square and fast: the tiny models need few steps to exercise every stage.
 TINY_RUN = {
@@ -45,6 +46,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def tiny_repos() -> TinyRepos:
     return build_tiny_repos(SESSION_FOLDER / "models")
+
+
+@pytest.fixture(scope="session")
+def warm_cache() -> ModelCache:
+    """One model cache for the tests that look only at pixels, metadata or messages, never at what loads or
+    where weights are: each model loads once for all of them. Tests that count loads make their own."""
+    return ModelCache()
 
 
 @pytest.fixture(scope="session")

@@ -106,16 +106,15 @@ def published(tiny_repos) -> dict[str, dict[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def by_folder(tiny_repos) -> Callable[[str], np.ndarray]:
+def by_folder(tiny_repos, warm_cache) -> Callable[[str], np.ndarray]:
     """The picture of a mode's run from the tiny repos' folders, which a run by hub id must equal (each once)."""
     decoders = {"inpaint": tiny_repos.inpaint_decoder, "controlnet_depth": tiny_repos.controlnet_decoder}
-    cache = ModelCache()
 
     @functools.cache
     def picture(mode: str) -> np.ndarray:
         model = decoders.get(mode, tiny_repos.decoder)
         settings = Settings(mode=mode, model_name=str(model), prior_model_name=str(tiny_repos.prior), **RUN)
-        return generate(settings, INPUTS[mode], cache=cache).images[0]
+        return generate(settings, INPUTS[mode], cache=warm_cache).images[0]
 
     return picture
 
