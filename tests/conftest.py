@@ -29,8 +29,9 @@ sys.path.insert(0, str(SESSION_FOLDER / "home" / "Ikomia" / "Plugins" / "Python"
 from infer_kandinsky_2_2.kandinsky22_devkit.tiny import TinyRepos, build_tiny_repos  # noqa: E402
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache  # noqa: E402
 
-# Small, non-square and fast: the tiny models need few steps to exercise every stage.
+# Small, non-square and fast, on the CPU: the tiny models need few steps to exercise every stage.
 TINY_RUN = {
+    "cuda": False,
     "prior_num_inference_steps": 3,
     "num_inference_steps": 4,
     "height": 64,

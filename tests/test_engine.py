@@ -43,7 +43,7 @@ def cache() -> ModelCache:
 @pytest.fixture(scope="module")
 def settings(tiny_strings: dict[str, str]) -> Settings:
     """The quick text2img run on the CPU."""
-    return Settings.from_strings({**tiny_strings, "cuda": "False"})
+    return Settings.from_strings(tiny_strings)
 
 
 @pytest.fixture(scope="module")

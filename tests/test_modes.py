@@ -29,7 +29,7 @@ core = pytest.importorskip("ikomia.core")
 @pytest.fixture
 def strings(tiny_strings, tiny_repos) -> dict[str, dict[str, str]]:
     """Parameters of a quick non-square run in each mode, with the mode's tiny decoder."""
-    base = {**tiny_strings, "cuda": "False", "guidance_scale": "2.0"}
+    base = {**tiny_strings, "guidance_scale": "2.0"}
     return {
         "img2img": {**base, "mode": "img2img", "strength": "0.5"},
         "inpaint": {**base, "mode": "inpaint", "model_name": str(tiny_repos.inpaint_decoder)},
@@ -255,7 +255,7 @@ def test_stop_works_in_every_mode(strings, mode):
 
 
 def test_every_mode_shares_one_prior_and_img2img_and_mix_share_the_text2img_decoder(strings, tiny_strings):
-    workflow, task = workflow_with({**tiny_strings, "cuda": "False"})
+    workflow, task = workflow_with(tiny_strings)
     workflow.run()
     cache = model_cache(task)
     before = dict(cache.load_counts)
@@ -309,7 +309,7 @@ def test_the_readme_workflows_feed_inputs_from_the_workflow_input_and_from_pytho
 
 @pytest.mark.parametrize("mode", ["text2img", "img2img", "inpaint", "controlnet_depth", "mix"])
 def test_a_batch_gives_one_output_per_picture_each_equal_to_diffusers(strings, tiny_strings, mode):
-    parameters = {**({**tiny_strings, "cuda": "False"} if mode == "text2img" else strings[mode]), "num_images": "3"}
+    parameters = {**(tiny_strings if mode == "text2img" else strings[mode]), "num_images": "3"}
     inputs = {
         "text2img": {},
         "img2img": {0: random_image(1)},
