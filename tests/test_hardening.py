@@ -209,6 +209,8 @@ def test_out_of_memory_advice_offers_model_offload_from_the_faster_modes_only(me
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
+# Slow where two runs at once outnumber the CPU's cores: their threads then take turns.
+@pytest.mark.slow
 def test_two_workflows_in_two_threads_load_the_models_once_and_match_the_serial_images(
     tiny_strings, tiny_repos, tmp_path
 ):
