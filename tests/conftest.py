@@ -31,9 +31,11 @@ use_ikomia_home(SESSION_FOLDER / "home")
 sys.path.insert(0, str(SESSION_FOLDER / "home" / "Ikomia" / "Plugins" / "Python"))
 
 from infer_kandinsky_2_2.kandinsky22_devkit.tiny import TinyRepos, build_tiny_repos  # noqa: E402
+from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache  # noqa: E402
 
-# Small, non-square and fast: the tiny models need few steps to exercise every stage.
+# Small, non-square and fast, on the CPU: the tiny models need few steps to exercise every stage.
 TINY_RUN = {
+    "cuda": False,
     "prior_num_inference_steps": 3,
     "num_inference_steps": 4,
     "height": 64,
@@ -52,6 +54,13 @@ def tiny_repos() -> TinyRepos:
 
 
 @pytest.fixture(scope="session")
+def warm_cache() -> ModelCache:
+    """One model cache for the tests that look only at pixels, metadata or messages, never at what loads or
+    where weights are: each model loads once for all of them. Tests that count loads make their own."""
+    return ModelCache()
+
+
+@pytest.fixture(scope="session")
 def other_decoder(tiny_repos: TinyRepos) -> Path:
     """A second decoder repo (a copy), to check that changing model_name reloads the decoder only."""
     copy = SESSION_FOLDER / "models" / "other-decoder"
@@ -60,9 +69,9 @@ def other_decoder(tiny_repos: TinyRepos) -> Path:
     return copy
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_strings(tiny_repos: TinyRepos) -> dict[str, str]:
-    """Parameters, as Ikomia strings, of a quick run on the tiny models."""
+    """Parameters, as Ikomia strings, of a quick run on the tiny models (shared: copy it to change it)."""
     return {
         "model_name": str(tiny_repos.decoder),
         "prior_model_name": str(tiny_repos.prior),

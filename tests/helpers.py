@@ -1,12 +1,18 @@
-"""Helpers shared by the tests: what diffusers' own pipelines return, which a plugin image must equal.
+"""Helpers shared by the tests: the task in an Ikomia workflow, test images, and what diffusers' own pipelines
+return, which a plugin image must equal.
 
-Each reference loads its own copies of the models and calls diffusers the way its documentation
-does, with ``torch.Generator("cpu").manual_seed(seed)``, and returns the list of pictures.
+Each reference calls diffusers the way its documentation does, with ``torch.Generator("cpu").manual_seed(seed)``,
+and returns the pictures. The pipelines are loaded once per repo folder and kept: a call sets its scheduler's
+timesteps and draws from its own generator, so a kept pipeline gives the pixels of a fresh one.
 """
+
+import functools
+import sys
 
 import numpy as np
 import torch
 from diffusers import (
+    DiffusionPipeline,
     KandinskyV22CombinedPipeline,
     KandinskyV22ControlnetPipeline,
     KandinskyV22Img2ImgCombinedPipeline,
@@ -20,23 +26,97 @@ from PIL import Image
 from infer_kandinsky_2_2.kandinsky22_devkit.reference import combine, combined_arguments
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 
-
-def _combined(combined_class: type, decoder_class: type, settings: Settings):
-    prior = KandinskyV22PriorPipeline.from_pretrained(settings.prior_model_name)
-    return combine(prior, decoder_class.from_pretrained(settings.model_name), combined_class)
-
-
-def _pictures(images: list) -> list[np.ndarray]:
-    return [np.asarray(image) for image in images]
+TASK_NAME = "infer_kandinsky_2_2"
+# The output size of the quick runs (conftest's TINY_RUN): not square, so that a transposition shows.
+HEIGHT, WIDTH = 64, 128
 
 
-def diffusers_reference(settings: Settings, seed: int) -> np.ndarray:
-    """text2img: diffusers' ``KandinskyV22CombinedPipeline``."""
+def random_image(seed: int, shape: tuple[int, ...] = (HEIGHT, WIDTH, 3)) -> np.ndarray:
+    """A uint8 picture of random pixels, the same for the same seed."""
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def left_half_mask(dtype: type = np.uint8, value: object = 255, shape: tuple[int, ...] = (HEIGHT, WIDTH)) -> np.ndarray:
+    """A mask of ``dtype``: ``value`` over the left half of every channel, 0 elsewhere (by default white, repaint)."""
+    mask = np.zeros(shape, dtype)
+    mask[:, : shape[1] // 2] = value
+    return mask
+
+
+@functools.cache
+def _image_source_class() -> type:
+    from ikomia import dataprocess
+
+    class ImageSource(dataprocess.CWorkflowTask):
+        """A task that outputs a fixed image: what a depth, segmentation or loader task gives in a real workflow."""
+
+        def __init__(self, image: np.ndarray) -> None:
+            dataprocess.CWorkflowTask.__init__(self, "image_source")
+            self.add_output(dataprocess.CImageIO())
+            self.image = image
+
+        def run(self) -> None:
+            self.begin_task_run()
+            self.get_output(0).set_image(self.image)
+            self.end_task_run()
+
+    return ImageSource
+
+
+def workflow_with(parameters: dict[str, str], sources: dict[int, np.ndarray] | None = None) -> tuple:
+    """A new workflow holding the task, loaded by name, with ``parameters``; image sources feed its inputs by
+    index. Returns the workflow and the task."""
+    from ikomia.dataprocess.workflow import Workflow
+
+    workflow = Workflow()
+    task = workflow.add_task(name=TASK_NAME, public_hub=False)
+    task.set_parameters(parameters)
+    for index, image in (sources or {}).items():
+        source = _image_source_class()(image)
+        workflow.add_task(source)
+        workflow.connect_tasks(source, task, [(0, index)])
+    return workflow, task
+
+
+def run_workflow(parameters: dict[str, str], sources: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
+    """Run the task once in a new workflow; its first picture and its metadata."""
+    workflow, task = workflow_with(parameters, sources)
+    workflow.run()
+    return task.get_output(0).get_image(), task.get_output(1).data
+
+
+def model_cache(task):
+    """The process-wide cache the task uses (Ikomia reloads plugin modules when it loads them)."""
+    return sys.modules[type(task).__module__].MODEL_CACHE
+
+
+@functools.cache
+def _loaded(pipeline_class: type[DiffusionPipeline], folder: str) -> DiffusionPipeline:
+    pipeline = pipeline_class.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _combined(combined_class: type, decoder_class: type, settings: Settings) -> DiffusionPipeline:
+    prior = _loaded(KandinskyV22PriorPipeline, settings.prior_model_name)
+    return combine(prior, _loaded(decoder_class, settings.model_name), combined_class)
+
+
+def _pictures(images: list) -> tuple[np.ndarray, ...]:
+    pictures = tuple(np.asarray(image) for image in images)
+    for picture in pictures:
+        picture.flags.writeable = False  # a cached reference must not change under a later test
+    return pictures
+
+
+@functools.cache
+def diffusers_reference(settings: Settings, seed: int) -> tuple[np.ndarray, ...]:
+    """text2img: diffusers' ``KandinskyV22CombinedPipeline``; computed once for the same settings and seed."""
     combined = _combined(KandinskyV22CombinedPipeline, KandinskyV22Pipeline, settings)
     return _pictures(combined(**combined_arguments(settings, seed)).images)
 
 
-def img2img_reference(settings: Settings, seed: int, image: np.ndarray, *, swap_sizes: bool) -> np.ndarray:
+def img2img_reference(settings: Settings, seed: int, image: np.ndarray, *, swap_sizes: bool) -> tuple[np.ndarray, ...]:
     """img2img: ``KandinskyV22Img2ImgCombinedPipeline`` on an image that already has the output size.
 
     diffusers resizes the image with height and width swapped; ``swap_sizes`` asks for the swapped size,
@@ -49,7 +129,7 @@ def img2img_reference(settings: Settings, seed: int, image: np.ndarray, *, swap_
     return _pictures(combined(**arguments, image=Image.fromarray(image), strength=settings.strength).images)
 
 
-def inpaint_reference(settings: Settings, seed: int, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def inpaint_reference(settings: Settings, seed: int, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
     """inpaint: ``KandinskyV22InpaintCombinedPipeline``, mask white (1) where to repaint.
 
     Arrays go in as lists of one per picture: the combined pipeline repeats only PIL images.
@@ -61,13 +141,13 @@ def inpaint_reference(settings: Settings, seed: int, image: np.ndarray, mask: np
     )
 
 
-def controlnet_reference(settings: Settings, seed: int, depth: np.ndarray) -> np.ndarray:
+def controlnet_reference(settings: Settings, seed: int, depth: np.ndarray) -> tuple[np.ndarray, ...]:
     """controlnet_depth: the prior, then ``KandinskyV22ControlnetPipeline`` with the same generator.
 
     The hint is built as in diffusers' example: the depth map over three channels, divided by 255.
     """
-    prior = KandinskyV22PriorPipeline.from_pretrained(settings.prior_model_name)
-    decoder = KandinskyV22ControlnetPipeline.from_pretrained(settings.model_name)
+    prior = _loaded(KandinskyV22PriorPipeline, settings.prior_model_name)
+    decoder = _loaded(KandinskyV22ControlnetPipeline, settings.model_name)
     generator = torch.Generator("cpu").manual_seed(seed)
     image_embeds, negative_image_embeds = prior(
         settings.prompt,
@@ -83,10 +163,10 @@ def controlnet_reference(settings: Settings, seed: int, depth: np.ndarray) -> np
     return _decode(decoder, settings, (image_embeds, negative_image_embeds), generator, hint=hint)
 
 
-def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> np.ndarray:
+def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> tuple[np.ndarray, ...]:
     """mix: ``KandinskyV22PriorPipeline.interpolate`` over the images then the prompt, then the decoder."""
-    prior = KandinskyV22PriorPipeline.from_pretrained(settings.prior_model_name)
-    decoder = KandinskyV22Pipeline.from_pretrained(settings.model_name)
+    prior = _loaded(KandinskyV22PriorPipeline, settings.prior_model_name)
+    decoder = _loaded(KandinskyV22Pipeline, settings.model_name)
     generator = torch.Generator("cpu").manual_seed(seed)
     items = [Image.fromarray(image) for image in images] + ([settings.prompt] if settings.prompt else [])
     embeddings = prior.interpolate(
@@ -102,7 +182,7 @@ def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> np
     return _decode(decoder, settings, embeds, generator)
 
 
-def _decode(decoder, settings: Settings, embeds: tuple, generator: torch.Generator, **extra) -> list[np.ndarray]:
+def _decode(decoder, settings: Settings, embeds: tuple, generator: torch.Generator, **extra) -> tuple[np.ndarray, ...]:
     """A decoder pipeline's pictures from the prior's (image, negative) embeddings, as diffusers documents it."""
     images = decoder(
         image_embeds=embeds[0],
@@ -119,5 +199,6 @@ def _decode(decoder, settings: Settings, embeds: tuple, generator: torch.Generat
 
 
 def max_difference(first: np.ndarray, second: np.ndarray) -> int:
+    """The largest difference between two pictures of the same shape, in levels of 0-255."""
     assert first.shape == second.shape
     return int(np.abs(first.astype(int) - second.astype(int)).max())

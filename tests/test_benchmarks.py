@@ -1,4 +1,5 @@
-"""The benchmark scripts keep running: the GPU benchmark end to end on the CPU with tiny models."""
+"""The benchmark scripts keep running: the GPU benchmark end to end on the CPU with tiny models, run once for
+the tests that read its report; the script for the next lent GPU; the CPU overhead benchmark."""
 
 import json
 import os
@@ -6,65 +7,81 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 from report import render  # noqa: E402
 
+# Tiny models, small pictures, few steps: every case of the GPU benchmark runs on the CPU in seconds.
+TINY_GPU_BENCHMARK = ["--device", "cpu", "--size", "tiny", "--height", "64", "--width", "64", "--steps", "2"]
+TINY_GPU_BENCHMARK += ["--prior-steps", "2", "--repeats", "1"]
 
-def run_tiny_gpu_benchmark(folder: Path, *options: str) -> dict:
-    """Run the GPU benchmark on the CPU with tiny models and small sizes; return its report."""
-    command = [sys.executable, str(BENCHMARKS / "gpu_benchmark.py"), "--device", "cpu", "--size", "tiny"]
-    command += ["--height", "64", "--width", "64", "--steps", "2", "--prior-steps", "2", "--repeats", "1"]
-    subprocess.run([*command, *options, "--output", str(folder)], check=True, capture_output=True, timeout=600)
+
+@pytest.fixture(scope="module")
+def gpu_benchmark(tmp_path_factory) -> dict:
+    """The report of one run of the GPU benchmark with every case that runs on the CPU, a batch of 2."""
+    folder = tmp_path_factory.mktemp("gpu_benchmark")
+    command = [sys.executable, str(BENCHMARKS / "gpu_benchmark.py"), *TINY_GPU_BENCHMARK, "--num-images", "2"]
+    subprocess.run([*command, "--output", str(folder)], check=True, capture_output=True, timeout=600)
     return json.loads((folder / "gpu_benchmark.json").read_text(encoding="utf-8"))
 
 
-def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
-    report = run_tiny_gpu_benchmark(tmp_path, "--num-images", "2")
-    cases = report["cases"]
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_every_case_the_cpu_can_run_without_error(gpu_benchmark):
+    cases = gpu_benchmark["cases"]
     levers = ["bfloat16", "channels_last", "classic_attention"]
     assert list(cases) == ["diffusers", "gpu", "gpu_batch", "gpu_mix", "switching_gpu", *levers, "compile_switches"]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case]
     assert cases["diffusers"]["runs"] == 1 and cases["gpu_batch"]["num_images"] == 2
-    assert cases["gpu"]["place_s"] > 0
-    stages = cases["gpu"]["stages_median_s"]
+    switching = cases["switching_gpu"]
+    assert switching["runs"] == 2 and switching["text2img_median_s"] > 0 and switching["inpaint_median_s"] > 0
+    assert set(cases["compile_switches"]) == {"text2img", "batch_2", "guidance_4", "img2img"}
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmarks_engine_picture_is_diffusers_own(gpu_benchmark):
+    # The same models and seed: the engine's picture is diffusers' own, to the level.
+    assert gpu_benchmark["cases"]["gpu"]["max_abs_diff_vs_diffusers"] == 0
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_splits_the_decoder_into_unet_steps_and_decode_and_the_report_shows_it(gpu_benchmark):
+    gpu = gpu_benchmark["cases"]["gpu"]
+    assert gpu["place_s"] > 0
+    stages = gpu["stages_median_s"]
     assert set(stages) == {"load", "prior", "decoder", "total", "movq_decode"}
     assert 0 < stages["movq_decode"] < stages["decoder"]
-    # The report's table of stages: the decoder's time split into the UNet's steps and the decode.
-    rows = [line.strip("| ").split(" | ") for line in render(report).splitlines()]
+    rows = [line.strip("| ").split(" | ") for line in render(gpu_benchmark).splitlines()]
     stage_rows = {cells[0]: cells[1:] for cells in rows if len(cells) == 5}
     prior, decoder, unet_steps, decode = map(float, stage_rows["engine, `memory_mode` gpu"])
     assert (prior, decoder, decode) == tuple(round(stages[key], 3) for key in ("prior", "decoder", "movq_decode"))
     assert abs(unet_steps + decode - decoder) < 0.0015  # three figures, each rounded to the millisecond
-    # The same models and seed: the engine's picture is diffusers' own, to the level.
-    assert cases["gpu"]["max_abs_diff_vs_diffusers"] == 0
-    assert set(cases["compile_switches"]) == {"text2img", "batch_2", "guidance_4", "img2img"}
-    flops = report["flops_tera"]
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_counts_the_flop_floor_and_each_cases_speedup(gpu_benchmark):
+    flops = gpu_benchmark["flops_tera"]
     assert set(flops) == {"text_encoder", "prior", "unet", "movq"} and all(value > 0 for value in flops.values())
-    assert report["flop_floor_s"] > 0 and cases["gpu"]["speedup_over_diffusers"] > 0
+    assert gpu_benchmark["flop_floor_s"] > 0 and gpu_benchmark["cases"]["gpu"]["speedup_over_diffusers"] > 0
 
 
-def test_the_gpu_benchmark_runs_only_the_cases_asked_for_beside_its_baseline(tmp_path):
-    report = run_tiny_gpu_benchmark(tmp_path, "--only", "channels_last")
-    assert list(report["cases"]) == ["diffusers", "channels_last"]
-
-
-def test_the_script_for_the_next_lent_gpu_runs_its_cases_end_to_end_on_the_cpu(tmp_path):
-    tiny = ["--device", "cpu", "--size", "tiny", "--height", "64", "--width", "64", "--steps", "2"]
-    options = [*tiny, "--prior-steps", "2", "--repeats", "1"]
-    script = BENCHMARKS / "on_lent_gpu.sh"
+@pytest.mark.slow
+def test_the_script_for_the_next_lent_gpu_asks_for_its_cases_and_logs_the_report(tmp_path):
+    # With a budget of 0 s every case the script asks for is recorded as skipped, not run: the cases themselves
+    # run in the shared run above.
+    options = [*TINY_GPU_BENCHMARK, "--budget", "0"]
     environment = {**os.environ, "PYTHON": sys.executable}
-    command = ["bash", str(script), str(tmp_path), *options]
+    command = ["bash", str(BENCHMARKS / "on_lent_gpu.sh"), str(tmp_path), *options]
     subprocess.run(command, check=True, capture_output=True, timeout=600, env=environment)
     cases = json.loads((tmp_path / "gpu_benchmark.json").read_text(encoding="utf-8"))["cases"]
-    # On the CPU the CUDA-only cases are left out; the others run without error.
+    # Only the cases asked for, beside the diffusers baseline; on the CPU the CUDA-only ones are left out.
     assert list(cases) == ["diffusers", "gpu", "gpu_mix", "switching_gpu", "classic_attention"]
-    switching = cases["switching_gpu"]
-    assert switching["runs"] == 2 and switching["text2img_median_s"] > 0 and switching["inpaint_median_s"] > 0
-    assert not [name for name, case in cases.items() if "median_s" not in case]
-    assert "gpu_mix" in (tmp_path / "log").read_text(encoding="utf-8")
+    assert all(case == {"skipped": "the time budget was spent"} for case in cases.values())
+    assert '"switching_gpu": {' in (tmp_path / "log").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_the_cpu_overhead_benchmark_times_the_task_against_diffusers_with_nothing_loaded_again(tmp_path):
     small = ["--repeats", "2", "--height", "64", "--width", "64", "--steps", "2", "--prior-steps", "2"]
     report_path = tmp_path / "cpu_overhead.json"

@@ -2,14 +2,16 @@
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
+from safetensors.torch import load_file
 
-from helpers import diffusers_reference, max_difference
+from helpers import diffusers_reference, left_half_mask, max_difference, random_image
 from infer_kandinsky_2_2.kandinsky22_engine import generation, hub, models
 from infer_kandinsky_2_2.kandinsky22_engine.generation import (
     GenerationStopped,
@@ -34,12 +36,20 @@ DECODER = PipelineLoader(KandinskyV22Pipeline, "model_name")
 
 @pytest.fixture
 def cache() -> ModelCache:
+    """A cache of this test's own: for tests that count loads or look at what is loaded."""
     return ModelCache()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def settings(tiny_strings: dict[str, str]) -> Settings:
-    return Settings.from_strings({**tiny_strings, "cuda": "False"})
+    """The quick text2img run on the CPU."""
+    return Settings.from_strings(tiny_strings)
+
+
+@pytest.fixture(scope="module")
+def plain_image(settings: Settings, warm_cache: ModelCache) -> np.ndarray:
+    """The picture of ``settings``: what a run that nothing disturbs gives."""
+    return generate(settings, cache=warm_cache).images[0]
 
 
 @pytest.mark.parametrize(
@@ -51,34 +61,33 @@ def settings(tiny_strings: dict[str, str]) -> Settings:
     ],
     ids=["defaults", "decoder-guidance", "no-negative-prompt"],
 )
-def test_image_equals_diffusers_combined_pipeline(settings, cache, changes):
-    settings = Settings(**{**settings.__dict__, **changes})
-    result = generate(settings, cache=cache)
+def test_image_equals_diffusers_combined_pipeline(settings, warm_cache, changes):
+    settings = replace(settings, **changes)
+    result = generate(settings, cache=warm_cache)
     assert result.images[0].dtype == np.uint8
-    assert result.images[0].shape == (settings.height, settings.width, 3)
     assert max_difference(result.images[0], diffusers_reference(settings, settings.seed)[0]) <= 1
 
 
-def test_same_seed_same_pixels_and_a_fresh_generator_every_run(settings, cache):
-    first = generate(settings, cache=cache).images[0]
-    other_seed = generate(Settings(**{**settings.__dict__, "seed": 99}), cache=cache).images[0]
-    again = generate(settings, cache=cache).images[0]
+def test_same_seed_same_pixels_and_a_fresh_generator_every_run(settings, warm_cache):
+    first = generate(settings, cache=warm_cache).images[0]
+    other_seed = generate(replace(settings, seed=99), cache=warm_cache).images[0]
+    again = generate(settings, cache=warm_cache).images[0]
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other_seed)
 
 
-def test_random_seed_is_drawn_in_range_reported_and_reproducible(settings, cache):
-    result = generate(Settings(**{**settings.__dict__, "seed": -1}), cache=cache)
+def test_random_seed_is_drawn_in_range_reported_and_reproducible(settings, warm_cache):
+    result = generate(replace(settings, seed=-1), cache=warm_cache)
     seed = result.metadata["seed"]
     assert 0 <= seed <= MAX_RANDOM_SEED
     assert result.metadata["random_seed"] is True
-    replay = generate(Settings(**{**settings.__dict__, "seed": seed}), cache=cache)
+    replay = generate(replace(settings, seed=seed), cache=warm_cache)
     assert np.array_equal(result.images[0], replay.images[0])
     assert replay.metadata["random_seed"] is False
 
 
-def test_metadata_says_what_ran(settings, cache):
-    metadata = generate(settings, cache=cache).metadata
+def test_metadata_says_what_ran(settings, warm_cache):
+    metadata = generate(settings, cache=warm_cache).metadata
     assert metadata["seed"] == settings.seed
     assert (metadata["device"], metadata["dtype"], metadata["device_note"]) == ("cpu", "float32", "")
     assert (metadata["model_name"], metadata["prior_model_name"]) == (settings.model_name, settings.prior_model_name)
@@ -89,28 +98,30 @@ def test_metadata_says_what_ran(settings, cache):
     assert all(value >= 0 for value in metadata["seconds"].values())
 
 
-def test_cuda_requested_without_cuda_runs_on_the_cpu_and_says_so(settings, cache, monkeypatch, caplog):
+def test_cuda_requested_without_cuda_runs_on_the_cpu_and_says_so(
+    settings, warm_cache, plain_image, monkeypatch, caplog
+):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with caplog.at_level(logging.WARNING):
-        result = generate(Settings(**{**settings.__dict__, "cuda": True}), cache=cache)
+        result = generate(replace(settings, cuda=True), cache=warm_cache)
     assert (result.metadata["device"], result.metadata["dtype"]) == ("cpu", "float32")
     assert result.metadata["device_note"] == "cuda was requested but CUDA is not available"
     assert "cuda was requested but CUDA is not available; running on the CPU in float32." in caplog.text
-    assert np.array_equal(result.images[0], generate(settings, cache=cache).images[0])
+    assert np.array_equal(result.images[0], plain_image)
 
 
 def test_models_load_once_and_a_new_model_name_reloads_only_the_decoder(settings, cache, other_decoder):
     generate(settings, cache=cache)
-    generate(Settings(**{**settings.__dict__, "seed": 5, "prompt": "a boat"}), cache=cache)
+    generate(replace(settings, seed=5, prompt="a boat"), cache=cache)
     assert cache.load_counts == {"prior": 1, "decoder": 1}
-    generate(Settings(**{**settings.__dict__, "model_name": str(other_decoder)}), cache=cache)
+    generate(replace(settings, model_name=str(other_decoder)), cache=cache)
     assert cache.load_counts == {"prior": 1, "decoder": 2}
     assert cache.loaded_keys()["decoder"].model_name == str(other_decoder)
 
 
-def test_progress_is_reported_once_per_prior_and_decoder_step(settings, cache):
+def test_progress_is_reported_once_per_prior_and_decoder_step(settings, warm_cache):
     steps = []
-    generate(settings, cache=cache, on_step=lambda: steps.append(1))
+    generate(settings, cache=warm_cache, on_step=lambda: steps.append(1))
     assert len(steps) == settings.prior_num_inference_steps + settings.num_inference_steps
 
 
@@ -121,14 +132,17 @@ def test_progress_is_reported_once_per_prior_and_decoder_step(settings, cache):
         (5, "Generation stopped by the user after step 2 of 4 of the decoder."),
     ],
 )
-def test_stop_ends_the_run_after_the_current_step_and_the_next_run_is_unchanged(settings, cache, stop_after, message):
-    expected = generate(settings, cache=cache).images[0]
+def test_stop_ends_the_run_after_the_current_step_and_the_next_run_is_unchanged(
+    settings, warm_cache, plain_image, stop_after, message
+):
     steps = []
     with pytest.raises(GenerationStopped) as stopped:
-        generate(settings, cache=cache, on_step=lambda: steps.append(1), should_stop=lambda: len(steps) >= stop_after)
+        generate(
+            settings, cache=warm_cache, on_step=lambda: steps.append(1), should_stop=lambda: len(steps) >= stop_after
+        )
     assert str(stopped.value) == message
     assert len(steps) == stop_after
-    assert np.array_equal(generate(settings, cache=cache).images[0], expected)
+    assert np.array_equal(generate(settings, cache=warm_cache).images[0], plain_image)
 
 
 def broken_decoder(source: Path, folder: Path, damage: str) -> Path:
@@ -140,22 +154,20 @@ def broken_decoder(source: Path, folder: Path, damage: str) -> Path:
     elif damage == "corrupted":
         weights.write_bytes(b"not a safetensors file")
     elif damage == "pickle-only":
-        state = {
-            name: tensor.clone()
-            for name, tensor in KandinskyV22Pipeline.from_pretrained(source).unet.state_dict().items()
-        }
+        torch.save(load_file(weights), target / "unet" / "diffusion_pytorch_model.bin")
         weights.unlink()
-        torch.save(state, target / "unet" / "diffusion_pytorch_model.bin")
     return target
 
 
 @pytest.mark.parametrize("damage", ["missing-unet", "corrupted", "pickle-only"])
-def test_a_broken_decoder_folder_is_named_and_nothing_half_loaded_stays(settings, cache, tiny_repos, tmp_path, damage):
+def test_a_broken_decoder_folder_is_named_and_nothing_half_loaded_stays(
+    settings, cache, plain_image, tiny_repos, tmp_path, damage
+):
     folder = broken_decoder(tiny_repos.decoder, tmp_path, damage)
-    expected = generate(settings, cache=cache).images[0]
+    load_pipelines(settings, cache)
     loaded = cache.loaded_keys()["decoder"]
     with pytest.raises(ModelLoadError) as refused:
-        generate(Settings(**{**settings.__dict__, "model_name": str(folder)}), cache=cache)
+        generate(replace(settings, model_name=str(folder)), cache=cache)
     if damage == "pickle-only":
         assert str(refused.value) == (
             f"model_name: folder {str(folder)!r} holds its weights only as pickle files "
@@ -174,20 +186,20 @@ def test_a_broken_decoder_folder_is_named_and_nothing_half_loaded_stays(settings
         )
     # Refused from its files before loading, the decoder in use stays; one that failed while loading is dropped.
     assert cache.loaded_keys().get("decoder") == (None if damage == "corrupted" else loaded)
-    assert np.array_equal(generate(settings, cache=cache).images[0], expected)
+    assert np.array_equal(generate(settings, cache=cache).images[0], plain_image)
 
 
 def test_a_missing_folder_is_named(settings, cache, tmp_path):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(ModelLoadError) as refused:
-        generate(Settings(**{**settings.__dict__, "prior_model_name": missing}), cache=cache)
+        generate(replace(settings, prior_model_name=missing), cache=cache)
     assert str(refused.value) == f"prior_model_name: folder {missing!r} not found."
     assert "prior" not in cache.loaded_keys()
 
 
 def test_a_name_that_is_neither_folder_nor_hub_id_is_refused(settings, cache):
     with pytest.raises(ModelLoadError) as refused:
-        generate(Settings(**{**settings.__dict__, "model_name": "not a repo!"}), cache=cache)
+        generate(replace(settings, model_name="not a repo!"), cache=cache)
     assert str(refused.value) == (
         "model_name: 'not a repo!' is neither an existing folder nor a Hugging Face hub id (owner/name)."
     )
@@ -196,9 +208,7 @@ def test_a_name_that_is_neither_folder_nor_hub_id_is_refused(settings, cache):
 def test_a_hub_id_missing_from_the_cache_while_offline_says_so(settings, cache, monkeypatch):
     monkeypatch.setattr(hub.hub_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelLoadError) as refused:
-        generate(
-            Settings(**{**settings.__dict__, "model_name": "kandinsky-community/kandinsky-2-2-decoder"}), cache=cache
-        )
+        generate(replace(settings, model_name="kandinsky-community/kandinsky-2-2-decoder"), cache=cache)
     assert str(refused.value) == (
         "model_name: 'kandinsky-community/kandinsky-2-2-decoder' is not (fully) in the local Hugging Face cache "
         f"({hub.hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded (missing: unet/, "
@@ -211,7 +221,7 @@ def test_the_image_encoder_loads_only_when_a_run_needs_it_and_the_zero_image_emb
     generate(settings, cache=cache)
     assert IMAGE_ENCODER not in cache.loaded_keys()
     assert load_pipelines(settings, cache).prior.image_encoder is None
-    no_negative = Settings(**{**settings.__dict__, "negative_prompt": ""})
+    no_negative = replace(settings, negative_prompt="")
     first = generate(no_negative, cache=cache).images[0]
     assert cache.load_counts == {"prior": 1, "decoder": 1, IMAGE_ENCODER: 1}
     encoder = load_pipelines(no_negative, cache).image_encoder.model
@@ -224,16 +234,16 @@ def test_the_image_encoder_loads_only_when_a_run_needs_it_and_the_zero_image_emb
     assert cache.load_counts == {"prior": 1, "decoder": 1, IMAGE_ENCODER: 1}
 
 
-def test_memory_modes_are_ignored_on_the_cpu_where_offloading_fails(settings, cache, monkeypatch):
+def test_memory_modes_are_ignored_on_the_cpu_where_offloading_fails(settings, cache, plain_image, monkeypatch):
     def refuse(*arguments, **keywords):
         raise AssertionError("offloading asked for without an accelerator")
 
     monkeypatch.setattr(DiffusionPipeline, "enable_model_cpu_offload", refuse)
     monkeypatch.setattr(DiffusionPipeline, "enable_sequential_cpu_offload", refuse)
-    expected = generate(settings, cache=cache).images[0]
+    load_pipelines(settings, cache)
     for memory_mode in ("model_offload", "sequential_offload"):
-        result = generate(Settings(**{**settings.__dict__, "memory_mode": memory_mode, "cuda": True}), cache=cache)
-        assert np.array_equal(result.images[0], expected)
+        result = generate(replace(settings, memory_mode=memory_mode, cuda=True), cache=cache)
+        assert np.array_equal(result.images[0], plain_image)
         assert result.metadata["memory_mode"] == "none"
     assert cache.load_counts == {"prior": 1, "decoder": 1}
 
@@ -252,7 +262,7 @@ def test_switching_between_gpu_and_prior_offload_keeps_the_decoder_and_reloads_t
         generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, settings.memory_mode)
     )
     for memory_mode in ("gpu", "prior_offload", "gpu"):
-        generate(Settings(**{**settings.__dict__, "memory_mode": memory_mode}), cache=cache)
+        load_pipelines(replace(settings, memory_mode=memory_mode), cache)
     assert cache.load_counts == {"prior": 3, "decoder": 1}
     assert cache.loaded_keys()["decoder"].memory_mode == "gpu"
 
@@ -266,11 +276,13 @@ def test_on_cuda_the_compile_mode_identifies_a_decoder_but_not_a_prior(monkeypat
     assert choose_runtime(Settings(cuda=False, compile_unet="default")).decoder_key("m").compile_unet == "off"
 
 
-def test_compiling_is_ignored_on_the_cpu(settings, cache):
-    result = generate(Settings(**{**settings.__dict__, "compile_unet": "default", "cuda": True}), cache=cache)
+def test_compiling_is_ignored_on_the_cpu(settings, warm_cache, plain_image):
+    # The models of the plain run, which plain_image left in the cache, serve it: nothing loads again.
+    loads = dict(warm_cache.load_counts)
+    result = generate(replace(settings, compile_unet="default", cuda=True), cache=warm_cache)
     assert result.metadata["compile_unet"] == "off"
-    assert cache.loaded_keys()["decoder"].compile_unet == "off"
-    assert cache.load_counts == {"prior": 1, "decoder": 1}
+    assert warm_cache.loaded_keys()["decoder"].compile_unet == "off"
+    assert warm_cache.load_counts == loads
 
 
 def test_a_decoder_key_with_a_compile_mode_compiles_its_unet_in_place(tiny_repos, cache, monkeypatch):
@@ -297,12 +309,11 @@ def weight_addresses(module: torch.nn.Module) -> dict[str, int]:
 @pytest.mark.parametrize("mode", ["text2img", "mix"])
 @pytest.mark.parametrize("memory_mode", ["gpu", "prior_offload"])
 def test_parked_models_are_on_the_device_only_while_the_prior_stage_uses_them_and_no_pixel_changes(
-    settings, cache, monkeypatch, memory_mode, mode
+    settings, cache, warm_cache, monkeypatch, memory_mode, mode
 ):
-    settings = Settings(**{**settings.__dict__, "mode": mode})
-    pictures = tuple(np.random.default_rng(seed).integers(0, 256, (64, 128, 3), dtype=np.uint8) for seed in (1, 2))
-    inputs = Inputs(mix_images=pictures) if mode == "mix" else Inputs()
-    expected = generate(settings, inputs, cache=ModelCache()).images[0]
+    settings = replace(settings, mode=mode)
+    inputs = Inputs(mix_images=(random_image(1), random_image(2))) if mode == "mix" else Inputs()
+    expected = generate(settings, inputs, cache=warm_cache).images[0]
     # The memory mode as on CUDA, with the CPU as the device: the weights are copied in and parked again all the
     # same, packed in small chunks so that each model spans several.
     monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, memory_mode))
@@ -341,18 +352,16 @@ def test_parked_models_are_on_the_device_only_while_the_prior_stage_uses_them_an
 
 @pytest.mark.parametrize("memory_mode", ["gpu", "prior_offload"])
 def test_prior_offload_keeps_one_decoder_on_the_device_and_brings_another_back_without_loading_it(
-    settings, tiny_repos, cache, monkeypatch, memory_mode
+    settings, tiny_repos, cache, warm_cache, monkeypatch, memory_mode
 ):
-    mask = np.zeros((64, 128), np.uint8)
-    mask[:, :64] = 255
     runs = {
         "text2img": (settings, Inputs()),
         "inpaint": (
-            Settings(**{**settings.__dict__, "mode": "inpaint", "model_name": str(tiny_repos.inpaint_decoder)}),
-            Inputs(image=np.random.default_rng(3).integers(0, 256, (64, 128, 3), dtype=np.uint8), mask=mask),
+            replace(settings, mode="inpaint", model_name=str(tiny_repos.inpaint_decoder)),
+            Inputs(image=random_image(3), mask=left_half_mask()),
         ),
     }
-    expected = {name: generate(*run, cache=ModelCache()).images[0] for name, run in runs.items()}
+    expected = {name: generate(*run, cache=warm_cache).images[0] for name, run in runs.items()}
     # The memory mode as on CUDA, with the CPU as the device.
     monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, memory_mode))
     unets = {name: load_pipelines(run[0], cache).decoder.unet for name, run in runs.items()}
@@ -443,7 +452,7 @@ def test_every_mode_but_gpu_sets_the_idle_decoders_aside_before_it_places_its_ow
 
     monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cuda", torch.float16, memory_mode))
     cache = RecordingCache()
-    load_pipelines(Settings(**{**settings.__dict__, "mode": "inpaint"}), cache)
+    load_pipelines(replace(settings, mode="inpaint"), cache)
     # The decoder first: a repo that cannot serve the mode is refused before the prior is fetched or loaded.
     gets = [("get", "inpaint_decoder"), ("get", "prior")]
     # gpu keeps every decoder on the GPU; a CPU run ("none") leaves the GPU as earlier runs left it.

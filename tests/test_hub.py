@@ -1,6 +1,7 @@
 """Models by hub id: every mode from an offline Hugging Face cache with the default names, and downloads from a
 fake hub that fetch only what a run loads, with the plan and the progress in the log."""
 
+import functools
 import hashlib
 import io
 import logging
@@ -8,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,9 @@ import torch
 from huggingface_hub import constants as hub_constants
 
 from fake_hub import FakeHub, FakeRepo, hub_at
+from helpers import left_half_mask, random_image
 from infer_kandinsky_2_2.kandinsky22_engine import hub
-from infer_kandinsky_2_2.kandinsky22_engine.generation import Inputs, generate
+from infer_kandinsky_2_2.kandinsky22_engine.generation import Inputs, generate, load_pipelines
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelLoadError
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
     DEFAULT_CONTROLNET_DECODER,
@@ -30,15 +33,12 @@ from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
 
 PINNED = PINNED_REVISIONS[DEFAULT_CONTROLNET_DECODER]
 RUN = {"prior_num_inference_steps": 2, "num_inference_steps": 4, "height": 64, "width": 128, "seed": 7, "cuda": False}
-RNG = np.random.default_rng(0)
-MASK = np.zeros((64, 128), np.uint8)
-MASK[:, :64] = 255
 INPUTS = {
     "text2img": Inputs(),
-    "img2img": Inputs(image=RNG.integers(0, 256, (64, 128, 3), dtype=np.uint8)),  # strength 0.3: 1 of 4 steps
-    "inpaint": Inputs(image=RNG.integers(0, 256, (64, 128, 3), dtype=np.uint8), mask=MASK),
-    "controlnet_depth": Inputs(depth=RNG.integers(0, 256, (64, 128), dtype=np.uint8)),
-    "mix": Inputs(mix_images=tuple(RNG.integers(0, 256, (64, 128, 3), dtype=np.uint8) for _ in range(2))),
+    "img2img": Inputs(image=random_image(1)),  # strength 0.3: 1 of 4 steps
+    "inpaint": Inputs(image=random_image(2), mask=left_half_mask()),
+    "controlnet_depth": Inputs(depth=random_image(4, (64, 128))),
+    "mix": Inputs(mix_images=(random_image(5), random_image(6))),
 }
 
 
@@ -105,10 +105,18 @@ def published(tiny_repos) -> dict[str, dict[str, bytes]]:
     }
 
 
-def by_folder(tiny_repos, mode: str) -> Settings:
+@pytest.fixture(scope="module")
+def by_folder(tiny_repos, warm_cache) -> Callable[[str], np.ndarray]:
+    """The picture of a mode's run from the tiny repos' folders, which a run by hub id must equal (each once)."""
     decoders = {"inpaint": tiny_repos.inpaint_decoder, "controlnet_depth": tiny_repos.controlnet_decoder}
-    model = decoders.get(mode, tiny_repos.decoder)
-    return Settings(mode=mode, model_name=str(model), prior_model_name=str(tiny_repos.prior), **RUN)
+
+    @functools.cache
+    def picture(mode: str) -> np.ndarray:
+        model = decoders.get(mode, tiny_repos.decoder)
+        settings = Settings(mode=mode, model_name=str(model), prior_model_name=str(tiny_repos.prior), **RUN)
+        return generate(settings, INPUTS[mode], cache=warm_cache).images[0]
+
+    return picture
 
 
 def refusal(settings: Settings, inputs: Inputs = INPUTS["text2img"], cache: ModelCache | None = None) -> str:
@@ -118,8 +126,7 @@ def refusal(settings: Settings, inputs: Inputs = INPUTS["text2img"], cache: Mode
     return str(refused.value)
 
 
-@pytest.mark.parametrize("mode", list(INPUTS))
-def test_every_mode_runs_offline_from_the_cache_with_its_default_models(cache_folder, published, tiny_repos, mode):
+def test_every_mode_runs_offline_from_the_cache_with_its_default_models(cache_folder, published, by_folder):
     for repo_id, files in published.items():
         if repo_id == DEFAULT_CONTROLNET_DECODER:
             # main holds pickles only; the safetensors are at the pinned commit, which only a pull request names.
@@ -128,9 +135,18 @@ def test_every_mode_runs_offline_from_the_cache_with_its_default_models(cache_fo
             put_in_cache(cache_folder, repo_id, PINNED, files, refs=("refs/pr/5",))
         else:
             put_in_cache(cache_folder, repo_id, commit_of(files), files, refs=("main",))
-    result = generate(Settings(mode=mode, **RUN), INPUTS[mode], cache=ModelCache())
-    expected = generate(by_folder(tiny_repos, mode), INPUTS[mode], cache=ModelCache())
-    assert np.array_equal(result.images[0], expected.images[0])
+    # One cache for the modes in turn, as the task's: each model loads once, the prior for the first mode.
+    cache = ModelCache()
+    for mode, inputs in INPUTS.items():
+        result = generate(Settings(mode=mode, **RUN), inputs, cache=cache)
+        assert np.array_equal(result.images[0], by_folder(mode)), mode
+    assert cache.load_counts == {
+        "prior": 1,
+        "decoder": 1,
+        "inpaint_decoder": 1,
+        "controlnet_decoder": 1,
+        "image_encoder": 1,
+    }
 
 
 def test_the_controlnet_repos_main_branch_with_pickles_only_is_refused_and_names_the_pinned_revision(
@@ -198,7 +214,7 @@ def loaded_files(repo_id: str, files: dict[str, bytes], *folders: str) -> list[s
 
 
 def test_downloads_fetch_only_what_the_run_loads_and_the_log_says_what_and_how_large_first(
-    online, published, tiny_repos, caplog
+    online, published, by_folder, caplog
 ):
     cache = ModelCache()
     with caplog.at_level(logging.INFO, logger=hub.__name__):
@@ -208,7 +224,7 @@ def test_downloads_fetch_only_what_the_run_loads_and_the_log_says_what_and_how_l
         DEFAULT_PRIOR, prior, "text_encoder", "tokenizer", "prior", "scheduler", "image_processor"
     ) + loaded_files(DEFAULT_DECODER, decoder, "unet", "scheduler", "movq")
     assert sorted(online.downloaded()) == sorted(expected)
-    assert np.array_equal(result.images[0], generate(by_folder(tiny_repos, "text2img"), cache=ModelCache()).images[0])
+    assert np.array_equal(result.images[0], by_folder("text2img"))
     # For each repo: the plan (files and sizes), then progress to 100%, then the total; all before the next repo.
     messages = [record.getMessage() for record in caplog.records if record.name == hub.__name__]
     plans = [index for index, message in enumerate(messages) if ": downloading " in message]
@@ -226,16 +242,16 @@ def test_downloads_fetch_only_what_the_run_loads_and_the_log_says_what_and_how_l
 
     # mix then fetches the image encoder alone; a run already cached asks the hub nothing.
     before = len(online.downloaded())
-    generate(Settings(mode="mix", **RUN), INPUTS["mix"], cache=cache)
+    load_pipelines(Settings(mode="mix", **RUN), cache)
     encoder = ["image_encoder/config.json", "image_encoder/model.safetensors"]
     assert sorted(online.downloaded()[before:]) == [f"{DEFAULT_PRIOR}:{path}" for path in encoder]
     requests = len(online.requests)
-    generate(Settings(mode="mix", **RUN), INPUTS["mix"], cache=ModelCache())
+    load_pipelines(Settings(mode="mix", **RUN), ModelCache())
     assert len(online.requests) == requests
 
 
-def test_the_controlnet_repo_downloads_at_its_pinned_commit_without_pickles(online, published, tiny_repos):
-    generate(Settings(mode="controlnet_depth", **RUN), INPUTS["controlnet_depth"], cache=ModelCache())
+def test_the_controlnet_repo_downloads_at_its_pinned_commit_without_pickles(online, published):
+    load_pipelines(Settings(mode="controlnet_depth", **RUN), ModelCache())
     files = published[DEFAULT_CONTROLNET_DECODER]
     assert sorted(path for path in online.downloaded() if DEFAULT_CONTROLNET_DECODER in path) == loaded_files(
         DEFAULT_CONTROLNET_DECODER, files, "unet", "scheduler", "movq"
@@ -297,10 +313,10 @@ def test_a_repo_whose_model_weights_are_pickles_only_is_refused_before_downloadi
     )
 
 
-def test_a_cached_repo_loads_without_any_request(online, tiny_repos, cache_folder):
-    generate(Settings(**RUN), cache=ModelCache())
+def test_a_cached_repo_loads_without_any_request(online):
+    load_pipelines(Settings(**RUN), ModelCache())
     requests = len(online.requests)
-    generate(Settings(**RUN), cache=ModelCache())
+    load_pipelines(Settings(**RUN), ModelCache())
     assert len(online.requests) == requests
 
 
@@ -312,6 +328,7 @@ def readme_commands() -> list[list[str]]:
     return [line.split() for line in joined.splitlines() if line.startswith("hf download ")]
 
 
+@pytest.mark.slow
 def test_the_readmes_commands_fetch_exactly_what_the_modes_load_then_every_mode_runs_offline(
     online, cache_folder, monkeypatch
 ):

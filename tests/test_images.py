@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import left_half_mask, random_image
 from infer_kandinsky_2_2.kandinsky22_engine.images import InputError, as_rgb, depth_hint, fit, mask_from
 
 
 def test_an_image_of_the_output_size_is_used_as_it_is():
-    image = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    image = random_image(0)
     fitted = fit(image, 64, 128)
     assert fitted.array is image
     assert fitted.note == "128x64, used as it is"
@@ -80,15 +81,8 @@ MASK = "inpaint input 'mask'"
 DEPTH = "controlnet_depth input 'depth map'"
 
 
-def left_half(dtype: type = np.uint8, value: object = 255, shape: tuple[int, ...] = (64, 128)) -> np.ndarray:
-    """A mask of ``dtype``, ``value`` over the left half of every channel, 0 elsewhere."""
-    mask = np.zeros(shape, dtype)
-    mask[:, :64] = value
-    return mask
-
-
 def test_a_mask_keeps_its_orientation_and_white_means_repaint():
-    mask = left_half()
+    mask = left_half_mask()
     mask[:8, 100:] = 127
     fitted = mask_from(mask, MASK, (64, 128), 64, 128)
     assert fitted.array.shape == (64, 128) and fitted.array.dtype == np.float32
@@ -135,7 +129,7 @@ def one_channel_only(channel: int) -> np.ndarray:
 
 
 def uint16_picture() -> np.ndarray:
-    mask = left_half(np.uint16, 32768)
+    mask = left_half_mask(np.uint16, 32768)
     mask[:, 64:] = 32767
     return mask
 
@@ -150,19 +144,19 @@ def transparent_left(dtype: type, opaque: object, transparent: object) -> np.nda
 def colours_marking_alpha_ignored() -> np.ndarray:
     alpha = np.full((64, 128), 255, np.uint8)
     alpha[:, 64:] = 200  # not transparent anywhere: the alpha is not read
-    return rgba(left_half(), alpha)
+    return rgba(left_half_mask(), alpha)
 
 
 def painted_on_a_transparent_layer() -> np.ndarray:
     """White strokes on a transparent layer (black where transparent): what is painted repaints."""
     alpha = np.zeros((64, 128), np.uint8)
     alpha[:, :64] = 255
-    return rgba(left_half(), alpha)
+    return rgba(left_half_mask(), alpha)
 
 
 def photo_with_an_erased_part() -> np.ndarray:
     """OpenAI's image-edit mask: the picture itself, with the part to repaint made transparent."""
-    photo = np.random.default_rng(7).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    photo = random_image(7)
     alpha = np.full((64, 128), 255, np.uint8)
     alpha[:, :64] = 0
     return np.dstack([photo, alpha])
@@ -178,21 +172,21 @@ LABEL_MAP, PICTURE_8, PICTURE_16 = (
 @pytest.mark.parametrize(
     ("mask", "reading"),
     [
-        (left_half(value=1), LABEL_MAP),
-        (left_half(), PICTURE_8),
-        (left_half(value=128), PICTURE_8),
-        (left_half(shape=(64, 128, 1)), PICTURE_8),
-        (left_half(bool, True), "bool: True repaints"),
+        (left_half_mask(value=1), LABEL_MAP),
+        (left_half_mask(), PICTURE_8),
+        (left_half_mask(value=128), PICTURE_8),
+        (left_half_mask(shape=(64, 128, 1)), PICTURE_8),
+        (left_half_mask(bool, True), "bool: True repaints"),
         (soft_float(), "floats: 0.5 and above repaint"),
-        (left_half(np.float64, 1.0), "floats: 0.5 and above repaint"),
-        (left_half(np.uint16, 1), LABEL_MAP),
+        (left_half_mask(np.float64, 1.0), "floats: 0.5 and above repaint"),
+        (left_half_mask(np.uint16, 1), LABEL_MAP),
         (uint16_picture(), PICTURE_16),
-        (left_half(np.int64, 3), LABEL_MAP),
-        (left_half(np.uint32, 1), LABEL_MAP),
+        (left_half_mask(np.int64, 3), LABEL_MAP),
+        (left_half_mask(np.uint32, 1), LABEL_MAP),
         (class_indices(), LABEL_MAP),
         (one_channel_only(0), PICTURE_8),
         (one_channel_only(1), PICTURE_8),
-        (left_half(shape=(64, 128, 3)), PICTURE_8),
+        (left_half_mask(shape=(64, 128, 3)), PICTURE_8),
         (transparent_left(np.uint8, 255, 0), "alpha: transparent repaints (alpha below 128)"),
         (transparent_left(np.uint16, 65535, 0), "alpha: transparent repaints (alpha below 32768)"),
         (transparent_left(np.float32, 1.0, 0.2), "alpha: transparent repaints (alpha below 0.5)"),
@@ -203,7 +197,7 @@ LABEL_MAP, PICTURE_8, PICTURE_16 = (
             "painted on a transparent layer: the opaque pixels, of one colour that marks, repaint",
         ),
         (photo_with_an_erased_part(), "alpha: transparent repaints (alpha below 128)"),
-        (rgba(left_half(np.int32, 1), np.zeros((64, 128), np.int32)), LABEL_MAP + ", alpha ignored"),
+        (rgba(left_half_mask(np.int32, 1), np.zeros((64, 128), np.int32)), LABEL_MAP + ", alpha ignored"),
     ],
     ids=[
         "uint8-0-1-label-map",
@@ -233,7 +227,7 @@ LABEL_MAP, PICTURE_8, PICTURE_16 = (
 )
 def test_every_mask_form_repaints_what_it_marks(mask, reading):
     fitted = mask_from(mask, MASK, (64, 128), 64, 128)
-    assert np.array_equal(fitted.array, left_half(np.float32, 1.0))
+    assert np.array_equal(fitted.array, left_half_mask(np.float32, 1.0))
     assert fitted.note == f"128x64, used as it is; {reading}; 50% repainted"
 
 

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from helpers import workflow_with
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
     DEFAULT_CONTROLNET_DECODER,
     DEFAULT_DECODER,
@@ -230,11 +231,7 @@ def test_the_gpu_memory_and_compile_controls_can_be_edited_only_while_cuda_is_on
 
 
 def test_reuse_last_seed_takes_the_seed_of_the_last_run(plugin, tiny_strings):
-    from ikomia.dataprocess.workflow import Workflow
-
-    workflow = Workflow()
-    task = workflow.add_task(name="infer_kandinsky_2_2", public_hub=False)
-    task.set_parameters({**tiny_strings, "seed": "-1", "cuda": "False"})
+    workflow, task = workflow_with({**tiny_strings, "seed": "-1"})
     widget = plugin.get_widget_factory().create(task.get_param_object())
     reuse = inner(widget, "seed", QtWidgets.QPushButton)
     reuse.click()
