@@ -101,6 +101,7 @@ def test_the_cpu_overhead_benchmark_times_the_task_against_diffusers_with_nothin
     assert report["batch_per_image"]["num_images"] == 2
 
 
+@pytest.mark.slow
 def test_the_thread_benchmark_times_every_case_from_the_main_thread_and_from_worker_threads(tmp_path):
     small = ["--rounds", "2", "--height", "64", "--width", "64", "--steps", "2", "--prior-steps", "2"]
     report_path = tmp_path / "thread_overhead.json"
