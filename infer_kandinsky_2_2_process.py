@@ -244,7 +244,9 @@ def openmp_teams_as_on_the_main_thread() -> Iterator[None]:
     Studio runs tasks in other threads, where torch's teams took every core whatever the load and their
     threads spun waiting for each other at every barrier: on cores kept busy by other processes, a run from
     such a thread took several times as long as the same run from the main thread (BENCHMARKS.md, runs from a
-    worker thread). Where libgomp is not loaded, torch uses another OpenMP and nothing changes.
+    worker thread). The price is the main thread's: on idle cores after heavy use, the 15-minute average keeps
+    teams small (1.3x slower measured on 2 cores). Where libgomp is not loaded, torch uses another OpenMP and
+    nothing changes.
     """
     runtime = _gnu_openmp()
     if runtime is None:
