@@ -1,6 +1,6 @@
 """The diffusers behaviours that the engine patches or works around, checked on diffusers itself.
 
-Each test states what diffusers does today (0.40.0 to 0.42.1, the releases CI runs) and fails when a release
+Each test states what diffusers does in the releases CI runs (0.40.0 to 0.42.1) and fails when a release
 changes it, naming the engine code to revisit: a patch that no longer takes effect, or a workaround that is
 no longer needed.
 """
