@@ -12,24 +12,15 @@ every step, timed alone.
 """
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
 import time
 import timeit
 from collections.abc import Callable
-from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-from ikomia_home import PLUGIN_NAME, use_ikomia_home  # noqa: E402
+from tiny_task import add_run_arguments, ikomia_root, summary, tiny_task, write_report
 
 SMALLEST_RUN = {"height": "64", "width": "64", "num_inference_steps": "1", "prior_num_inference_steps": "2"}
-
-
-def summary(seconds: list[float]) -> dict:
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "runs": len(seconds)}
 
 
 def in_pairs(first: Callable[[], object], second: Callable[[], object], pairs: int) -> tuple[list, list]:
@@ -48,43 +39,20 @@ def in_pairs(first: Callable[[], object], second: Callable[[], object], pairs: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--prior-steps", type=int, default=25)
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--fixed-pairs", type=int, default=41, help="pairs of the smallest run (2 or more)")
-    parser.add_argument("--output", type=Path, help="also write the report to this JSON file")
+    add_run_arguments(parser, size=256, steps=25)
     arguments = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="cpu_overhead_"))
-    use_ikomia_home(folder / "home")
-    sys.path.insert(0, str(folder / "home" / "Ikomia" / "Plugins" / "Python"))
+    folder = ikomia_root("cpu_overhead_")
     import torch
-    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
-    from ikomia.dataprocess.workflow import Workflow
 
-    from infer_kandinsky_2_2.kandinsky22_devkit.reference import combine, combined_arguments
-    from infer_kandinsky_2_2.kandinsky22_devkit.tiny import build_tiny_repos
+    from infer_kandinsky_2_2.kandinsky22_devkit.reference import combined_arguments
     from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 
-    repos = build_tiny_repos(folder / "models")
-    parameters = {
-        "model_name": str(repos.decoder),
-        "prior_model_name": str(repos.prior),
-        "height": str(arguments.height),
-        "width": str(arguments.width),
-        "num_inference_steps": str(arguments.steps),
-        "prior_num_inference_steps": str(arguments.prior_steps),
-        "seed": "42",
-        "cuda": "False",
-    }
+    tiny = tiny_task(folder, arguments)
+    parameters, workflow, task, combined = tiny.parameters, tiny.workflow, tiny.task, tiny.combined
     main_run_shown = {key: value for key, value in parameters.items() if "model" not in key}
-    workflow = Workflow()
-    task = workflow.add_task(name=PLUGIN_NAME, public_hub=False)
-    combined = combine(
-        KandinskyV22PriorPipeline.from_pretrained(repos.prior), KandinskyV22Pipeline.from_pretrained(repos.decoder)
-    )
 
     def use(changes: dict[str, str]) -> Callable[[], object]:
         """Set ``changes`` on the task, and return diffusers' call with the same arguments; run each once
@@ -143,9 +111,7 @@ def main() -> None:
         "batch_per_image": {**summary(batch), "num_images": arguments.num_images},
         "batch_speedup_per_image": statistics.median(plugin) / statistics.median(batch),
     }
-    print(json.dumps(report, indent=2))
-    if arguments.output:
-        arguments.output.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_report(report, arguments.output)
 
 
 if __name__ == "__main__":

@@ -20,27 +20,19 @@ library loaded, and whether dynamic team sizes are on in the main thread and in 
 import argparse
 import ctypes
 import importlib
-import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-from ikomia_home import PLUGIN_NAME, use_ikomia_home  # noqa: E402
+from tiny_task import add_run_arguments, ikomia_root, summary, tiny_task, write_report
 
 # Each stops itself after ``seconds`` should this script be killed before it stops them.
 SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
-
-
-def summary(seconds: list[float]) -> dict:
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "runs": len(seconds)}
 
 
 def in_thread(call: Callable[[], object]) -> Callable[[], object]:
@@ -129,45 +121,22 @@ def rounds_of(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--height", type=int, default=128)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--prior-steps", type=int, default=10)
     parser.add_argument("--busy", type=int, default=0, help="processes kept spinning during the timed rounds")
     parser.add_argument("--busy-limit", type=float, default=1800.0, help="seconds after which they stop anyway")
-    parser.add_argument("--output", type=Path, help="also write the report to this JSON file")
+    add_run_arguments(parser, size=128, steps=10)
     arguments = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="thread_overhead_"))
-    use_ikomia_home(folder / "home")
-    sys.path.insert(0, str(folder / "home" / "Ikomia" / "Plugins" / "Python"))
+    folder = ikomia_root("thread_overhead_")
     # Studio has ikomia's libraries (OpenCV, and the libgomp it brings) loaded before any plugin loads torch.
-    workflow_module = importlib.import_module("ikomia.dataprocess.workflow")
+    importlib.import_module("ikomia.dataprocess.workflow")
     import torch
-    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
 
-    from infer_kandinsky_2_2.kandinsky22_devkit.reference import combine, combined_arguments
-    from infer_kandinsky_2_2.kandinsky22_devkit.tiny import build_tiny_repos
+    from infer_kandinsky_2_2.kandinsky22_devkit.reference import combined_arguments
     from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 
-    repos = build_tiny_repos(folder / "models")
-    parameters = {
-        "model_name": str(repos.decoder),
-        "prior_model_name": str(repos.prior),
-        "height": str(arguments.height),
-        "width": str(arguments.width),
-        "num_inference_steps": str(arguments.steps),
-        "prior_num_inference_steps": str(arguments.prior_steps),
-        "seed": "42",
-        "cuda": "False",
-    }
-    workflow = workflow_module.Workflow()
-    task = workflow.add_task(name=PLUGIN_NAME, public_hub=False)
-    task.set_parameters(parameters)
+    tiny = tiny_task(folder, arguments)
+    parameters, workflow, combined = tiny.parameters, tiny.workflow, tiny.combined
     settings = Settings.from_strings(parameters)
-    combined = combine(
-        KandinskyV22PriorPipeline.from_pretrained(repos.prior), KandinskyV22Pipeline.from_pretrained(repos.decoder)
-    )
 
     def run_diffusers() -> object:
         return combined(**combined_arguments(settings))
@@ -210,9 +179,7 @@ def main() -> None:
             for name, seconds in times.items()
         },
     }
-    print(json.dumps(report, indent=2))
-    if arguments.output:
-        arguments.output.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_report(report, arguments.output)
 
 
 if __name__ == "__main__":
