@@ -51,9 +51,15 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
         return array
     if array.dtype == np.uint16:
         return (array >> 8).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating) and np.isfinite(array).all() and 0 <= array.min() <= array.max() <= 1:
-        return (array * 255).round().astype(np.uint8)
-    raise InputError(f"{name}: received {array.dtype} values; accepted: uint8, uint16, or floats from 0 to 1.")
+    accepted = "accepted: uint8, uint16, or floats from 0 to 1."
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"{name}: received {array.dtype} values; {accepted}")
+    if not np.isfinite(array).all():
+        raise InputError(f"{name}: received {array.dtype} values that are not finite (NaN or infinite); {accepted}")
+    low, high = array.min(), array.max()
+    if not 0 <= low <= high <= 1:
+        raise InputError(f"{name}: received {array.dtype} values from {low:g} to {high:g}; {accepted}")
+    return (array * 255).round().astype(np.uint8)
 
 
 def fit(array: np.ndarray, height: int, width: int, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Fitted:

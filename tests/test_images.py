@@ -62,15 +62,21 @@ def test_usual_image_forms_become_rgb_uint8(array, expected):
             "channels.",
         ),
         (
-            np.full((2, 3, 3), 2.0, np.float32),
-            "img2img input 'image': received float32 values; accepted: uint8, uint16, or floats from 0 to 1.",
+            np.linspace(-0.5, 2, 18, dtype=np.float32).reshape(2, 3, 3),
+            "img2img input 'image': received float32 values from -0.5 to 2; accepted: uint8, uint16, or floats from 0 "
+            "to 1.",
+        ),
+        (
+            np.full((2, 3, 3), np.nan, np.float64),
+            "img2img input 'image': received float64 values that are not finite (NaN or infinite); accepted: uint8, "
+            "uint16, or floats from 0 to 1.",
         ),
         (
             np.zeros((2, 3, 3), np.int32),
             "img2img input 'image': received int32 values; accepted: uint8, uint16, or floats from 0 to 1.",
         ),
     ],
-    ids=["none", "empty", "two-channels", "float-out-of-range", "int32"],
+    ids=["none", "empty", "two-channels", "float-out-of-range", "float-not-finite", "int32"],
 )
 def test_an_unusable_image_is_named(array, message):
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
