@@ -25,19 +25,9 @@ from ikomia import core, dataprocess, utils
 from ikomia.dataprocess.io import DataDictIO
 
 from . import kandinsky22_engine
-from .kandinsky22_engine.generation import (
-    DEPTH_INPUT,
-    DRAWING_INPUT,
-    IMAGE_INPUT,
-    MASK_INPUT,
-    Inputs,
-    generate,
-    input_names,
-    load_pipelines,
-    prepare_inputs,
-    progress_steps,
-)
+from .kandinsky22_engine.generation import generate, load_pipelines, prepare_inputs, progress_steps
 from .kandinsky22_engine.models import MODEL_CACHE
+from .kandinsky22_engine.modes import DEPTH_INPUT, DRAWING_INPUT, IMAGE_INPUT, MASK_INPUT, Inputs, input_names
 from .kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError, unknown_names
 
 PARAMETER = {parameter.name: parameter for parameter in PARAMETERS}

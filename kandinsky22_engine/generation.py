@@ -16,26 +16,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import diffusers
 import numpy as np
 import torch
-from diffusers import (
-    DiffusionPipeline,
-    KandinskyV22ControlnetPipeline,
-    KandinskyV22Img2ImgPipeline,
-    KandinskyV22InpaintPipeline,
-    KandinskyV22Pipeline,
-    KandinskyV22PriorPipeline,
-)
-from diffusers.image_processor import VaeImageProcessor
-from PIL import Image
+from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
 from transformers import CLIPTokenizer
 
 from .hub import ModelLoadError, Source, first_line
-from .images import InputError, as_rgb, depth_hint, fit, mask_from
 from .models import (
     IMAGE_ENCODER,
     IMAGE_ENCODER_LOADER,
@@ -46,7 +36,18 @@ from .models import (
     Parking,
     PipelineLoader,
 )
-from .parameters import DEFAULT_DECODER, DEFAULT_PRIOR, MAX_RANDOM_SEED, MODE_DECODERS, RANDOM_SEED, Settings
+from .modes import (
+    DECODER_ROLES,
+    DEFAULT_DECODER,
+    DEFAULT_PRIOR,
+    MODES,
+    NO_INPUTS,
+    Callbacks,
+    Inputs,
+    Prepared,
+    input_names,
+)
+from .parameters import MAX_RANDOM_SEED, RANDOM_SEED, Settings
 
 logger = logging.getLogger(__name__)
 StepCallback = Callable[[], None]
@@ -98,75 +99,6 @@ class Runtime:
 
 
 @dataclass(frozen=True)
-class Inputs:
-    """The images a run reads, as arrays (height x width, or height x width x channels); each mode reads its own.
-
-    ``image``: img2img and inpaint. ``mask`` and ``drawn_mask``: inpaint, white where to repaint (the two are
-    combined; one is enough). ``depth``: controlnet_depth. ``mix_images``: mix, in order.
-    """
-
-    image: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    drawn_mask: np.ndarray | None = None
-    depth: np.ndarray | None = None
-    mix_images: tuple[np.ndarray | None, ...] = ()
-
-
-@dataclass(frozen=True)
-class Decoder:
-    """The decoder a mode uses: its cache role, its diffusers pipeline, the UNet it needs (input channels and
-    added embedding type, from the UNet's config), what such a decoder is called, and its default repo."""
-
-    role: str
-    pipeline_class: type[DiffusionPipeline]
-    in_channels: int
-    addition_embed_type: str
-    kind: str
-    default_model: str
-
-
-_TEXT2IMG = ("decoder", KandinskyV22Pipeline, 4, "image", "a text-to-image decoder")
-DECODERS = {
-    "text2img": Decoder(*_TEXT2IMG, MODE_DECODERS["text2img"]),
-    "img2img": Decoder(*_TEXT2IMG, MODE_DECODERS["img2img"]),
-    "mix": Decoder(*_TEXT2IMG, MODE_DECODERS["mix"]),
-    # The UNet reads the latents, the masked image's latents and the mask: 4 + 4 + 1 channels.
-    "inpaint": Decoder(
-        "inpaint_decoder", KandinskyV22InpaintPipeline, 9, "image", "an inpainting decoder", MODE_DECODERS["inpaint"]
-    ),
-    "controlnet_depth": Decoder(
-        "controlnet_decoder",
-        KandinskyV22ControlnetPipeline,
-        8,
-        "image_hint",
-        "a ControlNet depth decoder",
-        MODE_DECODERS["controlnet_depth"],
-    ),
-}
-
-DECODER_ROLES = tuple(dict.fromkeys(decoder.role for decoder in DECODERS.values()))
-
-IMAGE_INPUT = "image"
-DRAWING_INPUT = "mask drawing"
-MASK_INPUT = "mask"
-DEPTH_INPUT = "depth map"
-# The inputs of each mode, in the order the Ikomia task offers them (mix's come from mix_images).
-INPUT_NAMES = {
-    "text2img": (),
-    "img2img": (IMAGE_INPUT,),
-    "inpaint": (IMAGE_INPUT, DRAWING_INPUT, MASK_INPUT),
-    "controlnet_depth": (DEPTH_INPUT,),
-}
-
-
-def input_names(mode: str, mix_images: int) -> tuple[str, ...]:
-    """The names of the inputs that ``mode`` reads (mix reads ``mix_images`` images)."""
-    if mode == "mix":
-        return tuple(f"image {index}" for index in range(1, mix_images + 1))
-    return INPUT_NAMES[mode]
-
-
-@dataclass(frozen=True)
 class Generation:
     """The generated pictures (each height x width x 3, RGB uint8) and what produced them."""
 
@@ -183,17 +115,6 @@ class Pipelines:
     decoder: DiffusionPipeline
     prior_parking: Parking
     image_encoder: ImageEncoder | None = None
-
-
-@dataclass
-class Prepared:
-    """A run's inputs at the output size, ready for the pipelines, and notes on what was done to them."""
-
-    image: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    hint: torch.Tensor | None = None
-    mix_images: tuple[Image.Image, ...] = ()
-    notes: dict[str, str] = field(default_factory=dict)
 
 
 # CUDA graphs (compile_unet reduce-overhead) captured outside the main thread trip an assertion in torch
@@ -257,14 +178,14 @@ def resolve_seed(seed: int) -> int:
 def decoder_model_name(settings: Settings) -> str:
     """The decoder repo of the run: the mode's own default when model_name is left at its default."""
     if settings.model_name == DEFAULT_DECODER:
-        return DECODERS[settings.mode].default_model
+        return MODES[settings.mode].decoder.default_model
     return settings.model_name
 
 
 def needs_image_encoder(settings: Settings) -> bool:
     """Whether a run uses the prior repo's CLIP image encoder: mix embeds its images with it, and an empty
     negative prompt takes the embedding of an all-zero image as the negative."""
-    return settings.mode == "mix" or not settings.negative_prompt
+    return MODES[settings.mode].embeds_images or not settings.negative_prompt
 
 
 def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipelines:
@@ -293,7 +214,7 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
         CompileFailed: the torch at hand cannot run the compile_unet asked for (see ``choose_runtime``).
     """
     runtime = choose_runtime(settings)
-    decoder = DECODERS[settings.mode]
+    decoder = MODES[settings.mode].decoder
     with cache.lock:
         if runtime.memory_mode not in ("gpu", "none"):
             # Modes that save memory keep no idle decoder on the GPU: the others leave it before this one is
@@ -351,8 +272,10 @@ def describe_repo(folder: Path) -> str:
         has_prior = "prior" in index and "text_encoder" in index
         return f"{pipeline} without a UNet ({'a prior, for prior_model_name' if has_prior else 'no unet/config.json'})"
     found = (unet.get("in_channels"), unet.get("addition_embed_type"))
-    modes = [mode for mode, each in DECODERS.items() if (each.in_channels, each.addition_embed_type) == found]
-    serves = f" ({DECODERS[modes[0]].kind}, for {', '.join(modes)})" if modes else ""
+    modes = [
+        name for name, mode in MODES.items() if (mode.decoder.in_channels, mode.decoder.addition_embed_type) == found
+    ]
+    serves = f" ({MODES[modes[0]].decoder.kind}, for {', '.join(modes)})" if modes else ""
     return f"{pipeline} whose UNet takes {found[0]} input channels with added embedding {found[1]!r}{serves}"
 
 
@@ -363,7 +286,7 @@ def check_decoder(mode: str) -> Callable[[Path, Source], None]:
     fails inside its first step ("expected input to have 4 channels, but got 9"), after the prior ran, and a
     ControlNet run on it ignores the depth map without error. A folder without configs is left to the load.
     """
-    decoder = DECODERS[mode]
+    decoder = MODES[mode].decoder
 
     def check(folder: Path, source: Source) -> None:
         unet = _read_config(folder / "unet" / "config.json")
@@ -394,19 +317,15 @@ def check_prior(folder: Path, source: Source) -> None:
     )
 
 
-def decoder_steps(settings: Settings) -> int:
-    """The denoising steps the decoder runs: img2img skips the start of the schedule."""
-    return settings.img2img_steps() if settings.mode == "img2img" else settings.num_inference_steps
-
-
 def progress_steps(settings: Settings) -> int:
     """How many step callbacks a run makes: one per denoising step of every prior run and of the decoder."""
-    prior_runs = 1 + (1 if settings.prompt else 0) if settings.mode == "mix" else 1
-    return settings.prior_num_inference_steps * prior_runs + decoder_steps(settings)
+    mode = MODES[settings.mode]
+    return sum(mode.prior_steps(settings)) + mode.decoder_steps(settings)
 
 
 def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
-    """Check and convert the inputs that ``settings.mode`` reads, before any model is loaded.
+    """Check and convert the inputs that ``settings.mode`` reads (its table entry's ``prepare``), before any model
+    is loaded.
 
     Args:
         settings: checked settings (mode, height, width, mix_images, cuda).
@@ -426,48 +345,14 @@ def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
         InputError: an input the mode needs is missing, empty or unusable (wrong shape or dtype, a mask that
             repaints nothing, a uniform depth map); the message names the mode and the input.
     """
-    mode, height, width = settings.mode, settings.height, settings.width
-    runtime = choose_runtime(settings)
     prepared = Prepared()
-    if mode in ("img2img", "inpaint"):
-        image = as_rgb(inputs.image, f"{mode} input '{IMAGE_INPUT}'")
-        fitted = fit(image, height, width)
-        prepared.image, prepared.notes[IMAGE_INPUT] = fitted.array, fitted.note
-    if mode == "inpaint":
-        masks = []
-        for name, array in ((DRAWING_INPUT, inputs.drawn_mask), (MASK_INPUT, inputs.mask)):
-            if name == DRAWING_INPUT and array is not None and array.size and not array.any():
-                raise InputError(
-                    f"inpaint input '{DRAWING_INPUT}': the shapes drawn cover no pixel of the image; accepted: shapes "
-                    "drawn over the image."
-                )
-            if array is not None and array.size:
-                mask = mask_from(array, f"inpaint input '{name}'", image.shape[:2], height, width)
-                masks.append(mask.array)
-                prepared.notes[name] = mask.note
-        if not masks:
-            raise InputError(
-                f"inpaint needs a mask, white where to repaint: draw it over the image (input '{DRAWING_INPUT}') "
-                f"or give a mask image (input '{MASK_INPUT}')."
-            )
-        prepared.mask = np.maximum.reduce(masks)
-    if mode == "controlnet_depth":
-        prepared.hint, prepared.notes[DEPTH_INPUT] = depth_hint(
-            inputs.depth, f"controlnet_depth input '{DEPTH_INPUT}'", height, width, runtime.device, runtime.dtype
-        )
-    if mode == "mix":
-        names = input_names(mode, settings.mix_images)
-        given = (*inputs.mix_images, *[None] * len(names))[: len(names)]
-        arrays = [as_rgb(array, f"mix input '{name}'") for name, array in zip(names, given, strict=True)]
-        prepared.mix_images = tuple(Image.fromarray(array) for array in arrays)
-        for name, array in zip(names, arrays, strict=True):
-            prepared.notes[name] = f"{array.shape[1]}x{array.shape[0]}"
+    MODES[settings.mode].prepare(settings, inputs, prepared, choose_runtime(settings))
     return prepared
 
 
 def generate(
     settings: Settings,
-    inputs: Inputs | Prepared = Inputs(),
+    inputs: Inputs | Prepared = NO_INPUTS,
     *,
     cache: ModelCache = MODEL_CACHE,
     on_step: StepCallback = lambda: None,
@@ -515,13 +400,15 @@ def generate(
         loaded = time.perf_counter()
         truncated = _truncated_prompts(pipelines.prior.tokenizer, settings)
         generator = torch.Generator("cpu").manual_seed(seed)
-        prior_callback = _step_callback("prior", settings.prior_num_inference_steps, on_step, should_stop)
+        mode = MODES[settings.mode]
         with pipelines.prior_parking.visit(*pipelines.prior_parking.names):
-            embeds = _embeddings(pipelines, settings, prepared, generator, prior_callback)
+            embeds = mode.prior(
+                pipelines, settings, prepared, generator, _step_callbacks("prior", on_step, should_stop)
+            )
             _synchronize(runtime)
         _refuse_not_finite(embeds, "prior", settings, runtime)
         prior_done = time.perf_counter()
-        decoder_callback = _step_callback("decoder", decoder_steps(settings), on_step, should_stop)
+        decoder_callback = _step_callbacks("decoder", on_step, should_stop)(mode.decoder_steps(settings))
         images = _decode(pipelines.decoder, settings, prepared, embeds, generator, decoder_callback)
         _refuse_not_finite(images, "decoder", settings, runtime)
         decoded = time.perf_counter()
@@ -659,65 +546,6 @@ def _truncated_prompts(tokenizer: CLIPTokenizer, settings: Settings) -> dict[str
     return truncated
 
 
-def _embeddings(
-    pipelines: Pipelines,
-    settings: Settings,
-    prepared: Prepared,
-    generator: torch.Generator,
-    callback: Callable[..., dict],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prior stage: the image embedding of every picture, and the negative embeddings."""
-    if settings.mode == "mix":
-        return _mix_embeddings(pipelines, settings, prepared, generator, callback)
-    return pipelines.prior(
-        prompt=settings.prompt,
-        negative_prompt=settings.negative_prompt or None,
-        num_images_per_prompt=settings.num_images,
-        num_inference_steps=settings.prior_num_inference_steps,
-        guidance_scale=settings.prior_guidance_scale,
-        generator=generator,
-        output_type="pt",
-        return_dict=False,
-        callback_on_step_end=callback,
-    )
-
-
-def _mix_embeddings(
-    pipelines: Pipelines,
-    settings: Settings,
-    prepared: Prepared,
-    generator: torch.Generator,
-    callback: Callable[..., dict],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weighted sum of the items' image embeddings, and the negative embedding.
-
-    This is ``KandinskyV22PriorPipeline.interpolate`` step for step (the images, then the prompt), with the
-    step callback passed to every prior run, which ``interpolate`` cannot do: progress and stop then work in
-    mix as in every other mode. An empty negative prompt gives the zero-image embedding as the negative.
-    """
-    prior, encoder = pipelines.prior, pipelines.image_encoder
-    processor = prior.image_processor
-    items: list[Image.Image | str] = [*prepared.mix_images, *([settings.prompt] if settings.prompt else [])]
-    prior_arguments = {
-        "num_images_per_prompt": settings.num_images,
-        "num_inference_steps": settings.prior_num_inference_steps,
-        "guidance_scale": settings.prior_guidance_scale,
-        "generator": generator,
-        "callback_on_step_end": callback,
-    }
-    weighted = []
-    for item, weight in zip(items, settings.mix_weight_values(), strict=True):
-        if isinstance(item, str):
-            embedding = prior(item, **prior_arguments).image_embeds.unsqueeze(0)
-        else:
-            pixels = processor(item, return_tensors="pt").pixel_values[0].unsqueeze(0)
-            embedding = encoder.embed(pixels).repeat(settings.num_images, 1).unsqueeze(0)
-        weighted.append(embedding * weight)
-    negative = prior(settings.negative_prompt, **prior_arguments)
-    negative_embeds = negative.negative_image_embeds if settings.negative_prompt == "" else negative.image_embeds
-    return torch.cat(weighted).sum(dim=0), negative_embeds
-
-
 def _decode(
     decoder: DiffusionPipeline,
     settings: Settings,
@@ -726,13 +554,13 @@ def _decode(
     generator: torch.Generator,
     callback: Callable[..., dict],
 ) -> np.ndarray:
-    """Run the mode's decoder on the (image, negative) embeddings; return its float RGB images in [0, 1].
+    """Run the mode's decoder (its table entry's ``decode``) on the (image, negative) embeddings; return its float
+    RGB images in [0, 1].
 
     The prior made one embedding per picture; the input image, mask or hint is repeated to match, as
     diffusers' combined pipelines repeat theirs.
     """
     image_embeds, negative_image_embeds = embeds
-    count = settings.num_images
     # Workaround (diffusers 0.40.0 to 0.42.1, tests/test_upstream.py): with guidance at 1, diffusers' decoders
     # do not cast the embeddings (nor the hint) to the UNet's dtype.
     unet_dtype = decoder.unet.dtype
@@ -746,38 +574,7 @@ def _decode(
         "generator": generator,
         "output_type": "np",
     }
-    if settings.mode == "controlnet_depth":
-        # diffusers' ControlNet pipelines take only the legacy per-step callback.
-        return decoder(
-            **arguments,
-            hint=prepared.hint.repeat(count, 1, 1, 1),
-            callback=lambda step, timestep, latents: callback(decoder, step, timestep, {}),
-            callback_steps=1,
-        ).images
-    if settings.mode == "img2img":
-        decoder = _img2img_pipeline(decoder)
-        arguments.update(image=[Image.fromarray(prepared.image)] * count, strength=settings.strength)
-    elif settings.mode == "inpaint":
-        arguments.update(image=[prepared.image] * count, mask_image=[prepared.mask] * count)
-    return decoder(**arguments, callback_on_step_end=callback).images
-
-
-def _img2img_pipeline(decoder: KandinskyV22Pipeline) -> KandinskyV22Img2ImgPipeline:
-    """An img2img pipeline over the text2img decoder's own components: nothing is loaded again.
-
-    Workaround of a diffusers bug (diffusers 0.40.0 to 0.42.1, tests/test_upstream.py): its img2img
-    pipeline calls its resizer with height and width swapped (asked for 64 tall x 128 wide, it returns 64
-    wide x 128 tall), so the resizer is replaced by one that does not resize: the input already has the
-    output size (see ``images.fit``).
-    """
-    pipeline = KandinskyV22Img2ImgPipeline(**decoder.components)
-    pipeline.image_processor = VaeImageProcessor(
-        vae_scale_factor=2 ** (len(decoder.movq.config.block_out_channels) - 1),
-        vae_latent_channels=decoder.movq.config.latent_channels,
-        do_resize=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return MODES[settings.mode].decode(decoder, settings, prepared, arguments, callback)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -785,16 +582,21 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (image * 255).round().astype(np.uint8)
 
 
-def _step_callback(
-    stage: str, total: int, on_step: StepCallback, should_stop: Callable[[], bool]
-) -> Callable[..., dict]:
-    def callback(pipeline: object, step: int, timestep: object, tensors: dict) -> dict:
-        on_step()
-        if should_stop():
-            raise GenerationStopped(f"Generation stopped by the user after step {step + 1} of {total} of the {stage}.")
-        return tensors
+def _step_callbacks(stage: str, on_step: StepCallback, should_stop: Callable[[], bool]) -> Callbacks:
+    """Step callbacks of the runs of ``stage``: each reports its step, then stops the run when asked to."""
 
-    return callback
+    def for_run(total: int) -> Callable[..., dict]:
+        def callback(pipeline: object, step: int, timestep: object, tensors: dict) -> dict:
+            on_step()
+            if should_stop():
+                raise GenerationStopped(
+                    f"Generation stopped by the user after step {step + 1} of {total} of the {stage}."
+                )
+            return tensors
+
+        return callback
+
+    return for_run
 
 
 def _synchronize(runtime: Runtime) -> None:

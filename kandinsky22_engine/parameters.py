@@ -14,22 +14,16 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 
 import torch
 
-DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
-DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
-DEFAULT_INPAINT_DECODER = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
-DEFAULT_CONTROLNET_DECODER = "kandinsky-community/kandinsky-2-2-controlnet-depth"
-MODES = ("text2img", "img2img", "inpaint", "controlnet_depth", "mix")
-# The decoder repo each mode uses when model_name is left at its default.
-MODE_DECODERS = {
-    "text2img": DEFAULT_DECODER,
-    "img2img": DEFAULT_DECODER,
-    "inpaint": DEFAULT_INPAINT_DECODER,
-    "controlnet_depth": DEFAULT_CONTROLNET_DECODER,
-    "mix": DEFAULT_DECODER,
-}
-# Known repos whose default branch cannot serve the task, and the revision loaded instead: the ControlNet depth
-# repo's main branch holds its weights as pickles only; its safetensors are at its open pull request #5.
-PINNED_REVISIONS = {DEFAULT_CONTROLNET_DECODER: "08632524a2b7e3bed39a7901d92cdd07e37544d0"}
+from .modes import (
+    DEFAULT_DECODER,
+    DEFAULT_PRIOR,
+    MODES,
+    PINNED_REVISIONS,
+    modes_reading,
+)
+
+# The known repos that fit each mode: its decoder's default.
+MODE_DECODERS = {name: mode.decoder.default_model for name, mode in MODES.items()}
 KNOWN_DECODERS = tuple(dict.fromkeys(MODE_DECODERS.values()))
 MEMORY_MODES = ("gpu", "prior_offload", "model_offload", "sequential_offload")
 COMPILE_MODES = ("off", "default", "reduce-overhead")
@@ -45,6 +39,19 @@ TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 _INTEGER = re.compile(r"[+-]?\d+(\.0*)?")
 _WEIGHT_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+def _own_decoders() -> str:
+    """Which modes load their own decoder when model_name is left at its default, and which, in words."""
+    users: dict[str, list[str]] = {}
+    for name, repo in MODE_DECODERS.items():
+        if repo != DEFAULT_DECODER:
+            users.setdefault(repo, []).append(name)
+    return "; ".join(
+        f"{' and '.join(names)} {'uses' if len(names) == 1 else 'use'} {repo}"
+        + (f"@{PINNED_REVISIONS[repo]}" if repo in PINNED_REVISIONS else "")
+        for repo, names in users.items()
+    )
 
 
 class SettingsError(ValueError):
@@ -76,7 +83,7 @@ class Parameter:
     choices: tuple[str, ...] = ()
     # For free text: the characters the widget lets through (a regular expression over the whole text).
     pattern: str | None = None
-    # The modes that use it; empty: every mode.
+    # The modes that read it, from the mode table (``modes.MODES``); empty: every mode.
     modes: tuple[str, ...] = ()
     # Read only when the run is on CUDA.
     cuda_only: bool = False
@@ -176,11 +183,8 @@ class Settings:
         "text2img",
         label="Mode",
         group="Mode",
-        help=(
-            "text2img: from the prompt alone; img2img: transform an input image; inpaint: repaint the masked part "
-            "of an image; controlnet_depth: follow the layout of a depth map; mix: blend images and the prompt."
-        ),
-        choices=MODES,
+        help="; ".join(f"{name}: {mode.help}" for name, mode in MODES.items()) + ".",
+        choices=tuple(MODES),
     )
     model_name: str = _setting(
         DEFAULT_DECODER,
@@ -188,9 +192,9 @@ class Settings:
         group="Models",
         help=(
             "Hugging Face hub id (owner/name, or owner/name@revision) or local folder of a Kandinsky 2.2 decoder repo "
-            "of the mode's kind: text-to-image, inpainting or ControlNet depth. Left at the default, inpaint uses "
-            f"{DEFAULT_INPAINT_DECODER} and controlnet_depth "
-            f"{DEFAULT_CONTROLNET_DECODER}@{PINNED_REVISIONS[DEFAULT_CONTROLNET_DECODER]}."
+            "of the mode's kind: text-to-image, inpainting or ControlNet depth. Left at the default, "
+            + _own_decoders()
+            + "."
         ),
         allow_blank=False,
         suggestions=KNOWN_DECODERS,
@@ -270,7 +274,6 @@ class Settings:
         minimum=0.0,
         maximum=1.0,
         step=0.05,
-        modes=("img2img",),
     )
     height: int = _setting(
         768,
@@ -315,7 +318,6 @@ class Settings:
         help="mix: how many image inputs the task offers; each must be given an image.",
         minimum=2,
         maximum=MAX_MIX_IMAGES,
-        modes=("mix",),
     )
     mix_weights: str = _setting(
         "",
@@ -326,7 +328,6 @@ class Settings:
             "commas or spaces. Empty: equal weights."
         ),
         pattern=r"[0-9.eE+\s,;]*",
-        modes=("mix",),
     )
     cuda: bool = _setting(
         default_factory=torch.cuda.is_available,
@@ -364,17 +365,7 @@ class Settings:
         """Check values given directly from Python as strictly as those parsed from strings."""
         for parameter in PARAMETERS:
             parameter.parse(parameter.to_string(getattr(self, parameter.name)))
-        if self.mode == "img2img" and self.img2img_steps() < 1:
-            raise SettingsError(
-                f"strength: received '{self.strength}' with num_inference_steps {self.num_inference_steps}; accepted: "
-                "a strength that leaves img2img at least one decoder step (num_inference_steps x strength >= 1)."
-            )
-        if self.mode == "mix":
-            self.mix_weight_values()
-
-    def img2img_steps(self) -> int:
-        """The decoder steps img2img runs: diffusers skips the first (1 - strength) of the schedule."""
-        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+        MODES[self.mode].check(self)
 
     def mix_item_count(self) -> int:
         """Mixed items: every image input, and the prompt when it is not empty."""
@@ -431,7 +422,9 @@ def _parameter_from_field(settings_field: Field, annotation: type) -> Parameter:
         default = settings_field.default_factory()
     else:
         default = settings_field.default
-    return Parameter(name=settings_field.name, type=annotation, default=default, **metadata)
+    readers = modes_reading(settings_field.name)
+    modes = readers if len(readers) < len(MODES) else ()
+    return Parameter(name=settings_field.name, type=annotation, default=default, modes=modes, **metadata)
 
 
 PARAMETERS: tuple[Parameter, ...] = tuple(

@@ -21,17 +21,10 @@ sys.path.insert(0, str(CHECKOUT))
 from diffusers import KandinskyV22PriorPipeline  # noqa: E402
 
 from kandinsky22_devkit.published import file_sizes  # noqa: E402
-from kandinsky22_engine.generation import DECODERS  # noqa: E402
 from kandinsky22_engine.hub import needed_files  # noqa: E402
 from kandinsky22_engine.models import IMAGE_ENCODER, pipeline_components  # noqa: E402
-from kandinsky22_engine.parameters import (  # noqa: E402
-    DEFAULT_PRIOR,
-    MODES,
-    PARAMETERS,
-    PINNED_REVISIONS,
-    Parameter,
-    markdown_table,
-)
+from kandinsky22_engine.modes import DEFAULT_PRIOR, MODES, PINNED_REVISIONS  # noqa: E402
+from kandinsky22_engine.parameters import PARAMETERS, Parameter, markdown_table  # noqa: E402
 
 README = CHECKOUT / "README.md"
 
@@ -72,10 +65,10 @@ def parts() -> dict[str, Part]:
             "its CLIP image encoder: mix, or an empty negative prompt", DEFAULT_PRIOR, [IMAGE_ENCODER], skip_index=True
         ),
     }
-    for mode in MODES:
-        decoder = DECODERS[mode]
+    for mode in MODES.values():
+        decoder = mode.decoder
         if decoder.default_model not in result:
-            users = ", ".join(each for each in MODES if DECODERS[each].default_model == decoder.default_model)
+            users = ", ".join(name for name, each in MODES.items() if each.decoder == decoder)
             components = pipeline_components(decoder.pipeline_class)
             result[decoder.default_model] = _part(f"the decoder of {users}", decoder.default_model, components)
     return result
@@ -83,8 +76,8 @@ def parts() -> dict[str, Part]:
 
 def mode_parts(mode: str, empty_negative_prompt: bool = False) -> list[str]:
     """The keys of ``parts()`` that a first run of ``mode`` fetches."""
-    encoder = [IMAGE_ENCODER] if mode == "mix" or empty_negative_prompt else []
-    return ["prior", *encoder, DECODERS[mode].default_model]
+    encoder = [IMAGE_ENCODER] if MODES[mode].embeds_images or empty_negative_prompt else []
+    return ["prior", *encoder, MODES[mode].decoder.default_model]
 
 
 def _gigabytes(size: int) -> str:

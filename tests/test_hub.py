@@ -22,14 +22,14 @@ from helpers import left_half_mask, random_image
 from infer_kandinsky_2_2.kandinsky22_engine import hub
 from infer_kandinsky_2_2.kandinsky22_engine.generation import Inputs, generate, load_pipelines
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelLoadError
-from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
+from infer_kandinsky_2_2.kandinsky22_engine.modes import (
     DEFAULT_CONTROLNET_DECODER,
     DEFAULT_DECODER,
     DEFAULT_INPAINT_DECODER,
     DEFAULT_PRIOR,
     PINNED_REVISIONS,
-    Settings,
 )
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 
 PINNED = PINNED_REVISIONS[DEFAULT_CONTROLNET_DECODER]
 RUN = {"prior_num_inference_steps": 2, "num_inference_steps": 4, "height": 64, "width": 128, "seed": 7, "cuda": False}

@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from helpers import workflow_with
-from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
+from infer_kandinsky_2_2.kandinsky22_engine.modes import (
     DEFAULT_CONTROLNET_DECODER,
     DEFAULT_DECODER,
     DEFAULT_INPAINT_DECODER,
-    KNOWN_PRIORS,
     MODES,
+)
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
+    KNOWN_PRIORS,
     PARAMETERS,
     Settings,
 )
