@@ -169,8 +169,17 @@ def build_decoder_pipeline(architecture: Architecture, repo: str = "decoder") ->
     random (seeded) weights of the given sizes."""
     torch.manual_seed(0)
     pipeline_class = getattr(diffusers, published_config(repo, "model_index.json")["_class_name"])
+    unet = UNet2DConditionModel.from_config(model_config(repo, "unet", architecture))
+    hint_block = getattr(unet.add_embedding, "input_hint_block", None)
+    if hint_block is not None:
+        # With PyTorch's default init the hint's effect on the picture stays below one grey level, so a test could
+        # not tell a right depth map from a wrong one; He init keeps it through the block's seven convolutions.
+        for layer in hint_block:
+            if isinstance(layer, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                torch.nn.init.zeros_(layer.bias)
     return pipeline_class(
-        unet=UNet2DConditionModel.from_config(model_config(repo, "unet", architecture)),
+        unet=unet,
         scheduler=DDPMScheduler.from_config(published_config(repo, "scheduler/scheduler_config.json")),
         movq=VQModel.from_config(model_config(repo, "movq", architecture)),
     )

@@ -45,7 +45,7 @@ from .modes import (
     Callbacks,
     Inputs,
     Prepared,
-    input_names,
+    embedded_input_names,
 )
 from .parameters import MAX_RANDOM_SEED, RANDOM_SEED, Settings
 
@@ -183,9 +183,10 @@ def decoder_model_name(settings: Settings) -> str:
 
 
 def needs_image_encoder(settings: Settings) -> bool:
-    """Whether a run uses the prior repo's CLIP image encoder: mix embeds its images with it, and an empty
-    negative prompt takes the embedding of an all-zero image as the negative."""
-    return MODES[settings.mode].embeds_images or not settings.negative_prompt
+    """Whether a run uses the prior repo's CLIP image encoder: a mode that embeds input images (mix,
+    controlnet_img2img) does, and an empty negative prompt takes the embedding of an all-zero image as the
+    negative."""
+    return bool(MODES[settings.mode].embedded_inputs) or not settings.negative_prompt
 
 
 def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipelines:
@@ -439,10 +440,11 @@ def generate(
 
 
 def _input_notes(settings: Settings, prepared: Prepared, prior: KandinskyV22PriorPipeline) -> dict[str, str]:
-    """For every input the run read, its size and what was done to it; mix's images say how CLIP's image
-    processor brought them to its input size."""
+    """For every input the run read, its size and what was done to it; the images the prior embeds say how
+    CLIP's image processor brought them to its input size."""
     notes = dict(prepared.notes)
-    if settings.mode == "mix":
+    embedded = embedded_input_names(settings.mode, settings.mix_images)
+    if embedded:
         processor = prior.image_processor
         size, crop = processor.size, processor.crop_size if processor.do_center_crop else None
         scaled = (
@@ -451,7 +453,7 @@ def _input_notes(settings: Settings, prepared: Prepared, prior: KandinskyV22Prio
             else f"scaled to {size.get('width')}x{size.get('height')}"
         )
         how = f"at {crop['width']}x{crop['height']} ({scaled}, centre cut)" if crop else scaled
-        for name in input_names("mix", settings.mix_images):
+        for name in embedded:
             notes[name] += f", embedded by CLIP {how}"
     return notes
 

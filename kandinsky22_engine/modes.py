@@ -9,7 +9,9 @@ table; adding a mode is one entry and its own functions. ``generation.py`` runs 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,10 +19,12 @@ import numpy as np
 import torch
 from diffusers import (
     DiffusionPipeline,
+    KandinskyV22ControlnetImg2ImgPipeline,
     KandinskyV22ControlnetPipeline,
     KandinskyV22Img2ImgPipeline,
     KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
+    KandinskyV22PriorEmb2EmbPipeline,
 )
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
@@ -146,31 +150,106 @@ def _check_strength(settings: Settings) -> None:
         )
 
 
+def prior_strength_steps(settings: Settings) -> int:
+    """The prior steps of the image-to-embedding run: ``KandinskyV22PriorEmb2EmbPipeline`` skips the first
+    (1 - strength) of the prior's schedule, as diffusers' img2img pipelines skip the decoder's."""
+    steps = settings.prior_num_inference_steps
+    return min(int(steps * settings.prior_strength), steps)
+
+
+def _check_strengths(settings: Settings) -> None:
+    _check_strength(settings)
+    if prior_strength_steps(settings) < 1:
+        from .parameters import SettingsError
+
+        # diffusers returns no embedding at all then, without an error.
+        raise SettingsError(
+            f"prior_strength: received '{settings.prior_strength}' with prior_num_inference_steps "
+            f"{settings.prior_num_inference_steps}; accepted: a prior_strength that leaves {settings.mode} at least "
+            "one prior step (prior_num_inference_steps x prior_strength >= 1)."
+        )
+
+
 def _check_mix(settings: Settings) -> None:
     settings.mix_weight_values()
 
 
-def _one_prior_run(settings: Settings) -> tuple[int, ...]:
-    return (settings.prior_num_inference_steps,)
+def _text_prior_runs(settings: Settings) -> tuple[int, ...]:
+    return (settings.prior_num_inference_steps,) * (2 if settings.negative_prior_prompt else 1)
 
 
 def text_prior(
     pipelines: Pipelines, settings: Settings, prepared: Prepared, generator: torch.Generator, callbacks: Callbacks
 ) -> Embeddings:
-    """The prior stage of ``KandinskyV22CombinedPipeline``: one prior run on the prompt, guided away from the
-    negative prompt, gives the image embedding of every picture and the negative embedding (the negative
-    prompt's, or the zero-image embedding when it is empty)."""
-    return pipelines.prior(
+    """The prior stage from the prompt: the image embedding of every picture and the negative embedding.
+
+    With ``negative_prior_prompt`` empty, as ``KandinskyV22CombinedPipeline`` does it: one prior run on the
+    prompt, guided away from the negative prompt, gives both embeddings (the negative one is the negative
+    prompt's, or the zero-image embedding when it is empty). With ``negative_prior_prompt`` set, as the authors'
+    package defines it (``generate_text2img`` in ai-forever/Kandinsky-2's ``kandinsky2_2_model.py``): the prompt's
+    run is guided away from ``negative_prior_prompt``, and a second run, on the negative prompt alone, gives
+    the negative embedding (the zero-image embedding when the negative prompt is empty).
+    """
+    arguments = {
+        "num_images_per_prompt": settings.num_images,
+        "num_inference_steps": settings.prior_num_inference_steps,
+        "guidance_scale": settings.prior_guidance_scale,
+        "generator": generator,
+        "output_type": "pt",
+        "return_dict": False,
+    }
+    if not settings.negative_prior_prompt:
+        return pipelines.prior(
+            prompt=settings.prompt,
+            negative_prompt=settings.negative_prompt or None,
+            callback_on_step_end=callbacks(settings.prior_num_inference_steps),
+            **arguments,
+        )
+    image_embeds, _ = pipelines.prior(
         prompt=settings.prompt,
-        negative_prompt=settings.negative_prompt or None,
-        num_images_per_prompt=settings.num_images,
-        num_inference_steps=settings.prior_num_inference_steps,
-        guidance_scale=settings.prior_guidance_scale,
-        generator=generator,
-        output_type="pt",
-        return_dict=False,
+        negative_prompt=settings.negative_prior_prompt,
         callback_on_step_end=callbacks(settings.prior_num_inference_steps),
+        **arguments,
     )
+    with _zero_embedding_unused(pipelines.prior, unused=settings.negative_prompt != ""):
+        negative = pipelines.prior(
+            prompt=settings.negative_prompt,
+            callback_on_step_end=callbacks(settings.prior_num_inference_steps),
+            **arguments,
+        )
+    return image_embeds, _negative_embedding(settings, negative)
+
+
+@contextmanager
+def _zero_embedding_unused(prior: DiffusionPipeline, unused: bool) -> Iterator[None]:
+    """While the block runs, when ``unused``, answer the prior's ``get_zero_embed`` with zeros of its shape.
+
+    A prior run without a negative prompt always asks for the zero-image embedding as its negative (diffusers
+    0.40.0 to 0.42.1, tests/test_upstream.py), which needs the 3.69 GB CLIP image encoder; the run on a
+    non-empty negative prompt in the authors' definition discards it, so the encoder need not be loaded for it.
+    """
+    if not unused:
+        yield
+        return
+    answer = prior.get_zero_embed
+    size = prior.prior.config.embedding_dim
+
+    def zeros(batch_size: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+        return torch.zeros(batch_size, size, device=device, dtype=prior.prior.dtype)
+
+    prior.get_zero_embed = zeros
+    try:
+        yield
+    finally:
+        prior.get_zero_embed = answer
+
+
+def _negative_embedding(settings: Settings, run: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The decoder's negative embedding from a prior run on the negative prompt: the zero-image embedding (the
+    run's own negative) when the negative prompt is empty, else the run's image embedding; the rule of the
+    authors' package and of diffusers' ``interpolate``."""
+    image_embeds, zero_embeds = run
+    return zero_embeds if settings.negative_prompt == "" else image_embeds
 
 
 def _mix_prior_runs(settings: Settings) -> tuple[int, ...]:
@@ -184,30 +263,108 @@ def mix_prior(
 
     This is ``KandinskyV22PriorPipeline.interpolate`` step for step (the images, then the prompt), with the
     step callback passed to every prior run, which ``interpolate`` cannot do: progress and stop then work in
-    mix as in every other mode. An empty negative prompt gives the zero-image embedding as the negative.
+    mix as in every other mode. ``negative_prior_prompt`` (``interpolate``'s argument of that name) guides every
+    run on text, the negative prompt's included; the negative embedding is that run's image embedding, or its
+    own negative when the negative prompt is empty (the zero-image embedding, unless ``negative_prior_prompt``
+    is set).
     """
-    prior, encoder = pipelines.prior, pipelines.image_encoder
-    processor = prior.image_processor
+    prior = pipelines.prior
     items: list[Image.Image | str] = [*prepared.mix_images, *([settings.prompt] if settings.prompt else [])]
     prior_arguments = {
         "num_images_per_prompt": settings.num_images,
         "num_inference_steps": settings.prior_num_inference_steps,
         "guidance_scale": settings.prior_guidance_scale,
         "generator": generator,
+        "output_type": "pt",
+        "return_dict": False,
     }
     weighted = []
     for item, weight in zip(items, settings.mix_weight_values(), strict=True):
         if isinstance(item, str):
-            callback = callbacks(settings.prior_num_inference_steps)
-            embedding = prior(item, **prior_arguments, callback_on_step_end=callback).image_embeds.unsqueeze(0)
+            embedding = prior(
+                item,
+                negative_prompt=settings.negative_prior_prompt or None,
+                callback_on_step_end=callbacks(settings.prior_num_inference_steps),
+                **prior_arguments,
+            )[0].unsqueeze(0)
         else:
-            pixels = processor(item, return_tensors="pt").pixel_values[0].unsqueeze(0)
-            embedding = encoder.embed(pixels).repeat(settings.num_images, 1).unsqueeze(0)
+            embedding = _clip_embedding(pipelines, item).repeat(settings.num_images, 1).unsqueeze(0)
         weighted.append(embedding * weight)
-    callback = callbacks(settings.prior_num_inference_steps)
-    negative = prior(settings.negative_prompt, **prior_arguments, callback_on_step_end=callback)
-    negative_embeds = negative.negative_image_embeds if settings.negative_prompt == "" else negative.image_embeds
-    return torch.cat(weighted).sum(dim=0), negative_embeds
+    negative = prior(
+        settings.negative_prompt,
+        negative_prompt=settings.negative_prior_prompt or None,
+        callback_on_step_end=callbacks(settings.prior_num_inference_steps),
+        **prior_arguments,
+    )
+    return torch.cat(weighted).sum(dim=0), _negative_embedding(settings, negative)
+
+
+def _emb2emb_prior_runs(settings: Settings) -> tuple[int, ...]:
+    return (prior_strength_steps(settings), settings.prior_num_inference_steps)
+
+
+def emb2emb_prior(
+    pipelines: Pipelines, settings: Settings, prepared: Prepared, generator: torch.Generator, callbacks: Callbacks
+) -> Embeddings:
+    """The prior stage from the input image and the prompt, as diffusers' Kandinsky 2.2 guide does it for
+    ControlNet image-to-image: ``KandinskyV22PriorEmb2EmbPipeline`` moves the image's CLIP embedding towards the
+    prompt (``prior_strength`` of the prior's schedule, guided away from ``negative_prior_prompt`` when it is
+    set), then a second run, on the negative prompt from the same image at strength 1, gives the negative
+    embedding (the zero-image embedding when the negative prompt is empty, as elsewhere).
+
+    The image is embedded once, by the run's image encoder, and passed to both runs as its embedding, which
+    diffusers reads as such; it equals diffusers embedding the picture itself. The pipeline takes no step
+    callback, so each denoising step is reported from the prior transformer's forward pass, one per step.
+    """
+    emb2emb = KandinskyV22PriorEmb2EmbPipeline(**pipelines.prior.components)
+    emb2emb.set_progress_bar_config(disable=True)
+    # Patch of a diffusers internal (diffusers 0.40.0 to 0.42.1), as for the prior in ``load_pipelines``.
+    emb2emb.get_zero_embed = pipelines.prior.get_zero_embed
+    embedding = _clip_embedding(pipelines, Image.fromarray(prepared.image))
+    arguments = {
+        "image": embedding,
+        "num_images_per_prompt": settings.num_images,
+        "num_inference_steps": settings.prior_num_inference_steps,
+        "guidance_scale": settings.prior_guidance_scale,
+        "generator": generator,
+        "output_type": "pt",
+        "return_dict": False,
+    }
+    prior = pipelines.prior.prior
+    with _each_forward(prior, callbacks(prior_strength_steps(settings))):
+        image_embeds, _ = emb2emb(
+            prompt=settings.prompt,
+            negative_prompt=settings.negative_prior_prompt or None,
+            strength=settings.prior_strength,
+            **arguments,
+        )
+    with _each_forward(prior, callbacks(settings.prior_num_inference_steps)):
+        negative = emb2emb(prompt=settings.negative_prompt, strength=1.0, **arguments)
+    return image_embeds, _negative_embedding(settings, negative)
+
+
+@contextmanager
+def _each_forward(module: torch.nn.Module, callback: StepEndCallback) -> Iterator[None]:
+    """Call ``callback`` after every forward pass of ``module`` in the block: one per denoising step of a
+    pipeline that calls it once a step and takes no callback of its own."""
+    steps = itertools.count()
+
+    def after_forward(_module: torch.nn.Module, _inputs: tuple, _output: object) -> None:
+        # A hook that returns a value replaces the module's output: this one returns nothing.
+        callback(None, next(steps), None, {})
+
+    handle = module.register_forward_hook(after_forward)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _clip_embedding(pipelines: Pipelines, image: Image.Image) -> torch.Tensor:
+    """The CLIP image embedding, (1, embedding size) on the device, of ``image``, brought to CLIP's input size
+    by the prior's image processor, as diffusers' prior pipelines embed images (``_encode_image``)."""
+    pixels = pipelines.prior.image_processor(image, return_tensors="pt").pixel_values[0].unsqueeze(0)
+    return pipelines.image_encoder.embed(pixels)
 
 
 def _fit_image(settings: Settings, inputs: Inputs, prepared: Prepared) -> tuple[int, int]:
@@ -258,6 +415,12 @@ def _prepare_depth(settings: Settings, inputs: Inputs, prepared: Prepared, runti
     )
 
 
+def _prepare_image_and_depth(settings: Settings, inputs: Inputs, prepared: Prepared, runtime: Runtime) -> None:
+    """The input image fitted as in img2img, and the depth map as the ControlNet hint."""
+    _fit_image(settings, inputs, prepared)
+    _prepare_depth(settings, inputs, prepared, runtime)
+
+
 def _prepare_mix(settings: Settings, inputs: Inputs, prepared: Prepared, runtime: Runtime) -> None:
     """mix's images as PIL images at their own size: CLIP's image processor brings them to its input size."""
     names = input_names("mix", settings.mix_images)
@@ -297,13 +460,34 @@ def _decode_inpaint(
 def _decode_controlnet(
     decoder: DiffusionPipeline, settings: Settings, prepared: Prepared, arguments: dict, callback: StepEndCallback
 ) -> np.ndarray:
-    """``KandinskyV22ControlnetPipeline``: the hint, one per picture; it takes only the legacy step callback."""
+    """``KandinskyV22ControlnetPipeline``: the hint, one per picture."""
     return decoder(
-        **arguments,
-        hint=prepared.hint.repeat(settings.num_images, 1, 1, 1),
-        callback=lambda step, timestep, latents: callback(decoder, step, timestep, {}),
-        callback_steps=1,
+        **arguments, hint=prepared.hint.repeat(settings.num_images, 1, 1, 1), **_legacy(decoder, callback)
     ).images
+
+
+def _decode_controlnet_img2img(
+    decoder: DiffusionPipeline, settings: Settings, prepared: Prepared, arguments: dict, callback: StepEndCallback
+) -> np.ndarray:
+    """``KandinskyV22ControlnetImg2ImgPipeline`` over the ControlNet decoder's components: the input image,
+    ``strength``, and the hint, one per picture."""
+    pipeline = over_components(KandinskyV22ControlnetImg2ImgPipeline, decoder)
+    return pipeline(
+        **arguments,
+        image=[Image.fromarray(prepared.image)] * settings.num_images,
+        strength=settings.strength,
+        hint=prepared.hint.repeat(settings.num_images, 1, 1, 1),
+        **_legacy(pipeline, callback),
+    ).images
+
+
+def _legacy(pipeline: DiffusionPipeline, callback: StepEndCallback) -> dict:
+    """The step callback as the arguments of the legacy per-step callback, the only one diffusers' ControlNet
+    pipelines take."""
+    return {
+        "callback": lambda step, timestep, latents: callback(pipeline, step, timestep, {}),
+        "callback_steps": 1,
+    }
 
 
 def over_components(pipeline_class: type[DiffusionPipeline], decoder: DiffusionPipeline) -> DiffusionPipeline:
@@ -343,7 +527,8 @@ class Mode:
         decode: the decoder call, from the common arguments (embeddings, size, steps, guidance, generator,
             ``output_type`` "np") and a step callback; returns (num_images, height, width, 3) floats in 0..1.
         decoder_steps: the denoising steps the decoder makes.
-        embeds_images: the mode embeds images with the prior repo's CLIP image encoder.
+        embedded_inputs: the inputs the prior stage embeds with the prior repo's CLIP image encoder
+            (``MIX_INPUTS`` stands for mix's images).
     """
 
     name: str
@@ -354,10 +539,10 @@ class Mode:
     check: Callable[[Settings], None] = _no_check
     prepare: Callable[[Settings, Inputs, Prepared, Runtime], None] = _no_inputs
     prior: Callable[[Pipelines, Settings, Prepared, torch.Generator, Callbacks], Embeddings] = text_prior
-    prior_steps: Callable[[Settings], tuple[int, ...]] = _one_prior_run
+    prior_steps: Callable[[Settings], tuple[int, ...]] = _text_prior_runs
     decode: Callable[[DiffusionPipeline, Settings, Prepared, dict, StepEndCallback], np.ndarray] = _decode_plain
     decoder_steps: Callable[[Settings], int] = _all_steps
-    embeds_images: bool = False
+    embedded_inputs: tuple[str, ...] = ()
 
 
 MODES: dict[str, Mode] = {
@@ -392,6 +577,20 @@ MODES: dict[str, Mode] = {
             decode=_decode_controlnet,
         ),
         Mode(
+            "controlnet_img2img",
+            "transform an input image while following the layout of a depth map",
+            CONTROLNET_DECODER,
+            (IMAGE_INPUT, DEPTH_INPUT),
+            parameters=("strength", "prior_strength"),
+            check=_check_strengths,
+            prepare=_prepare_image_and_depth,
+            prior=emb2emb_prior,
+            prior_steps=_emb2emb_prior_runs,
+            decode=_decode_controlnet_img2img,
+            decoder_steps=strength_steps,
+            embedded_inputs=(IMAGE_INPUT,),
+        ),
+        Mode(
             "mix",
             "blend images and the prompt",
             TEXT2IMG_DECODER,
@@ -401,7 +600,7 @@ MODES: dict[str, Mode] = {
             prepare=_prepare_mix,
             prior=mix_prior,
             prior_steps=_mix_prior_runs,
-            embeds_images=True,
+            embedded_inputs=(MIX_INPUTS,),
         ),
     )
 }
@@ -411,8 +610,17 @@ DECODER_ROLES = tuple(dict.fromkeys(mode.decoder.role for mode in MODES.values()
 
 def input_names(mode: str, mix_images: int = 2) -> tuple[str, ...]:
     """The names of the inputs the task offers in ``mode``, in order (mix offers ``mix_images`` images)."""
+    return _expand(MODES[mode].inputs, mix_images)
+
+
+def embedded_input_names(mode: str, mix_images: int = 2) -> tuple[str, ...]:
+    """The names of the inputs whose pictures the prior stage of ``mode`` embeds with CLIP."""
+    return _expand(MODES[mode].embedded_inputs, mix_images)
+
+
+def _expand(inputs: tuple[str, ...], mix_images: int) -> tuple[str, ...]:
     names: list[str] = []
-    for name in MODES[mode].inputs:
+    for name in inputs:
         if name == MIX_INPUTS:
             names += [MIX_INPUTS.format(number=number) for number in range(1, mix_images + 1)]
         else:

@@ -224,8 +224,20 @@ class Settings:
         label="Negative prompt",
         group="Prompt",
         help=(
-            "What the image should not show. Empty: the embedding of an all-zero image is the negative, as in "
+            "What the picture should not show: the decoder is steered away from its image embedding, and, unless "
+            "a negative prior prompt is set, the prior too. Empty: the embedding of an all-zero image, as in "
             "diffusers; this needs the prior's CLIP image encoder (3.69 GB more to download once)."
+        ),
+        multiline=True,
+    )
+    negative_prior_prompt: str = _setting(
+        "",
+        label="Negative prior prompt",
+        group="Prompt",
+        help=(
+            "What the image embedding the prior makes of the prompt should avoid, as the authors' "
+            "negative_prior_prompt; the negative prompt then steers the decoder only, from a second prior run. "
+            "Empty: the negative prompt steers both, as in diffusers."
         ),
         multiline=True,
     )
@@ -245,6 +257,18 @@ class Settings:
         minimum=1.0,
         maximum=20.0,
         step=0.5,
+    )
+    prior_strength: float = _setting(
+        0.85,
+        label="Prior strength",
+        group="Prior: prompt to image embedding",
+        help=(
+            "How far the image embedding may move from the input image's towards the prompt: 0 keeps the image's, 1 "
+            "ignores it. The prior runs int(prior_num_inference_steps x prior_strength) steps, at least one."
+        ),
+        minimum=0.0,
+        maximum=1.0,
+        step=0.05,
     )
     num_inference_steps: int = _setting(
         100,
@@ -268,7 +292,7 @@ class Settings:
         label="Strength",
         group="Decoder: embedding to image",
         help=(
-            "img2img: how far the image may move from the input: 0 keeps it, 1 repaints it all. The decoder runs "
+            "How far the picture may move from the input image: 0 keeps it, 1 repaints it all. The decoder runs "
             "int(num_inference_steps x strength) steps, at least one."
         ),
         minimum=0.0,

@@ -1,4 +1,5 @@
-"""Rewrite the README's generated blocks: the Python example, the parameter table, and what each mode downloads.
+"""Rewrite the README's generated blocks: the Python example, the mode table, the parameter table, and what each
+mode downloads.
 
 The Python example, which sets every parameter to its default, and the parameter table come from the single
 parameter definition. The downloads come from the published
@@ -23,7 +24,13 @@ from diffusers import KandinskyV22PriorPipeline  # noqa: E402
 from kandinsky22_devkit.published import file_sizes  # noqa: E402
 from kandinsky22_engine.hub import needed_files  # noqa: E402
 from kandinsky22_engine.models import IMAGE_ENCODER, pipeline_components  # noqa: E402
-from kandinsky22_engine.modes import DEFAULT_PRIOR, MODES, PINNED_REVISIONS  # noqa: E402
+from kandinsky22_engine.modes import (  # noqa: E402
+    DEFAULT_PRIOR,
+    DRAWING_INPUT,
+    MIX_INPUTS,
+    MODES,
+    PINNED_REVISIONS,
+)
 from kandinsky22_engine.parameters import PARAMETERS, Parameter, markdown_table  # noqa: E402
 
 README = CHECKOUT / "README.md"
@@ -76,7 +83,7 @@ def parts() -> dict[str, Part]:
 
 def mode_parts(mode: str, empty_negative_prompt: bool = False) -> list[str]:
     """The keys of ``parts()`` that a first run of ``mode`` fetches."""
-    encoder = [IMAGE_ENCODER] if MODES[mode].embeds_images or empty_negative_prompt else []
+    encoder = [IMAGE_ENCODER] if MODES[mode].embedded_inputs or empty_negative_prompt else []
     return ["prior", *encoder, MODES[mode].decoder.default_model]
 
 
@@ -159,7 +166,41 @@ def python_example() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"python-example": python_example, "parameters": markdown_table, "downloads": downloads_block}
+def _inputs_cell(inputs: tuple[str, ...]) -> str:
+    """A mode's inputs as the mode table lists them: by index, the drawing marked as graphics."""
+    cells = []
+    for index, name in enumerate(inputs):
+        if name == MIX_INPUTS:
+            last = "`mix_images` - 1" if index == 0 else f"{index} + `mix_images` - 1"
+            cells.append(f"{index} to {last}: images")
+        else:
+            cells.append(f"{index}: {name}" + (" (graphics)" if name == DRAWING_INPUT else ""))
+    return ", ".join(cells) or "none"
+
+
+def modes_table() -> str:
+    """The README's table of modes, from the mode table: what each does, its inputs, its decoder when model_name
+    is left at its default (shared between the modes that use the same), and the parameters only it reads."""
+    rows = [
+        "| mode | what it does | inputs | decoder when `model_name` is left at its default | its own parameters |",
+        "|---|---|---|---|---|",
+    ]
+    first_user: dict[str, str] = {}
+    for name, mode in MODES.items():
+        repo = mode.decoder.default_model
+        decoder = f"the {first_user[repo]} decoder, shared" if repo in first_user else f"`{repo}`"
+        first_user.setdefault(repo, name)
+        own = ", ".join(f"`{parameter}`" for parameter in mode.parameters) or "none"
+        rows.append(f"| `{name}` | {mode.help} | {_inputs_cell(mode.inputs)} | {decoder} | {own} |")
+    return "\n".join(rows)
+
+
+BLOCKS = {
+    "python-example": python_example,
+    "modes": modes_table,
+    "parameters": markdown_table,
+    "downloads": downloads_block,
+}
 
 
 def rewrite(text: str) -> str:

@@ -14,11 +14,13 @@ import torch
 from diffusers import (
     DiffusionPipeline,
     KandinskyV22CombinedPipeline,
+    KandinskyV22ControlnetImg2ImgPipeline,
     KandinskyV22ControlnetPipeline,
     KandinskyV22Img2ImgCombinedPipeline,
     KandinskyV22InpaintCombinedPipeline,
     KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
+    KandinskyV22PriorEmb2EmbPipeline,
     KandinskyV22PriorPipeline,
 )
 from PIL import Image
@@ -158,9 +160,78 @@ def controlnet_reference(settings: Settings, seed: int, depth: np.ndarray) -> tu
         generator=generator,
         return_dict=False,
     )
+    return _decode(decoder, settings, (image_embeds, negative_image_embeds), generator, hint=_hint(settings, depth))
+
+
+def _hint(settings: Settings, depth: np.ndarray) -> torch.Tensor:
+    """The ControlNet hint of a uint8 depth map, one per picture, as diffusers' guide builds it (``make_hint``)."""
     rgb = np.repeat(depth[:, :, None], 3, axis=2) if depth.ndim == 2 else depth
-    hint = torch.from_numpy(rgb).float().div(255).permute(2, 0, 1).unsqueeze(0).repeat(settings.num_images, 1, 1, 1)
-    return _decode(decoder, settings, (image_embeds, negative_image_embeds), generator, hint=hint)
+    return torch.from_numpy(rgb).float().div(255).permute(2, 0, 1).unsqueeze(0).repeat(settings.num_images, 1, 1, 1)
+
+
+def controlnet_img2img_reference(
+    settings: Settings, seed: int, image: np.ndarray, depth: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """controlnet_img2img as diffusers' Kandinsky 2.2 guide writes it: ``KandinskyV22PriorEmb2EmbPipeline`` on
+    the prompt and the image at ``prior_strength``, again on the negative prompt at strength 1 (its negative
+    embedding when the negative prompt is empty), then ``KandinskyV22ControlnetImg2ImgPipeline``, one generator.
+
+    The image already has the output size; the decoder is asked for the swapped size, which leaves it as it is
+    (diffusers resizes with height and width swapped, see ``img2img_reference``).
+    """
+    prior = _loaded(KandinskyV22PriorEmb2EmbPipeline, settings.prior_model_name)
+    decoder = _loaded(KandinskyV22ControlnetImg2ImgPipeline, settings.model_name)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    picture = Image.fromarray(image)
+    arguments = {
+        "image": picture,
+        "num_images_per_prompt": settings.num_images,
+        "num_inference_steps": settings.prior_num_inference_steps,
+        "guidance_scale": settings.prior_guidance_scale,
+        "generator": generator,
+    }
+    embeds = prior(
+        settings.prompt,
+        strength=settings.prior_strength,
+        negative_prompt=settings.negative_prior_prompt or None,
+        **arguments,
+    )
+    negative = prior(settings.negative_prompt, strength=1.0, **arguments)
+    negative_embeds = negative.negative_image_embeds if settings.negative_prompt == "" else negative.image_embeds
+    images = decoder(
+        image=[picture] * settings.num_images,
+        image_embeds=embeds.image_embeds,
+        negative_image_embeds=negative_embeds,
+        hint=_hint(settings, depth),
+        height=settings.width,
+        width=settings.height,
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        strength=settings.strength,
+        generator=generator,
+    ).images
+    return _pictures(images)
+
+
+def authors_negative_prior_reference(settings: Settings, seed: int) -> tuple[np.ndarray, ...]:
+    """text2img with ``negative_prior_prompt`` as the authors' package defines it (``generate_text2img`` in
+    ai-forever/Kandinsky-2's ``kandinsky2_2_model.py``), over diffusers' pipelines with one generator: the prior
+    on the prompt guided away from the negative prior prompt; the prior on the negative (decoder) prompt alone,
+    whose negative embedding (the zero-image one) is taken when that prompt is empty, its image embedding
+    otherwise; then the decoder."""
+    prior = _loaded(KandinskyV22PriorPipeline, settings.prior_model_name)
+    decoder = _loaded(KandinskyV22Pipeline, settings.model_name)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    arguments = {
+        "num_images_per_prompt": settings.num_images,
+        "num_inference_steps": settings.prior_num_inference_steps,
+        "guidance_scale": settings.prior_guidance_scale,
+        "generator": generator,
+    }
+    image_embeds = prior(settings.prompt, negative_prompt=settings.negative_prior_prompt, **arguments).image_embeds
+    negative = prior(settings.negative_prompt, **arguments)
+    negative_embeds = negative.negative_image_embeds if settings.negative_prompt == "" else negative.image_embeds
+    return _decode(decoder, settings, (image_embeds, negative_embeds), generator)
 
 
 def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -176,6 +247,7 @@ def mix_reference(settings: Settings, seed: int, images: list[np.ndarray]) -> tu
         num_inference_steps=settings.prior_num_inference_steps,
         generator=generator,
         negative_prompt=settings.negative_prompt,
+        negative_prior_prompt=settings.negative_prior_prompt or None,
         guidance_scale=settings.prior_guidance_scale,
     )
     embeds = (embeddings.image_embeds, embeddings.negative_image_embeds)

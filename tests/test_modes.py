@@ -198,6 +198,8 @@ def test_controlnet_depth_equals_diffusers(strings, depth_kind):
     settings = Settings.from_strings(strings["controlnet_depth"])
     assert max_difference(image, controlnet_reference(settings, settings.seed, depth)[0]) <= 1
     assert metadata["inputs"] == {"depth map": "128x64, used as it is"}
+    turned = np.ascontiguousarray(depth[::-1, ::-1])
+    assert max_difference(image, controlnet_reference(settings, settings.seed, turned)[0]) > 1, "the map must matter"
 
 
 @pytest.mark.parametrize("negative_prompt", ["", "blurry"])
@@ -344,7 +346,7 @@ DECODER_KINDS = {
     "inpaint_decoder": "a KandinskyV22InpaintPipeline repo whose UNet takes 9 input channels with added embedding "
     "'image' (an inpainting decoder, for inpaint)",
     "controlnet_decoder": "a KandinskyV22ControlnetPipeline repo whose UNet takes 8 input channels with added "
-    "embedding 'image_hint' (a ControlNet depth decoder, for controlnet_depth)",
+    "embedding 'image_hint' (a ControlNet depth decoder, for controlnet_depth, controlnet_img2img)",
 }
 NEEDS = {
     "text2img": "text2img needs a text-to-image decoder (a UNet with 4 input channels and added embedding 'image'), "

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    KandinskyV22ControlnetImg2ImgPipeline,
+    KandinskyV22ControlnetPipeline,
     KandinskyV22Img2ImgPipeline,
     KandinskyV22Pipeline,
+    KandinskyV22PriorEmb2EmbPipeline,
     KandinskyV22PriorPipeline,
     UnCLIPScheduler,
 )
@@ -37,10 +40,19 @@ def test_the_prior_asks_get_zero_embed_for_its_negative_when_there_is_no_negativ
     assert output.negative_image_embeds is zero
 
 
-def test_diffusers_img2img_resizes_with_height_and_width_swapped(tiny_repos):
-    # generation._img2img_pipeline replaces the resizer by one that does not resize, since it is called so.
-    decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
-    pipeline = KandinskyV22Img2ImgPipeline(**decoder.components)
+@pytest.mark.parametrize(
+    ("pipeline_class", "decoder_class", "repo"),
+    [
+        (KandinskyV22Img2ImgPipeline, KandinskyV22Pipeline, "decoder"),
+        (KandinskyV22ControlnetImg2ImgPipeline, KandinskyV22ControlnetPipeline, "controlnet_decoder"),
+    ],
+)
+def test_diffusers_image_to_image_pipelines_resize_with_height_and_width_swapped(
+    tiny_repos, pipeline_class, decoder_class, repo
+):
+    # modes.over_components replaces the resizer by one that does not resize, since it is called so.
+    decoder = decoder_class.from_pretrained(getattr(tiny_repos, repo))
+    pipeline = pipeline_class(**decoder.components)
     pipeline.set_progress_bar_config(disable=True)
     asked = []
     preprocess = pipeline.image_processor.preprocess
@@ -52,6 +64,8 @@ def test_diffusers_img2img_resizes_with_height_and_width_swapped(tiny_repos):
     pipeline.image_processor.preprocess = recording
     embeds = torch.zeros(1, decoder.unet.config.encoder_hid_dim)
     picture = Image.fromarray(np.zeros((64, 128, 3), np.uint8))
+    # A hint for the ControlNet pipeline, of the size its swapped resize gives the latents.
+    hint = {"hint": torch.zeros(1, 3, 128, 64)} if repo == "controlnet_decoder" else {}
     pipeline(
         image=picture,
         image_embeds=embeds,
@@ -60,8 +74,32 @@ def test_diffusers_img2img_resizes_with_height_and_width_swapped(tiny_repos):
         width=128,
         num_inference_steps=2,
         strength=1.0,
+        **hint,
     )
-    assert asked == [(128, 64)], "diffusers' img2img resizes to the asked size now: the workaround can go"
+    assert asked == [(128, 64)], f"{pipeline_class.__name__} resizes to the asked size now: the workaround can go"
+
+
+def test_the_emb2emb_prior_asks_get_zero_embed_returns_nothing_at_no_step_and_takes_no_callback(tiny_repos):
+    # modes.emb2emb_prior answers get_zero_embed with the run's image encoder, refuses a prior_strength that
+    # leaves no step (modes._check_strengths), and counts steps from the prior transformer's forward passes.
+    prior = KandinskyV22PriorEmb2EmbPipeline.from_pretrained(tiny_repos.prior, **{IMAGE_ENCODER: None})
+    prior.set_progress_bar_config(disable=True)
+    asked = []
+    zero = torch.full((1, prior.prior.config.embedding_dim), 0.5)
+
+    def get_zero_embed(batch_size: int = 1, device: object = None) -> torch.Tensor:
+        asked.append(batch_size)
+        return zero
+
+    prior.get_zero_embed = get_zero_embed
+    embedding = torch.ones(1, prior.prior.config.embedding_dim)
+    output = prior("a red cat", image=embedding, strength=0.5, num_inference_steps=4, generator=torch.manual_seed(0))
+    assert asked == [1], "diffusers' emb2emb prior no longer calls get_zero_embed: revisit modes.emb2emb_prior"
+    assert output.negative_image_embeds is zero
+    nothing = prior("a red cat", image=embedding, strength=0.2, num_inference_steps=4, generator=torch.manual_seed(0))
+    assert nothing.image_embeds.shape[0] == 0, "emb2emb now handles a strength with no step: revisit the check"
+    with pytest.raises(TypeError, match="callback"):
+        prior("a red cat", image=embedding, num_inference_steps=4, callback_on_step_end=lambda *arguments: {})
 
 
 def test_diffusers_decoders_leave_the_embeddings_uncast_without_guidance(tiny_repos):

@@ -28,8 +28,10 @@ NON_DEFAULT = {
     "prior_model_name": "kandinsky-community/kandinsky-2-2-prior",
     "prompt": "a red cat\non a blue chair",
     "negative_prompt": "",
+    "negative_prior_prompt": "ugly\ndeformed",
     "prior_num_inference_steps": "2",
     "prior_guidance_scale": "7.5",
+    "prior_strength": "0.6",
     "num_inference_steps": "1000",
     "guidance_scale": "20.0",
     "strength": "0.75",
@@ -123,8 +125,10 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     inner(widget, "prior_model_name", QtWidgets.QComboBox).setCurrentText("someone/prior")
     widgets["prompt"].setPlainText("a red cat\non a blue chair")
     widgets["negative_prompt"].setPlainText("")
+    widgets["negative_prior_prompt"].setPlainText("ugly")
     widgets["prior_num_inference_steps"].setValue(2)
     widgets["prior_guidance_scale"].setValue(7.5)
+    widgets["prior_strength"].setValue(0.6)
     widgets["num_inference_steps"].setValue(30)
     widgets["guidance_scale"].setValue(4.0)
     widgets["mode"].setCurrentText("img2img")
@@ -148,8 +152,10 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "prior_model_name": "someone/prior",
         "prompt": "a red cat\non a blue chair",
         "negative_prompt": "",
+        "negative_prior_prompt": "ugly",
         "prior_num_inference_steps": "2",
         "prior_guidance_scale": "7.5",
+        "prior_strength": "0.6",
         "num_inference_steps": "30",
         "guidance_scale": "4.0",
         "strength": "0.55",
@@ -251,13 +257,14 @@ def test_reuse_last_seed_takes_the_seed_of_the_last_run(plugin, tiny_strings):
         ("img2img", {"strength"}, "0: image"),
         ("inpaint", set(), "0: image, 1: mask drawing, 2: mask"),
         ("controlnet_depth", set(), "0: depth map"),
+        ("controlnet_img2img", {"strength", "prior_strength"}, "0: image, 1: depth map"),
         ("mix", {"mix_images", "mix_weights"}, "0: image 1, 1: image 2"),
     ],
 )
 def test_the_mode_selector_shows_only_the_controls_and_inputs_of_the_mode(plugin, mode, only_there, inputs):
     _, widget = open_widget(plugin, {"mode": "mix" if mode == "img2img" else "img2img"})
     widget.controls["mode"].widget.setCurrentText(mode)
-    mode_specific = {"strength", "mix_images", "mix_weights"}
+    mode_specific = {"strength", "prior_strength", "mix_images", "mix_weights"}
     shown = {name for name, control in widget.controls.items() if not control.widget.isHidden()}
     assert shown == set(widget.controls) - mode_specific | only_there
     # Hidden controls leave their forms, so that no empty row keeps its space.
