@@ -534,7 +534,7 @@ def _explain_compile_failure(runtime: Runtime) -> Iterator[None]:
 def _truncated_prompts(tokenizer: CLIPTokenizer, settings: Settings) -> dict[str, str]:
     """The part of each prompt that CLIP does not read (it reads 77 tokens), as diffusers truncates it."""
     truncated = {}
-    for name in ("prompt", "negative_prompt"):
+    for name in ("prompt", "negative_prompt", "negative_prior_prompt"):
         ids = tokenizer(getattr(settings, name), padding="longest").input_ids
         if len(ids) > tokenizer.model_max_length:
             # The first model_max_length - 1 tokens and the end token are kept.

@@ -1,8 +1,10 @@
-"""Render the Studio widget offscreen to a PNG, as Studio shows it with default parameters.
+"""Render the Studio widget offscreen to a PNG, as Studio shows it with default parameters, or in another mode.
 
-Usage: python scripts/render_widget.py [images/widget.png]   (run with the test environment's python)
+Usage: python scripts/render_widget.py [--mode MODE] [output.png]   (run with the test environment's python)
+The default output is images/widget.png, or images/widget_<mode>.png with --mode.
 """
 
+import argparse
 import os
 import sys
 import tempfile
@@ -14,7 +16,12 @@ WIDTH = 560
 
 
 def main() -> None:
-    output = Path(sys.argv[1]) if len(sys.argv) > 1 else CHECKOUT / "images" / "widget.png"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", help="the mode to show (default: the default mode)")
+    parser.add_argument("output", nargs="?", type=Path)
+    arguments = parser.parse_args()
+    default = f"widget_{arguments.mode}.png" if arguments.mode else "widget.png"
+    output = arguments.output or CHECKOUT / "images" / default
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     home = Path(tempfile.mkdtemp(prefix="render_widget_"))
     use_ikomia_home(home)
@@ -25,7 +32,10 @@ def main() -> None:
     from infer_kandinsky_2_2.infer_kandinsky_2_2 import IkomiaPlugin
 
     plugin = IkomiaPlugin()
-    widget = plugin.get_widget_factory().create(plugin.get_param_factory().create())
+    parameters = plugin.get_param_factory().create()
+    if arguments.mode:
+        parameters.set_values({"mode": arguments.mode})
+    widget = plugin.get_widget_factory().create(parameters)
     host = widget.main_layout.parentWidget()
     host.resize(WIDTH, host.sizeHint().height())
     if not host.grab().save(str(output)):

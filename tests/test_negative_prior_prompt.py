@@ -71,3 +71,11 @@ def test_progress_counts_the_second_prior_run_in_the_modes_that_make_it():
     assert progress_steps(Settings(negative_prior_prompt="ugly")) == 25 * 2 + 100
     assert progress_steps(Settings(mode="img2img", negative_prior_prompt="ugly", strength=0.3)) == 25 * 2 + 30
     assert progress_steps(Settings(mode="mix", negative_prior_prompt="ugly")) == 25 * 2 + 100
+
+
+def test_a_long_negative_prior_prompt_is_cut_and_the_metadata_says_so(tiny_strings):
+    workflow, task = workflow_with({**tiny_strings, "negative_prior_prompt": "a " * 80 + "grey dog"})
+    workflow.run()
+    truncated = task.get_output(1).data["truncated"]
+    assert set(truncated) == {"negative_prior_prompt"}
+    assert truncated["negative_prior_prompt"].strip().endswith("grey dog")
