@@ -263,7 +263,8 @@ def _prepare_image(settings: Settings, inputs: Inputs, prepared: Prepared, runti
 
 
 def _prepare_inpaint(settings: Settings, inputs: Inputs, prepared: Prepared, runtime: Runtime) -> None:
-    """The image, and the drawn mask and the mask image combined (one is enough), fitted as the image is."""
+    """The image, and the drawn mask and the mask image combined (one is enough), fitted as the image is; with
+    mask_mode keep, the combined mask inverted (``images.kept_inverted``)."""
     image_shape = _fit_image(settings, inputs, prepared)
     masks = []
     for name, array in ((DRAWING_INPUT, inputs.drawn_mask), (MASK_INPUT, inputs.mask)):
@@ -362,7 +363,9 @@ def _decode_inpaint(
 def paste_back(pictures: np.ndarray, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The input put back over the decoder's pictures where nothing is repainted, the pictures blended in over a
     ramp inside the repainted area: alpha * picture + (1 - alpha) * image, alpha from ``images.paste_back_ramp``
-    (0 where kept, rising to 1 at ``PASTE_BACK_FEATHER`` pixels inside the repainted area).
+    (0 where kept, rising to 1 at ``PASTE_BACK_FEATHER`` pixels inside the repainted area). diffusers' Kandinsky
+    inpainting pipeline has no such step: it is the task's own, after diffusers' decoder, whose pixels it leaves
+    as they are at the full ramp.
 
     Args:
         pictures: (num_images, height, width, 3) floats in 0..1, the decoder's output.
