@@ -6,7 +6,7 @@ become the task's outputs.
 
 The inputs follow the mode: text2img has none (Ikomia runs a task with unconnected inputs only if
 it has no inputs at all), img2img an image, inpaint an image, a mask drawing and a mask image,
-controlnet_depth a depth map, mix ``mix_images`` images. The outputs are picture 1, the metadata,
+outpaint an image, controlnet_depth a depth map, mix ``mix_images`` images. The outputs are picture 1, the metadata,
 then pictures 2 and on when ``num_images`` asks for more. Inputs and outputs are rebuilt whenever
 ``mode``, ``mix_images`` or ``num_images`` changes, however the parameters are set.
 """

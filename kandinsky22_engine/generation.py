@@ -336,8 +336,9 @@ def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
 
     Returns:
         ``Prepared``: for img2img and inpaint, ``image`` as height x width x 3 uint8 at the output size
-        (scaled to cover it and centre-cropped, never stretched); for inpaint, ``mask`` as height x width
-        float32, 1 where to repaint; for controlnet_depth, ``hint`` as a (1, 3, height, width) tensor in 0..1
+        (scaled to cover it and centre-cropped, never stretched); for outpaint, ``image`` as the canvas of
+        ``images.outpaint_canvas``; for inpaint and outpaint, ``mask`` as height x width float32, 1 where to
+        repaint; for controlnet_depth, ``hint`` as a (1, 3, height, width) tensor in 0..1
         on the run's device and dtype; for mix, the images as PIL RGB images at their own size (CLIP's image
         processor resizes them). ``notes`` say, for every input read, its size and what was done to it (the
         run's metadata ``inputs``).

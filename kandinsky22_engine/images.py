@@ -322,3 +322,152 @@ def depth_hint(
         )
     hint = hint.unsqueeze(0).repeat(3, 1, 1).unsqueeze(0)
     return hint.to(device=device, dtype=dtype), fitted.note + note
+
+
+def kept_inverted(mask: np.ndarray, name: str) -> Fitted:
+    """The mask of mask_mode keep: ``mask`` (height x width float32, 1 where it marks) inverted, so that what it
+    marks is kept and everything else is repainted, and a note, e.g. "mask_mode keep: inverted, 75% repainted".
+
+    Raises:
+        InputError: naming ``name`` (the mask inputs read, e.g. "inpaint input 'mask'") and mask_mode, when the
+            mask marks every pixel once fitted: its inverse would repaint nothing.
+    """
+    inverse = 1 - mask
+    if not inverse.any():
+        rows, columns = mask.shape
+        raise InputError(
+            f"{name}: with mask_mode keep, what the mask marks is kept, and it marks the whole image once fitted to "
+            f"{columns}x{rows}: nothing is left to repaint; accepted: a mask that leaves part of the image unmarked, "
+            "or mask_mode repaint."
+        )
+    return Fitted(inverse, f"mask_mode keep: inverted, {_percent(float(inverse.mean(dtype=np.float64)))} repainted")
+
+
+# How far inside the repainted area paste_back blends the generated picture in: one latent, 8 pixels (the MoVQ's
+# scale factor), the step at which the inpainting decoder sees the mask.
+PASTE_BACK_FEATHER = 8
+
+
+def _eroded(area: np.ndarray) -> np.ndarray:
+    """``area`` (bool) less every pixel with a pixel outside it among its 8 neighbours; the image's border is
+    continued outward (edge padding), so it never erodes the area."""
+    padded = np.pad(area, 1, mode="edge")
+    rows = padded[:-2] & padded[1:-1] & padded[2:]
+    return rows[:, :-2] & rows[:, 1:-1] & rows[:, 2:]
+
+
+def paste_back_ramp(mask: np.ndarray, feather: int = PASTE_BACK_FEATHER) -> np.ndarray:
+    """The weight of the generated picture in paste_back: min(d, feather) / feather, where d is the chessboard
+    distance in pixels from a repainted pixel to the nearest kept pixel (0 on kept pixels).
+
+    Why: the inpainting decoder sees the mask at latent resolution, one latent per 8 x 8 pixels (the MoVQ's scale
+    factor), and its decoded picture differs slightly from the input even where nothing was repainted. Putting
+    the input back outside the repainted area keeps it exactly; a ramp one latent wide (``PASTE_BACK_FEATHER``)
+    hides the step this would leave at the edge of the repainted area.
+
+    Args:
+        mask: height x width, float32, 1 where repainted and 0 where kept (``Prepared.mask``).
+        feather: the width of the ramp in pixels, 1 or more.
+
+    Returns:
+        height x width float32 in 0..1: 0 on kept pixels, k / feather on repainted pixels k pixels from the
+        nearest kept one, 1 at ``feather`` pixels or more. The image's border does not count as kept: a repainted
+        area that reaches it is not faded there. d is the number of 3 x 3 erosions of the repainted area that a
+        pixel is in, plus one, counted up to ``feather``.
+    """
+    area = mask > 0.5
+    distance = area.astype(np.float32)
+    for _ in range(feather - 1):
+        area = _eroded(area)
+        distance += area
+    return distance / feather
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """The picture outpaint starts from: ``image``, height x width x 3 uint8; ``mask``, height x width float32,
+    1 where to paint; ``note``, what was done to the input."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    note: str
+
+
+def _max_overlap(length: int, inner_edges: int) -> int | None:
+    """The largest overlap that keeps part of an image side of ``length`` pixels whose ``inner_edges`` (0, 1 or 2)
+    are repainted; None when no edge is."""
+    return -(-length // inner_edges) - 1 if inner_edges else None
+
+
+def outpaint_canvas(
+    image: np.ndarray,
+    name: str,
+    height: int,
+    width: int,
+    *,
+    top: int,
+    bottom: int,
+    left: int,
+    right: int,
+    overlap: int,
+) -> Canvas:
+    """The canvas and mask of outpaint: the image placed on a height x width canvas, the rest to paint.
+
+    The image keeps its aspect: it is scaled (PIL bicubic, as ``fit`` scales) to fit inside the box the margins
+    leave, (height - top - bottom) x (width - left - right) pixels, its sides rounded (1 pixel at least), and
+    placed centred in that box (a pixel of slack goes below and to the right). The canvas holds the image where
+    it lies; elsewhere it repeats the image's edge pixels outward (``np.pad`` mode "edge"): diffusers zeroes the
+    latents of the area painted, but the MoVQ encoder's receptive field reaches across the seam, so it sees
+    plausible colours there. The mask is 1 outside the placed image, and also over ``overlap`` pixels inside
+    it along every edge that does not lie on the canvas border (so that the seam blends); 0 elsewhere.
+
+    Args:
+        image: height x width x 3 uint8 RGB (``as_rgb``).
+        name: the input, as messages name it, e.g. "outpaint input 'image'".
+        height, width: the canvas, the output size in pixels.
+        top, bottom, left, right: the margins to paint, in pixels of the output; they leave a box of at least
+            1 x 1 pixel (the mode's check asks for 64 x 64).
+        overlap: pixels of the image repainted along each edge that borders a painted area, 0 or more.
+
+    Returns:
+        ``Canvas``, its note e.g. "640x480 scaled to 512x384, placed at left 128, top 192 of 768x768; 48% painted".
+
+    Raises:
+        InputError: naming ``name`` and outpaint_overlap, when the overlap repaints all of the placed image.
+    """
+    rows, columns = image.shape[:2]
+    box_rows, box_columns = height - top - bottom, width - left - right
+    scale = min(box_rows / rows, box_columns / columns)
+    placed_rows, placed_columns = max(1, round(rows * scale)), max(1, round(columns * scale))
+    placed, size = image, f"{columns}x{rows}"
+    if (placed_rows, placed_columns) != (rows, columns):
+        resized = Image.fromarray(image).resize(
+            (placed_columns, placed_rows), resample=Image.Resampling.BICUBIC, reducing_gap=1
+        )
+        placed, size = np.asarray(resized), f"{size} scaled to {placed_columns}x{placed_rows}"
+    row = top + (box_rows - placed_rows) // 2
+    column = left + (box_columns - placed_columns) // 2
+    end_row, end_column = row + placed_rows, column + placed_columns
+    inner = {"top": row > 0, "bottom": end_row < height, "left": column > 0, "right": end_column < width}
+    limits = [
+        limit
+        for limit in (
+            _max_overlap(placed_rows, inner["top"] + inner["bottom"]),
+            _max_overlap(placed_columns, inner["left"] + inner["right"]),
+        )
+        if limit is not None
+    ]
+    if limits and overlap > min(limits):
+        raise InputError(
+            f"{name}: placed at {placed_columns}x{placed_rows} inside the margins, the image is repainted whole by "
+            f"outpaint_overlap {overlap}: none of it is kept; accepted: an outpaint_overlap of at most "
+            f"{min(limits)} for this image, size and margins."
+        )
+    canvas = np.pad(placed, ((row, height - end_row), (column, width - end_column), (0, 0)), mode="edge")
+    mask = np.ones((height, width), np.float32)
+    mask[
+        row + overlap * inner["top"] : end_row - overlap * inner["bottom"],
+        column + overlap * inner["left"] : end_column - overlap * inner["right"],
+    ] = 0
+    painted = _percent(float(mask.mean(dtype=np.float64)))
+    return Canvas(canvas, mask, f"{size}, placed at left {column}, top {row} of {width}x{height}; {painted} painted")

@@ -29,7 +29,16 @@ from diffusers import (
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from .images import InputError, as_rgb, depth_hint, fit, mask_from
+from .images import (
+    InputError,
+    as_rgb,
+    depth_hint,
+    fit,
+    kept_inverted,
+    mask_from,
+    outpaint_canvas,
+    paste_back_ramp,
+)
 
 if TYPE_CHECKING:
     from .generation import Pipelines, Runtime
@@ -49,6 +58,9 @@ MASK_INPUT = "mask"
 DEPTH_INPUT = "depth map"
 # Stands for mix_images inputs named "image 1", "image 2", ... in a mode's inputs.
 MIX_INPUTS = "image {number}"
+OUTPAINT_MARGINS = ("outpaint_top", "outpaint_bottom", "outpaint_left", "outpaint_right")
+# The image keeps at least 64 x 64 pixels of the output in outpaint (8 x 8 latents): content to carry into the margins.
+OUTPAINT_MIN_SIDE = 64
 
 # A step callback for ``callback_on_step_end``: (pipeline, step, timestep, tensors) -> tensors.
 StepEndCallback = Callable[..., dict]
@@ -90,7 +102,7 @@ CONTROLNET_DECODER = Decoder(
 class Inputs:
     """The images a run reads, as arrays (height x width, or height x width x channels); each mode reads its own.
 
-    ``image``: the input named "image" (img2img, inpaint; a photo to estimate depth from). ``mask`` and
+    ``image``: the input named "image" (img2img, inpaint, outpaint; a photo to estimate depth from). ``mask`` and
     ``drawn_mask``: inpaint, white where to repaint (the two are combined; one is enough). ``depth``: the
     ControlNet modes' depth map. ``mix_images``: mix, in order.
     """
@@ -109,7 +121,8 @@ NO_INPUTS = Inputs()
 class Prepared:
     """A run's inputs at the output size, ready for the pipelines, and notes on what was done to them.
 
-    ``image``: height x width x 3 uint8. ``mask``: height x width float32, 1 where to repaint. ``hint``: the
+    ``image``: height x width x 3 uint8 (outpaint: the canvas). ``mask``: height x width float32, 1 where to
+    repaint (inpaint, outpaint). ``hint``: the
     ControlNet hint, (1, 3, height, width) in 0..1 on the run's device and dtype. ``mix_images``: PIL images
     at their own size. ``notes``: for every input read, its size and what was done to it.
     """
@@ -172,6 +185,31 @@ def _check_strengths(settings: Settings) -> None:
 
 def _check_mix(settings: Settings) -> None:
     settings.mix_weight_values()
+
+
+def _check_outpaint(settings: Settings) -> None:
+    """Refuse margins that paint nothing, and margins that leave the image less than 64 x 64 pixels."""
+    from .parameters import SettingsError
+
+    problems = []
+    if not any(getattr(settings, name) for name in OUTPAINT_MARGINS):
+        problems.append(
+            f"outpaint: every margin is 0 ({', '.join(OUTPAINT_MARGINS)}); accepted: at least one margin above 0, "
+            "in pixels of the output to paint beyond the image."
+        )
+    for first, second, side in (
+        ("outpaint_left", "outpaint_right", "width"),
+        ("outpaint_top", "outpaint_bottom", "height"),
+    ):
+        size, margins = getattr(settings, side), (getattr(settings, first), getattr(settings, second))
+        if sum(margins) > size - OUTPAINT_MIN_SIDE:
+            problems.append(
+                f"{first} + {second}: received {margins[0]} + {margins[1]} = {sum(margins)} with {side} {size}; "
+                f"accepted: at most {side} - {OUTPAINT_MIN_SIDE} = {size - OUTPAINT_MIN_SIDE}, so that the image "
+                f"keeps at least {OUTPAINT_MIN_SIDE} pixels of the {side}."
+            )
+    if problems:
+        raise SettingsError("\n".join(problems))
 
 
 def _text_prior_runs(settings: Settings) -> tuple[int, ...]:
@@ -382,7 +420,8 @@ def _prepare_image(settings: Settings, inputs: Inputs, prepared: Prepared, runti
 
 
 def _prepare_inpaint(settings: Settings, inputs: Inputs, prepared: Prepared, runtime: Runtime) -> None:
-    """The image, and the drawn mask and the mask image combined (one is enough), fitted as the image is."""
+    """The image, and the drawn mask and the mask image combined (one is enough), fitted as the image is; with
+    mask_mode keep, the combined mask inverted (``images.kept_inverted``)."""
     image_shape = _fit_image(settings, inputs, prepared)
     masks = []
     for name, array in ((DRAWING_INPUT, inputs.drawn_mask), (MASK_INPUT, inputs.mask)):
@@ -401,6 +440,31 @@ def _prepare_inpaint(settings: Settings, inputs: Inputs, prepared: Prepared, run
             f"or give a mask image (input '{MASK_INPUT}')."
         )
     prepared.mask = np.maximum.reduce(masks)
+    if settings.mask_mode == "keep":
+        read = [name for name in (DRAWING_INPUT, MASK_INPUT) if name in prepared.notes]
+        names = "inpaint input" + (f" '{read[0]}'" if len(read) == 1 else f"s '{read[0]}' and '{read[1]}'")
+        inverted = kept_inverted(prepared.mask, names)
+        prepared.mask = inverted.array
+        for name in read:
+            prepared.notes[name] += f"; {inverted.note}"
+
+
+def _prepare_outpaint(settings: Settings, inputs: Inputs, prepared: Prepared, runtime: Runtime) -> None:
+    """The canvas and the mask of ``images.outpaint_canvas``: the image, scaled to fit inside the margins and
+    centred there, on an output-sized canvas, with the margins and the overlap to paint."""
+    name = f"outpaint input '{IMAGE_INPUT}'"
+    canvas = outpaint_canvas(
+        as_rgb(inputs.image, name),
+        name,
+        settings.height,
+        settings.width,
+        top=settings.outpaint_top,
+        bottom=settings.outpaint_bottom,
+        left=settings.outpaint_left,
+        right=settings.outpaint_right,
+        overlap=settings.outpaint_overlap,
+    )
+    prepared.image, prepared.mask, prepared.notes[IMAGE_INPUT] = canvas.image, canvas.mask, canvas.note
 
 
 def _prepare_depth(settings: Settings, inputs: Inputs, prepared: Prepared, runtime: Runtime) -> None:
@@ -450,11 +514,33 @@ def _decode_img2img(
 def _decode_inpaint(
     decoder: DiffusionPipeline, settings: Settings, prepared: Prepared, arguments: dict, callback: StepEndCallback
 ) -> np.ndarray:
-    """``KandinskyV22InpaintPipeline``: the image, and the mask white (1) where to repaint."""
+    """``KandinskyV22InpaintPipeline``: the image, and the mask white (1) where to repaint; then, with paste_back,
+    the input put back where nothing is repainted (``paste_back``)."""
     count = settings.num_images
-    return decoder(
+    pictures = decoder(
         **arguments, image=[prepared.image] * count, mask_image=[prepared.mask] * count, callback_on_step_end=callback
     ).images
+    return paste_back(pictures, prepared.image, prepared.mask) if settings.paste_back else pictures
+
+
+def paste_back(pictures: np.ndarray, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The input put back over the decoder's pictures where nothing is repainted, the pictures blended in over a
+    ramp inside the repainted area: alpha * picture + (1 - alpha) * image, alpha from ``images.paste_back_ramp``
+    (0 where kept, rising to 1 at ``PASTE_BACK_FEATHER`` pixels inside the repainted area). diffusers' Kandinsky
+    inpainting pipeline has no such step: it is the task's own, after diffusers' decoder, whose pixels it leaves
+    as they are at the full ramp.
+
+    Args:
+        pictures: (num_images, height, width, 3) floats in 0..1, the decoder's output.
+        image: height x width x 3 uint8, the input the decoder was given.
+        mask: height x width float32, 1 where repainted.
+
+    Returns:
+        (num_images, height, width, 3) float32 in 0..1; where kept, exactly image / 255, which
+        ``generation.to_uint8`` brings back to the input's own values.
+    """
+    alpha = paste_back_ramp(mask)[None, :, :, None]
+    return alpha * pictures + (1 - alpha) * (image.astype(np.float32) / 255)
 
 
 def _decode_controlnet(
@@ -565,7 +651,18 @@ MODES: dict[str, Mode] = {
             "repaint the masked part of an image",
             INPAINT_DECODER,
             (IMAGE_INPUT, DRAWING_INPUT, MASK_INPUT),
+            parameters=("mask_mode", "paste_back"),
             prepare=_prepare_inpaint,
+            decode=_decode_inpaint,
+        ),
+        Mode(
+            "outpaint",
+            "extend an image past its borders",
+            INPAINT_DECODER,
+            (IMAGE_INPUT,),
+            parameters=("paste_back", *OUTPAINT_MARGINS, "outpaint_overlap"),
+            check=_check_outpaint,
+            prepare=_prepare_outpaint,
             decode=_decode_inpaint,
         ),
         Mode(

@@ -14,6 +14,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 
 import torch
 
+from .images import PASTE_BACK_FEATHER
 from .modes import (
     DEFAULT_DECODER,
     DEFAULT_PRIOR,
@@ -27,6 +28,8 @@ MODE_DECODERS = {name: mode.decoder.default_model for name, mode in MODES.items(
 KNOWN_DECODERS = tuple(dict.fromkeys(MODE_DECODERS.values()))
 MEMORY_MODES = ("gpu", "prior_offload", "model_offload", "sequential_offload")
 COMPILE_MODES = ("off", "default", "reduce-overhead")
+MASK_MODES = ("repaint", "keep")
+MAX_OUTPAINT_OVERLAP = 256
 MAX_MIX_IMAGES = 8
 MAX_IMAGES = 16
 KNOWN_PRIORS = (DEFAULT_PRIOR,)
@@ -352,6 +355,69 @@ class Settings:
             "commas or spaces. Empty: equal weights."
         ),
         pattern=r"[0-9.eE+\s,;]*",
+    )
+    mask_mode: str = _setting(
+        "repaint",
+        label="Mask mode",
+        group="Inpaint and outpaint",
+        help="inpaint: what the mask marks (white): repaint repaints it; keep keeps it and repaints everything else.",
+        choices=MASK_MODES,
+    )
+    paste_back: bool = _setting(
+        False,
+        label="Paste back",
+        group="Inpaint and outpaint",
+        help=(
+            "inpaint and outpaint: put the input back, pixel for pixel, outside the repainted area (the decoder "
+            f"alters it slightly there), blending the new picture in over the first {PASTE_BACK_FEATHER} pixels "
+            "(one latent) inside it."
+        ),
+    )
+    # Margins in pixels, not fractions: the output size is set in pixels (height, width), so a margin in pixels says
+    # exactly how much is painted and, with them, where the image goes. The defaults widen a picture.
+    outpaint_top: int = _setting(
+        0,
+        label="Top margin",
+        group="Outpaint",
+        help="outpaint: pixels of the output painted above the image.",
+        minimum=0,
+        maximum=MAX_SIDE - SIDE_STEP,
+    )
+    outpaint_bottom: int = _setting(
+        0,
+        label="Bottom margin",
+        group="Outpaint",
+        help="outpaint: pixels of the output painted below the image.",
+        minimum=0,
+        maximum=MAX_SIDE - SIDE_STEP,
+    )
+    outpaint_left: int = _setting(
+        128,
+        label="Left margin",
+        group="Outpaint",
+        help="outpaint: pixels of the output painted left of the image.",
+        minimum=0,
+        maximum=MAX_SIDE - SIDE_STEP,
+    )
+    outpaint_right: int = _setting(
+        128,
+        label="Right margin",
+        group="Outpaint",
+        help="outpaint: pixels of the output painted right of the image.",
+        minimum=0,
+        maximum=MAX_SIDE - SIDE_STEP,
+    )
+    # 32 by default: four latents of 8 pixels, enough for the decoder to carry the image's content into the margin.
+    outpaint_overlap: int = _setting(
+        32,
+        label="Overlap",
+        group="Outpaint",
+        help=(
+            "outpaint: pixels of the image, along each edge next to a painted margin, repainted too so that the "
+            "seam blends."
+        ),
+        minimum=0,
+        maximum=MAX_OUTPAINT_OVERLAP,
     )
     cuda: bool = _setting(
         default_factory=torch.cuda.is_available,

@@ -344,7 +344,7 @@ DECODER_KINDS = {
     "decoder": "a KandinskyV22Pipeline repo whose UNet takes 4 input channels with added embedding 'image' (a "
     "text-to-image decoder, for text2img, img2img, mix)",
     "inpaint_decoder": "a KandinskyV22InpaintPipeline repo whose UNet takes 9 input channels with added embedding "
-    "'image' (an inpainting decoder, for inpaint)",
+    "'image' (an inpainting decoder, for inpaint, outpaint)",
     "controlnet_decoder": "a KandinskyV22ControlnetPipeline repo whose UNet takes 8 input channels with added "
     "embedding 'image_hint' (a ControlNet depth decoder, for controlnet_depth, controlnet_img2img)",
 }

@@ -39,6 +39,13 @@ def test_names_and_defaults_are_those_of_the_specification():
         "seed": "-1",
         "mix_images": "2",
         "mix_weights": "",
+        "mask_mode": "repaint",
+        "paste_back": "False",
+        "outpaint_top": "0",
+        "outpaint_bottom": "0",
+        "outpaint_left": "128",
+        "outpaint_right": "128",
+        "outpaint_overlap": "32",
     }
     assert list(BY_NAME) == [*defaults, *DEVICE_NAMES]
 

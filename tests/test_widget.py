@@ -41,6 +41,13 @@ NON_DEFAULT = {
     "seed": "123456789012345678",
     "mix_images": "3",
     "mix_weights": "0.2, 0.3, 0.1 0.4",
+    "mask_mode": "keep",
+    "paste_back": "True",
+    "outpaint_top": "64",
+    "outpaint_bottom": "7",
+    "outpaint_left": "0",
+    "outpaint_right": "1984",
+    "outpaint_overlap": "256",
     "cuda": "False",
     "memory_mode": "model_offload",
     "compile_unet": "reduce-overhead",
@@ -136,6 +143,13 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     widgets["strength"].setValue(0.55)
     widgets["mix_images"].setValue(5)
     widgets["mix_weights"].setText("1 2 3 4 5 6")
+    widgets["mask_mode"].setCurrentText("keep")
+    widgets["paste_back"].setChecked(True)
+    widgets["outpaint_top"].setValue(16)
+    widgets["outpaint_bottom"].setValue(24)
+    widgets["outpaint_left"].setValue(0)
+    widgets["outpaint_right"].setValue(200)
+    widgets["outpaint_overlap"].setValue(8)
     widgets["height"].setValue(512)
     widgets["width"].setValue(1024)
     inner(widget, "seed", QtWidgets.QCheckBox).setChecked(False)
@@ -165,6 +179,13 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "seed": "42",
         "mix_images": "5",
         "mix_weights": "1 2 3 4 5 6",
+        "mask_mode": "keep",
+        "paste_back": "True",
+        "outpaint_top": "16",
+        "outpaint_bottom": "24",
+        "outpaint_left": "0",
+        "outpaint_right": "200",
+        "outpaint_overlap": "8",
         "cuda": str(widgets["cuda"].isChecked()),
         "memory_mode": "sequential_offload",
         "compile_unet": "default",
@@ -250,12 +271,16 @@ def test_reuse_last_seed_takes_the_seed_of_the_last_run(plugin, tiny_strings):
     assert not inner(widget, "seed", QtWidgets.QCheckBox).isChecked()
 
 
+OUTPAINT_ONLY = ("outpaint_top", "outpaint_bottom", "outpaint_left", "outpaint_right", "outpaint_overlap")
+
+
 @pytest.mark.parametrize(
     ("mode", "only_there", "inputs"),
     [
         ("text2img", set(), "none: the prompt is enough"),
         ("img2img", {"strength"}, "0: image"),
-        ("inpaint", set(), "0: image, 1: mask drawing, 2: mask"),
+        ("inpaint", {"mask_mode", "paste_back"}, "0: image, 1: mask drawing, 2: mask"),
+        ("outpaint", {"paste_back", *OUTPAINT_ONLY}, "0: image"),
         ("controlnet_depth", set(), "0: depth map"),
         ("controlnet_img2img", {"strength", "prior_strength"}, "0: image, 1: depth map"),
         ("mix", {"mix_images", "mix_weights"}, "0: image 1, 1: image 2"),
@@ -264,7 +289,15 @@ def test_reuse_last_seed_takes_the_seed_of_the_last_run(plugin, tiny_strings):
 def test_the_mode_selector_shows_only_the_controls_and_inputs_of_the_mode(plugin, mode, only_there, inputs):
     _, widget = open_widget(plugin, {"mode": "mix" if mode == "img2img" else "img2img"})
     widget.controls["mode"].widget.setCurrentText(mode)
-    mode_specific = {"strength", "prior_strength", "mix_images", "mix_weights"}
+    mode_specific = {
+        "strength",
+        "prior_strength",
+        "mix_images",
+        "mix_weights",
+        "mask_mode",
+        "paste_back",
+        *OUTPAINT_ONLY,
+    }
     shown = {name for name, control in widget.controls.items() if not control.widget.isHidden()}
     assert shown == set(widget.controls) - mode_specific | only_there
     # Hidden controls leave their forms, so that no empty row keeps its space.
@@ -276,6 +309,8 @@ def test_the_mode_selector_shows_only_the_controls_and_inputs_of_the_mode(plugin
     assert in_forms == shown
     assert all(widget.label_of(name).isHidden() == (name not in shown) for name in widget.controls)
     assert widget.groups["Mix"].isHidden() == (mode != "mix")
+    assert widget.groups["Inpaint and outpaint"].isHidden() == (mode not in ("inpaint", "outpaint"))
+    assert widget.groups["Outpaint"].isHidden() == (mode != "outpaint")
     assert widget.inputs_label.text() == inputs
 
 
@@ -298,6 +333,7 @@ def test_the_decoder_list_offers_only_the_known_repo_that_fits_the_mode_and_keep
         "text2img": DEFAULT_DECODER,
         "inpaint": DEFAULT_INPAINT_DECODER,
         "img2img": DEFAULT_DECODER,
+        "outpaint": DEFAULT_INPAINT_DECODER,
         "controlnet_depth": DEFAULT_CONTROLNET_DECODER,
         "mix": DEFAULT_DECODER,
     }
