@@ -27,6 +27,7 @@ from infer_kandinsky_2_2.kandinsky22_engine.modes import (
     DEFAULT_DECODER,
     DEFAULT_INPAINT_DECODER,
     DEFAULT_PRIOR,
+    MODES,
     PINNED_REVISIONS,
 )
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
@@ -37,9 +38,18 @@ INPUTS = {
     "text2img": Inputs(),
     "img2img": Inputs(image=random_image(1)),  # strength 0.3: 1 of 4 steps
     "inpaint": Inputs(image=random_image(2), mask=left_half_mask()),
+    "outpaint": Inputs(image=random_image(3, (64, 64, 3))),
     "controlnet_depth": Inputs(depth=random_image(4, (64, 128))),
+    "controlnet_img2img": Inputs(image=random_image(1), depth=random_image(4, (64, 128))),
     "mix": Inputs(mix_images=(random_image(5), random_image(6))),
 }
+# What a mode needs beyond RUN: outpaint's default margins (128 each side) do not fit a 128-wide picture.
+MODE_RUN = {"outpaint": {"outpaint_left": 32, "outpaint_right": 32, "outpaint_overlap": 8}}
+
+
+def mode_settings(mode: str, **names: object) -> Settings:
+    """The settings of a quick run of ``mode``."""
+    return Settings(mode=mode, **RUN, **MODE_RUN.get(mode, {}), **names)
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -108,12 +118,12 @@ def published(tiny_repos) -> dict[str, dict[str, bytes]]:
 @pytest.fixture(scope="module")
 def by_folder(tiny_repos, warm_cache) -> Callable[[str], np.ndarray]:
     """The picture of a mode's run from the tiny repos' folders, which a run by hub id must equal (each once)."""
-    decoders = {"inpaint": tiny_repos.inpaint_decoder, "controlnet_depth": tiny_repos.controlnet_decoder}
 
     @functools.cache
     def picture(mode: str) -> np.ndarray:
-        model = decoders.get(mode, tiny_repos.decoder)
-        settings = Settings(mode=mode, model_name=str(model), prior_model_name=str(tiny_repos.prior), **RUN)
+        # The tiny repos are named by the decoder's cache role.
+        model = getattr(tiny_repos, MODES[mode].decoder.role)
+        settings = mode_settings(mode, model_name=str(model), prior_model_name=str(tiny_repos.prior))
         return generate(settings, INPUTS[mode], cache=warm_cache).images[0]
 
     return picture
@@ -137,8 +147,9 @@ def test_every_mode_runs_offline_from_the_cache_with_its_default_models(cache_fo
             put_in_cache(cache_folder, repo_id, commit_of(files), files, refs=("main",))
     # One cache for the modes in turn, as the task's: each model loads once, the prior for the first mode.
     cache = ModelCache()
+    assert set(INPUTS) == set(MODES)
     for mode, inputs in INPUTS.items():
-        result = generate(Settings(mode=mode, **RUN), inputs, cache=cache)
+        result = generate(mode_settings(mode), inputs, cache=cache)
         assert np.array_equal(result.images[0], by_folder(mode)), mode
     assert cache.load_counts == {
         "prior": 1,
@@ -353,7 +364,7 @@ def test_the_readmes_commands_fetch_exactly_what_the_modes_load_then_every_mode_
     assert sorted(online.downloaded()) == sorted(fetched)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     for mode, inputs in INPUTS.items():
-        generate(Settings(mode=mode, negative_prompt="", **RUN), inputs, cache=ModelCache())
+        generate(mode_settings(mode, negative_prompt=""), inputs, cache=ModelCache())
 
 
 def test_a_misspelt_prior_is_refused_before_any_weight_of_the_decoder_is_fetched(online):
