@@ -24,6 +24,7 @@ from infer_kandinsky_2_2.kandinsky22_engine import hub
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError
 
 pytest.importorskip("ikomia.dataprocess.workflow")
+core = pytest.importorskip("ikomia.core")
 CHECKOUT = Path(__file__).resolve().parent.parent
 WIDE = np.zeros((64, 128, 3), np.uint8)
 
@@ -31,7 +32,8 @@ BAD_VALUES = [
     (
         "mode",
         "txt2img",
-        "mode: received 'txt2img'; accepted: one of text2img, img2img, inpaint, controlnet_depth, mix.",
+        "mode: received 'txt2img'; accepted: one of text2img, img2img, inpaint, outpaint, controlnet_depth, "
+        "controlnet_img2img, mix.",
     ),
     ("mode", " ", "mode: received ' '; accepted: one of"),
     ("model_name", "", "model_name: received ''; accepted: non-empty text."),
@@ -50,6 +52,7 @@ BAD_VALUES = [
     ("guidance_scale", "", "guidance_scale: received ''; accepted: a number from 1 to 20."),
     ("strength", "1.5", "strength: received '1.5'; accepted: a number from 0 to 1."),
     ("strength", "NaN", "strength: received 'NaN'; accepted: a number from 0 to 1."),
+    ("prior_strength", "-0.1", "prior_strength: received '-0.1'; accepted: a number from 0 to 1."),
     ("height", "100", "height: received '100'; accepted: a multiple of 64 from 64 to 2048."),
     ("height", "4096", "height: received '4096'; accepted: a multiple of 64 from 64 to 2048."),
     ("width", "-64", "width: received '-64'; accepted: a multiple of 64 from 64 to 2048."),
@@ -61,6 +64,13 @@ BAD_VALUES = [
     ("seed", "4.2", "seed: received '4.2'; accepted: a whole number from -1 to 9223372036854775807."),
     ("mix_images", "1", "mix_images: received '1'; accepted: a whole number from 2 to 8."),
     ("mix_images", "9", "mix_images: received '9'; accepted: a whole number from 2 to 8."),
+    ("mask_mode", "invert", "mask_mode: received 'invert'; accepted: one of repaint, keep."),
+    ("paste_back", "sometimes", "paste_back: received 'sometimes'; accepted: True or False."),
+    ("outpaint_top", "-8", "outpaint_top: received '-8'; accepted: a whole number from 0 to 1984."),
+    ("outpaint_bottom", "2048", "outpaint_bottom: received '2048'; accepted: a whole number from 0 to 1984."),
+    ("outpaint_left", "10%", "outpaint_left: received '10%'; accepted: a whole number from 0 to 1984."),
+    ("outpaint_right", "0.25", "outpaint_right: received '0.25'; accepted: a whole number from 0 to 1984."),
+    ("outpaint_overlap", "300", "outpaint_overlap: received '300'; accepted: a whole number from 0 to 256."),
     ("cuda", "maybe", "cuda: received 'maybe'; accepted: True or False."),
     ("cuda", "", "cuda: received ''; accepted: True or False."),
     ("memory_mode", "cpu", "memory_mode: received 'cpu'; accepted: one of gpu, prior_offload, model_offload, sequen"),
@@ -68,6 +78,12 @@ BAD_VALUES = [
 ]
 BAD_COMBINATIONS = [
     ({"mode": "img2img", "strength": "0.0"}, "strength: received '0.0' with num_inference_steps 4; accepted"),
+    (
+        {"mode": "controlnet_img2img", "prior_strength": "0.2"},
+        "prior_strength: received '0.2' with prior_num_inference_steps 3; accepted",
+    ),
+    ({"mode": "outpaint", "outpaint_left": "0", "outpaint_right": "0"}, "outpaint: every margin is 0"),
+    ({"mode": "outpaint", "outpaint_left": "64"}, "outpaint_left + outpaint_right: received 64 + 128 = 192 with"),
     ({"mode": "mix", "mix_weights": "1, 1"}, "mix_weights: received '1, 1'; accepted: 3 numbers"),
     ({"mode": "mix", "mix_weights": "1, -1, 1"}, "mix_weights: received '1, -1, 1'; accepted: 3 numbers"),
     ({"mode": "mix", "mix_weights": "0 0 0"}, "mix_weights: received '0 0 0'; accepted: 3 numbers"),
@@ -91,7 +107,7 @@ def test_a_misspelt_parameter_name_is_refused_when_set_not_dropped():
 
 
 def test_every_parameter_but_free_text_has_a_bad_value_case():
-    free_text = {"prompt", "negative_prompt", "mix_weights"}
+    free_text = {"prompt", "negative_prompt", "negative_prior_prompt", "mix_weights"}
     assert {name for name, _, _ in BAD_VALUES} == {parameter.name for parameter in PARAMETERS} - free_text
 
 
@@ -103,13 +119,15 @@ def test_a_bad_value_is_refused_clearly(tiny_strings, name, value, message):
 
 
 def with_inputs_of_its_mode(parameters: dict[str, str]):
-    """A workflow of the task with ``parameters`` and the images its mode needs."""
+    """A workflow of the task with ``parameters``, its input 0 fed by the workflow's input, and a picture in every
+    other input: Ikomia runs a task only when one of its inputs is connected."""
     workflow, task = workflow_with(parameters)
-    if parameters.get("mode") in ("img2img", "mix"):
+    if task.get_input_count():
         workflow.connect_tasks(workflow.root(), task, [(0, 0)])
         workflow.set_image_input(WIDE, index=0)
-    if parameters.get("mode") == "mix":
-        task.get_input(1).set_image(WIDE)
+    for index in range(1, task.get_input_count()):
+        if task.get_input(index).data_type != core.IODataType.INPUT_GRAPHICS:
+            task.get_input(index).set_image(WIDE)
     return workflow
 
 
