@@ -73,7 +73,7 @@ BAD_COMBINATIONS = [
     ({"mode": "mix", "mix_weights": "0 0 0"}, "mix_weights: received '0 0 0'; accepted: 3 numbers"),
     ({"mode": "mix", "mix_weights": "exec('x')"}, "mix_weights: received \"exec('x')\"; accepted: 3 numbers"),
     ({"model_name": "https://example.com/model"}, "model_name: 'https://example.com/model' is a URL; accepted: a"),
-    ({"model_name": "a/b/../../../etc"}, "model_name: folder 'a/b/../../../etc' not found."),
+    ({"model_name": "a/b/../../../etc"}, "model_name: folder 'a/b/../../../etc' not found; accepted: an existing"),
 ]
 
 
