@@ -26,6 +26,7 @@ NON_DEFAULT = {
     "mode": "mix",
     "model_name": "/models/my-decoder",
     "prior_model_name": "kandinsky-community/kandinsky-2-2-prior",
+    "depth_model": "/models/my-depth-model",
     "prompt": "a red cat\non a blue chair",
     "negative_prompt": "",
     "prior_num_inference_steps": "2",
@@ -121,6 +122,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     widgets = {name: widget.controls[name].widget for name in widget.controls}
     inner(widget, "model_name", QtWidgets.QComboBox).setCurrentText("/models/my-decoder")
     inner(widget, "prior_model_name", QtWidgets.QComboBox).setCurrentText("someone/prior")
+    inner(widget, "depth_model", QtWidgets.QLineEdit).setText("someone/depth")
     widgets["prompt"].setPlainText("a red cat\non a blue chair")
     widgets["negative_prompt"].setPlainText("")
     widgets["prior_num_inference_steps"].setValue(2)
@@ -146,6 +148,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "mode": "img2img",
         "model_name": "/models/my-decoder",
         "prior_model_name": "someone/prior",
+        "depth_model": "someone/depth",
         "prompt": "a red cat\non a blue chair",
         "negative_prompt": "",
         "prior_num_inference_steps": "2",
@@ -250,14 +253,14 @@ def test_reuse_last_seed_takes_the_seed_of_the_last_run(plugin, tiny_strings):
         ("text2img", set(), "none: the prompt is enough"),
         ("img2img", {"strength"}, "0: image"),
         ("inpaint", set(), "0: image, 1: mask drawing, 2: mask"),
-        ("controlnet_depth", set(), "0: depth map"),
+        ("controlnet_depth", {"depth_model"}, "0: depth map"),
         ("mix", {"mix_images", "mix_weights"}, "0: image 1, 1: image 2"),
     ],
 )
 def test_the_mode_selector_shows_only_the_controls_and_inputs_of_the_mode(plugin, mode, only_there, inputs):
     _, widget = open_widget(plugin, {"mode": "mix" if mode == "img2img" else "img2img"})
     widget.controls["mode"].widget.setCurrentText(mode)
-    mode_specific = {"strength", "mix_images", "mix_weights"}
+    mode_specific = {"strength", "mix_images", "mix_weights", "depth_model"}
     shown = {name for name, control in widget.controls.items() if not control.widget.isHidden()}
     assert shown == set(widget.controls) - mode_specific | only_there
     # Hidden controls leave their forms, so that no empty row keeps its space.
@@ -277,6 +280,20 @@ def test_the_listed_mix_inputs_follow_mix_images(plugin):
     assert widget.inputs_label.text() == "0: image 1, 1: image 2, 2: image 3"
     widget.controls["mix_images"].widget.setValue(4)
     assert widget.inputs_label.text().endswith("3: image 4")
+
+
+def test_the_listed_inputs_follow_depth_model_which_takes_a_folder(plugin, monkeypatch):
+    _, widget = open_widget(plugin, {"mode": "controlnet_depth"})
+    depth_model = inner(widget, "depth_model", QtWidgets.QLineEdit)
+    assert widget.inputs_label.text() == "0: depth map"
+    depth_model.setText("someone/depth")
+    assert widget.inputs_label.text() == "0: image"
+    depth_model.setText(" ")
+    assert widget.inputs_label.text() == "0: depth map"
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getExistingDirectory", lambda *arguments: "/models/depth")
+    inner(widget, "depth_model", QtWidgets.QToolButton).click()
+    assert widget.control_values()["depth_model"] == "/models/depth"
+    assert widget.inputs_label.text() == "0: image"
 
 
 def items(combo) -> list[str]:
