@@ -476,9 +476,10 @@ class DepthEstimator:
 
         It is the pipeline's ``depth`` output: its ``predicted_depth`` scaled back to the photo's size and
         stretched from its minimum (0) to its maximum (255), per image, by transformers (identically in
-        transformers 5.0.0 and 5.24). A uniform prediction gives NaN there, which becomes 0 everywhere.
+        transformers 5.0.0 and 5.24). A uniform prediction gives a uniform map, which ``generation`` refuses.
         """
-        with self.parking.visit(DEPTH_ESTIMATOR):
+        # A uniform prediction makes that stretch divide 0 by 0: numpy's warnings would say less than the refusal.
+        with self.parking.visit(DEPTH_ESTIMATOR), np.errstate(invalid="ignore"):
             return np.asarray(self.estimator(Image.fromarray(photo))["depth"])
 
 
