@@ -302,7 +302,9 @@ def test_from_the_hub_only_the_configs_and_safetensors_are_fetched_then_the_cach
     strings, tiny_depth_model, cache_folder, caplog
 ):
     files = files_of(tiny_depth_model)
-    repo = FakeRepo.of({**files, "pytorch_model.bin": b"pickle copy", "README.md": b"# model card\n"})
+    # Beside what loads: a pickle copy, a model card, and another format's folder, as published repos have.
+    extras = {"pytorch_model.bin": b"pickle copy", "README.md": b"# model card\n", "onnx/config.json": b"{}"}
+    repo = FakeRepo.of({**files, **extras, "onnx/model.safetensors": b"another export"})
     settings = Settings.from_strings({**strings, "depth_model": "someone/tiny-depth"})
     with FakeHub({"someone/tiny-depth": repo}) as fake, hub_at(fake.endpoint):
         with caplog.at_level(logging.INFO, logger=hub.__name__):
