@@ -468,6 +468,7 @@ class DepthEstimator:
 
     def __init__(self, estimator: DepthEstimationPipeline, key: ModelKey) -> None:
         self.estimator = estimator
+        # The pipeline placed the model on the device, where it runs; parking moves it to CPU memory until then.
         parked = key.memory_mode not in ("gpu", "none")
         self.parking = Parking({DEPTH_ESTIMATOR: estimator.model} if parked else None, key.device)
 
