@@ -6,9 +6,11 @@ become the task's outputs.
 
 The inputs follow the mode: text2img has none (Ikomia runs a task with unconnected inputs only if
 it has no inputs at all), img2img an image, inpaint an image, a mask drawing and a mask image,
-outpaint an image, controlnet_depth a depth map, mix ``mix_images`` images. The outputs are picture 1, the metadata,
-then pictures 2 and on when ``num_images`` asks for more. Inputs and outputs are rebuilt whenever
-``mode``, ``mix_images`` or ``num_images`` changes, however the parameters are set.
+outpaint an image, controlnet_depth a depth map (or, with ``depth_model`` set, the photo to estimate it from),
+controlnet_img2img an image and a depth map (or the image alone, with ``depth_model``), mix ``mix_images``
+images. The outputs are picture 1, the metadata, then pictures 2 and on when ``num_images`` asks for more.
+Inputs and outputs are rebuilt whenever ``mode``, ``mix_images``, ``depth_model`` (between empty and set) or
+``num_images`` changes, however the parameters are set.
 """
 
 import ctypes
@@ -115,7 +117,8 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         values = self.get_param_object().values
         try:
             mode = PARAMETER["mode"].parse(values["mode"])
-            names = input_names(mode, PARAMETER["mix_images"].parse(values["mix_images"]))
+            mix_images = PARAMETER["mix_images"].parse(values["mix_images"])
+            names = input_names(mode, mix_images, PARAMETER["depth_model"].parse(values["depth_model"]))
             pictures = PARAMETER["num_images"].parse(values["num_images"])
         except SettingsError:
             return
@@ -285,7 +288,8 @@ class InferKandinsky22Factory(dataprocess.CTaskFactory):
             "Kandinsky 2.2 turns a prompt into an image in two stages: a prior (CLIP text encoder and prior "
             "transformer) predicts a CLIP image embedding, and a decoder (UNet and MoVQ) paints the image from it. "
             "This task runs every Kandinsky 2.2 mode through Hugging Face diffusers: text2img, img2img, inpaint "
-            "(mask drawn in Studio or given as an image), controlnet_depth (from any depth task) and mix (images "
+            "(mask drawn in Studio or given as an image), controlnet_depth (from any depth task, or from a photo "
+            "through a transformers depth-estimation model) and mix (images "
             "and the prompt blended with weights). One prior serves every mode; models load once per process and "
             "are shared by every task; the same seed gives the same pixels as diffusers' own pipelines; progress "
             "shows per denoising step and Stop ends a run after the current step."

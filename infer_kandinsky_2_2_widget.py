@@ -13,7 +13,7 @@ from itertools import groupby
 import torch
 from ikomia import core, dataprocess
 from ikomia.utils import qtconversion
-from PyQt6.QtCore import QRegularExpression
+from PyQt6.QtCore import QRegularExpression, pyqtBoundSignal
 from PyQt6.QtGui import QRegularExpressionValidator, QValidator
 from PyQt6.QtWidgets import (
     QCheckBox,
@@ -59,15 +59,21 @@ class MultipleSpinBox(QSpinBox):
 
 
 class Control:
-    """One parameter's editor: the widget to place, how to read it back as Ikomia's string, and what it does
-    when the mode changes (the model lists offer only the known repos that fit the mode)."""
+    """One parameter's editor: the widget to place, how to read it back as Ikomia's string, what it does
+    when the mode changes (the model lists offer only the known repos that fit the mode), and, for a free text,
+    the signal its edits emit."""
 
     def __init__(
-        self, widget: QWidget, read: Callable[[], str], show_mode: Callable[[str], None] = lambda mode: None
+        self,
+        widget: QWidget,
+        read: Callable[[], str],
+        show_mode: Callable[[str], None] = lambda mode: None,
+        edited: pyqtBoundSignal | None = None,
     ) -> None:
         self.widget = widget
         self.read = read
         self.show_mode = show_mode
+        self.edited = edited
 
 
 def text_control(parameter: Parameter, value: str) -> Control:
@@ -86,7 +92,31 @@ def text_control(parameter: Parameter, value: str) -> Control:
     editor = QLineEdit(value)
     if parameter.pattern:
         editor.setValidator(QRegularExpressionValidator(QRegularExpression(parameter.pattern)))
-    return Control(editor, editor.text)
+    if parameter.accepts_folder:
+        return Control(folder_row(parameter, editor, editor.setText), editor.text, edited=editor.textChanged)
+    return Control(editor, editor.text, edited=editor.textChanged)
+
+
+def folder_row(parameter: Parameter, editor: QWidget, set_text: Callable[[str], None]) -> QWidget:
+    """``editor`` in a row, followed by a button that picks a local folder into it when the parameter accepts
+    one."""
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(editor, 1)
+    if parameter.accepts_folder:
+        browse = QToolButton()
+        browse.setText("…")
+        browse.setToolTip(f"Pick a local folder for {parameter.label.lower()}")
+
+        def pick_folder() -> None:
+            folder = QFileDialog.getExistingDirectory(row, f"{parameter.label}: local folder")
+            if folder:
+                set_text(folder)
+
+        browse.clicked.connect(pick_folder)
+        layout.addWidget(browse)
+    return row
 
 
 def model_control(parameter: Parameter, value: str) -> Control:
@@ -106,23 +136,7 @@ def model_control(parameter: Parameter, value: str) -> Control:
         combo.addItems(list(dict.fromkeys([*fitting, shown])))
         combo.setCurrentText(shown)
 
-    row = QWidget()
-    layout = QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(combo, 1)
-    if parameter.accepts_folder:
-        browse = QToolButton()
-        browse.setText("…")
-        browse.setToolTip(f"Pick a local folder for {parameter.label.lower()}")
-
-        def pick_folder() -> None:
-            folder = QFileDialog.getExistingDirectory(row, f"{parameter.label}: local folder")
-            if folder:
-                combo.setCurrentText(folder)
-
-        browse.clicked.connect(pick_folder)
-        layout.addWidget(browse)
-    return Control(row, combo.currentText, show_mode)
+    return Control(folder_row(parameter, combo, combo.setCurrentText), combo.currentText, show_mode)
 
 
 def shown_number(parameter: Parameter, value: str) -> float:
@@ -255,7 +269,8 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
         self.main_layout.addStretch(1)
         self._align_labels()
         self.controls["mode"].widget.currentTextChanged.connect(self.show_mode)
-        self.controls["mix_images"].widget.valueChanged.connect(self.show_mode)
+        self.controls["mix_images"].widget.valueChanged.connect(self.show_inputs)
+        self.controls["depth_model"].edited.connect(self.show_inputs)
         self.controls["cuda"].widget.toggled.connect(self.enable_cuda_controls)
         self.show_mode()
         self.enable_cuda_controls()
@@ -269,7 +284,15 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
         shown = tuple(parameter.name for parameter in PARAMETERS if parameter.used_in(mode))
         if shown != self.shown:
             self._arrange_rows(shown)
-        names = input_names(mode, int(self.controls["mix_images"].read()))
+        self.show_inputs()
+
+    def show_inputs(self) -> None:
+        """List the inputs the task offers with the mode, mix_images and depth_model the controls show."""
+        names = input_names(
+            self.controls["mode"].read(),
+            int(self.controls["mix_images"].read()),
+            self.controls["depth_model"].read().strip(),
+        )
         self.inputs_label.setText(
             ", ".join(f"{index}: {name}" for index, name in enumerate(names)) or "none: the prompt is enough"
         )

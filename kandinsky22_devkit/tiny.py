@@ -10,7 +10,8 @@ benchmarks load them through the same ``from_pretrained`` path as the real ``kan
 weights, down to the decoder scheduler's clipping of the predicted sample (``clip_sample``). ``FULL``
 overrides nothing: the published architectures, for the benchmarks, where speed and memory depend on
 the sizes, not on the weights. The MoVQ keeps four blocks, hence a scale factor of 8, so images round
-exactly as with the real models.
+exactly as with the real models. ``build_tiny_depth_model`` builds a tiny transformers depth-estimation model,
+for depth_model.
 """
 
 import json
@@ -27,6 +28,9 @@ from transformers import (
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
+    DepthAnythingConfig,
+    DepthAnythingForDepthEstimation,
+    Dinov2Config,
 )
 
 from .published import config_path, published_config, published_paths
@@ -223,3 +227,56 @@ def build_tiny_repos(folder: str | Path) -> TinyRepos:
     ):
         _write_repo(build_decoder_pipeline(TINY, repo), path, repo, TINY)
     return repos
+
+
+# Depth Anything's image processor (a DPT one), scaled down: 56 pixels, a multiple of the 14-pixel patches. Written
+# as JSON rather than saved from a class, as transformers 5.0.0 and 5.24 name their DPT processor classes apart
+# (DPTImageProcessor, DPTImageProcessorPil); both load this file.
+TINY_DEPTH_PROCESSOR = {
+    "image_processor_type": "DPTImageProcessor",
+    "do_resize": True,
+    "size": {"height": 56, "width": 56},
+    "keep_aspect_ratio": True,
+    "ensure_multiple_of": 14,
+    "resample": 3,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "do_pad": False,
+}
+
+
+def build_tiny_depth_model(folder: str | Path) -> Path:
+    """Build a tiny Depth Anything model with random (seeded) weights in ``folder``, as a transformers
+    depth-estimation repo: ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` at its root.
+
+    Two builds give the same model. transformers' ``pipeline("depth-estimation", model=folder)`` loads it, offline,
+    in transformers 5.0.0 and 5.24. Returns ``folder``.
+    """
+    folder = Path(folder)
+    torch.manual_seed(0)
+    backbone = Dinov2Config(
+        image_size=56,
+        patch_size=14,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        out_indices=[1, 2, 3, 4],
+        apply_layernorm=True,
+        reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=32,
+        reassemble_factors=[4, 2, 1, 0.5],
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
+    DepthAnythingForDepthEstimation(config).eval().save_pretrained(folder, safe_serialization=True)
+    (folder / "preprocessor_config.json").write_text(json.dumps(TINY_DEPTH_PROCESSOR, indent=2), encoding="utf-8")
+    return folder

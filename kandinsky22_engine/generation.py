@@ -3,8 +3,10 @@
 Each mode runs as diffusers' own pipelines run it (``KandinskyV22CombinedPipeline`` and its
 img2img and inpaint siblings, the prior then the ControlNet pipeline, the prior's ``interpolate``
 then the decoder), with one CPU generator made anew for every run, so a plugin image equals what
-diffusers returns for the same arguments and seed. Where the task departs from diffusers, it is to
-fix a diffusers bug, and the docstring of that step says which.
+diffusers returns for the same arguments and seed. A depth map estimated from a photo (depth_model)
+is made as diffusers' Kandinsky ControlNet guide makes it, with transformers' depth-estimation
+pipeline. Where the task departs from diffusers, it is to fix a diffusers bug, and the docstring of
+that step says which.
 """
 
 import gc
@@ -16,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import diffusers
@@ -24,12 +26,17 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
 from transformers import CLIPTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES
 
-from .hub import ModelLoadError, Source, first_line
+from .hub import TRANSFORMERS_INDEX, ModelLoadError, Source, first_line
+from .images import InputError, depth_hint
 from .models import (
+    DEPTH_ESTIMATOR,
     IMAGE_ENCODER,
     IMAGE_ENCODER_LOADER,
     MODEL_CACHE,
+    DepthEstimator,
+    DepthEstimatorLoader,
     ImageEncoder,
     ModelCache,
     ModelKey,
@@ -40,12 +47,15 @@ from .modes import (
     DECODER_ROLES,
     DEFAULT_DECODER,
     DEFAULT_PRIOR,
+    DEPTH_INPUT,
+    IMAGE_INPUT,
     MODES,
     NO_INPUTS,
     Callbacks,
     Inputs,
     Prepared,
     embedded_input_names,
+    estimates_depth,
 )
 from .parameters import MAX_RANDOM_SEED, RANDOM_SEED, Settings
 
@@ -108,13 +118,14 @@ class Generation:
 
 @dataclass(frozen=True)
 class Pipelines:
-    """The loaded stages of one run, the prior's models that visit the device only for the prior stage, and the
-    prior repo's image encoder when the run needs it."""
+    """The loaded stages of one run, the prior's models that visit the device only for the prior stage, the
+    prior repo's image encoder when the run needs it, and the depth estimator when it estimates its depth map."""
 
     prior: KandinskyV22PriorPipeline
     decoder: DiffusionPipeline
     prior_parking: Parking
     image_encoder: ImageEncoder | None = None
+    depth_estimator: DepthEstimator | None = None
 
 
 # CUDA graphs (compile_unet reduce-overhead) captured outside the main thread trip an assertion in torch
@@ -190,8 +201,9 @@ def needs_image_encoder(settings: Settings) -> bool:
 
 
 def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipelines:
-    """Load (or reuse) the decoder of the mode that ``settings`` ask for, the prior, and the image encoder if the
-    run needs it (``needs_image_encoder``).
+    """Load (or reuse) the decoder of the mode that ``settings`` ask for, the prior, the image encoder if the
+    run needs it (``needs_image_encoder``), and depth_model's depth estimator if the run estimates its depth map
+    (``modes.estimates_depth``).
 
     Every model that is not loaded yet is found and its configs read first, the decoder first: a wrong or
     missing model (a repo that cannot serve the mode, a misspelt prior, an image encoder not in an offline
@@ -206,11 +218,13 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
     Returns:
         ``Pipelines``: the prior and the mode's decoder, placed and in the runtime's dtype (float16 on CUDA,
         float32 on the CPU); the prior's models that visit the device for its stage only; the image encoder or
-        None. The prior's ``get_zero_embed`` is this run's encoder's (see the patch note below).
+        None; the depth estimator or None. The prior's ``get_zero_embed`` is this run's encoder's (see the
+        patch note below).
 
     Raises:
-        ModelLoadError: a model that cannot be found, fetched or loaded, or that cannot serve the mode; the
-            message names the parameter (``model_name`` or ``prior_model_name``) and the value. The roles
+        ModelLoadError: a model that cannot be found, fetched or loaded, or that cannot serve the mode (or, for
+            depth_model, is no depth-estimation model); the message names the parameter (``model_name``,
+            ``prior_model_name`` or ``depth_model``) and the value. The roles
             loaded before the failure stay usable, the failing one holds nothing.
         CompileFailed: the torch at hand cannot run the compile_unet asked for (see ``choose_runtime``).
     """
@@ -239,17 +253,19 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
         ]
         if needs_image_encoder(settings):
             wanted.append((IMAGE_ENCODER, prior_key, IMAGE_ENCODER_LOADER))
+        if estimates_depth(settings.mode, settings.depth_model):
+            wanted.append((DEPTH_ESTIMATOR, runtime.key(settings.depth_model), DepthEstimatorLoader(check_depth_model)))
         for role, key, loader in wanted:
             if not cache.holds(role, key):
                 loader.preflight(key)
-        decoder_pipeline, prior, *encoders = (cache.get(role, key, loader) for role, key, loader in wanted)
-        encoder = encoders[0] if encoders else None
+        loaded = {role: cache.get(role, key, loader) for role, key, loader in wanted}
+        decoder_pipeline, prior, encoder = loaded[decoder.role], loaded["prior"], loaded.get(IMAGE_ENCODER)
         # Patch of a diffusers internal (diffusers 0.40.0 to 0.42.1, tests/test_upstream.py): the prior's
         # __call__ asks self.get_zero_embed for the negative when there is no negative prompt, which would
         # need the image encoder inside the prior; this run's encoder answers it, or nothing does (a
         # reference to an earlier encoder would keep it in memory).
         prior.get_zero_embed = encoder.zero_embeds if encoder is not None else _no_zero_embedding
-        return Pipelines(prior, decoder_pipeline, cache.parking("prior"), encoder)
+        return Pipelines(prior, decoder_pipeline, cache.parking("prior"), encoder, loaded.get(DEPTH_ESTIMATOR))
 
 
 def _no_zero_embedding(batch_size: int = 1, device: object = None) -> torch.Tensor:
@@ -307,6 +323,35 @@ def check_decoder(mode: str) -> Callable[[Path, Source], None]:
     return check
 
 
+# The model types of transformers' depth-estimation models (those ``AutoModelForDepthEstimation`` loads).
+DEPTH_MODEL_TYPES = tuple(MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES)
+
+
+def check_depth_model(folder: Path, source: Source) -> None:
+    """A check for ``DepthEstimatorLoader``: refuse, from its configs, a repo that is not a transformers
+    depth-estimation model (``config.json`` of a type in ``DEPTH_MODEL_TYPES``) with its image processor
+    (``preprocessor_config.json``), which transformers' depth-estimation pipeline needs."""
+    config = _read_config(folder / TRANSFORMERS_INDEX)
+    model_type = (config or {}).get("model_type")
+    if model_type in DEPTH_MODEL_TYPES and (folder / "preprocessor_config.json").is_file():
+        return
+    index = _read_config(folder / "model_index.json")
+    if index is not None:
+        found = f"a diffusers {index.get('_class_name', 'pipeline')} repo"
+    elif config is None:
+        found = "a model without config.json at its root"
+    elif model_type not in DEPTH_MODEL_TYPES:
+        found = f"a transformers model of type {model_type!r}, which does not estimate depth"
+    else:
+        found = f"a {model_type} model without preprocessor_config.json (its image processor)"
+    raise ModelLoadError(
+        f"depth_model: {source.describe()} is not a transformers depth-estimation model: it is {found}; accepted: a "
+        f"depth-estimation model ({', '.join(DEPTH_MODEL_TYPES)}) with config.json, preprocessor_config.json and "
+        "safetensors weights at its root, such as depth-anything/Depth-Anything-V2-Small-hf, or depth_model empty "
+        f"to give a depth map (input '{DEPTH_INPUT}')."
+    )
+
+
 def check_prior(folder: Path, source: Source) -> None:
     """A check for ``load_pipeline``: refuse as prior a repo that has no prior transformer and text encoder."""
     index = _read_config(folder / "model_index.json")
@@ -338,10 +383,11 @@ def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
         ``Prepared``: for img2img and inpaint, ``image`` as height x width x 3 uint8 at the output size
         (scaled to cover it and centre-cropped, never stretched); for outpaint, ``image`` as the canvas of
         ``images.outpaint_canvas``; for inpaint and outpaint, ``mask`` as height x width float32, 1 where to
-        repaint; for controlnet_depth, ``hint`` as a (1, 3, height, width) tensor in 0..1
-        on the run's device and dtype; for mix, the images as PIL RGB images at their own size (CLIP's image
-        processor resizes them). ``notes`` say, for every input read, its size and what was done to it (the
-        run's metadata ``inputs``).
+        repaint; for the ControlNet modes, ``hint`` as a (1, 3, height, width) tensor in 0..1 on the run's device
+        and dtype, or with depth_model set, ``image`` (the photo, fitted) and no hint yet (``estimate_depth``
+        makes it once the models are loaded); for mix, the images as PIL RGB images at their own size (CLIP's
+        image processor resizes them). ``notes`` say, for every input read, its size and what was done to it
+        (the run's metadata ``inputs``).
 
     Raises:
         InputError: an input the mode needs is missing, empty or unusable (wrong shape or dtype, a mask that
@@ -380,7 +426,8 @@ def generate(
         spent loading and in each stage, and the diffusers and torch versions.
 
     Raises:
-        InputError: a missing or unusable input (before any model is loaded).
+        InputError: a missing or unusable input (before any model is loaded), or a depth map that depth_model
+            estimates uniform (``estimate_depth``).
         ModelLoadError: a model that cannot be found, fetched or loaded (see ``load_pipelines``).
         GenerationStopped: ``should_stop`` returned True; the message says after which step of which stage.
         GenerationOutOfMemory: the device ran out of memory; the message suggests a memory_mode, size or
@@ -400,6 +447,8 @@ def generate(
         pipelines = load_pipelines(settings, cache)
         _synchronize(runtime)
         loaded = time.perf_counter()
+        if pipelines.depth_estimator is not None:
+            prepared = estimate_depth(pipelines.depth_estimator, settings, prepared, runtime)
         truncated = _truncated_prompts(pipelines.prior.tokenizer, settings)
         generator = torch.Generator("cpu").manual_seed(seed)
         mode = MODES[settings.mode]
@@ -438,6 +487,41 @@ def generate(
         "torch": torch.__version__,
     }
     return Generation(images=tuple(to_uint8(image) for image in images), metadata=metadata)
+
+
+def estimate_depth(estimator: DepthEstimator, settings: Settings, prepared: Prepared, runtime: Runtime) -> Prepared:
+    """``prepared`` with the ControlNet hint estimated from its photo by depth_model, as diffusers' Kandinsky
+    ControlNet guide makes it (``make_hint``): the depth-estimation pipeline's ``depth`` (uint8, near bright,
+    stretched to 0..255 per image) over three channels, divided by 255 (``images.depth_hint``).
+
+    Args:
+        estimator: depth_model, loaded (``DepthEstimator``).
+        settings: checked settings (mode, depth_model, height, width).
+        prepared: what the mode's ``prepare`` made: ``image``, the photo at the output size (height x width x 3
+            uint8), and its note.
+        runtime: the device and dtype of the hint.
+
+    Returns:
+        A copy of ``prepared`` whose ``hint`` is (1, 3, height, width) in 0..1 on the run's device and dtype, and
+        whose image note says which model estimated the depth.
+
+    Raises:
+        InputError: naming depth_model, when the estimate is the same everywhere (no layout to follow).
+    """
+    name = f"{settings.mode} input '{IMAGE_INPUT}'"
+    try:
+        hint, _ = depth_hint(
+            estimator.estimate(prepared.image), name, settings.height, settings.width, runtime.device, runtime.dtype
+        )
+    except InputError as error:
+        # The estimate has the photo's size and uint8 values: being uniform is all that depth_hint can refuse.
+        raise InputError(
+            f"depth_model: {settings.depth_model!r} estimated the same depth everywhere in {name}: there is no layout "
+            f"for ControlNet to follow; accepted: a photo whose depth the model can tell apart, or a depth map "
+            f"(input '{DEPTH_INPUT}') with depth_model empty."
+        ) from error
+    note = f"{prepared.notes[IMAGE_INPUT]}; depth estimated by {settings.depth_model}"
+    return replace(prepared, hint=hint, notes={**prepared.notes, IMAGE_INPUT: note})
 
 
 def _input_notes(settings: Settings, prepared: Prepared, prior: KandinskyV22PriorPipeline) -> dict[str, str]:

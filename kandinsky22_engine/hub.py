@@ -2,9 +2,11 @@
 
 A model name is a local folder or a hub id, ``owner/name``, optionally at a revision: ``owner/name@revision``
 (a branch, a tag, ``refs/pr/N`` or a commit). A known repo whose default branch cannot serve the task loads
-at a pinned revision (``PINNED_REVISIONS``). From the hub, the task fetches only the files a run loads: the
-configs and safetensors weights of the components asked for, never ``.bin`` pickles, variant files (such as
-``*.fp16.safetensors``) or other folders. A repo already in the local Hugging Face cache loads without
+at a pinned revision (``PINNED_REVISIONS``). A repo is a diffusers repo (``model_index.json`` and a folder per
+component) or a transformers model, whose files lie at its root (``ROOT``, a component of its own, with
+``config.json`` in place of ``model_index.json``). From the hub, the task fetches only the files a run loads:
+the configs and safetensors weights of the components asked for, never ``.bin`` pickles, variant files (such
+as ``*.fp16.safetensors``) or other folders. A repo already in the local Hugging Face cache loads without
 touching the network. Before a download starts, the log says what will be fetched and how large it is, and
 it shows the download's progress while it runs.
 """
@@ -46,6 +48,10 @@ _SHORT_COMMIT = re.compile(r"[0-9a-f]{7,39}")
 _CONNECTION_ERRORS = ("NetworkError", "TimeoutException", "LocalEntryNotFoundError")
 # Reads a repo's configs (in the folder) before its weights are fetched or loaded, and raises to refuse it.
 Check = Callable[[Path, "Source"], None]
+# The component that is a repo's root folder: a transformers model's files (config.json, model.safetensors).
+ROOT = ""
+DIFFUSERS_INDEX = "model_index.json"
+TRANSFORMERS_INDEX = "config.json"
 
 
 def no_check(folder: Path, source: "Source") -> None:
@@ -113,21 +119,38 @@ def parse_model_name(model_name: str, parameter_name: str) -> Source:
 
 def needed_files(paths: Iterable[str], components: Iterable[str]) -> list[str]:
     """The files of a repo that loading ``components`` reads: ``model_index.json``, and in each component's
-    folder its configs and tokenizer files (``*.json``, ``*.txt``) and its safetensors weights without variant.
+    folder (the root for ``ROOT``) its configs and tokenizer files (``*.json``, ``*.txt``) and its safetensors
+    weights without variant.
 
     ``paths`` are the repo's files, relative to its root. Pickles, variants and other folders are left out.
     """
     wanted = set(components)
     chosen = []
     for path in paths:
-        folder, _, name = path.partition("/")
-        if path == "model_index.json":
+        folder, _, name = path.rpartition("/")
+        if path == DIFFUSERS_INDEX:
             chosen.append(path)
-        elif folder in wanted and name and "/" not in name:
+        elif folder in wanted:
             is_config = name.endswith((".json", ".txt")) and ".safetensors" not in name and ".bin" not in name
             if is_config or _WEIGHTS.fullmatch(name):
                 chosen.append(path)
     return sorted(chosen)
+
+
+def _in_component(component: str, name: str) -> str:
+    """The path in a repo of the file ``name`` of ``component`` (of the root for ``ROOT``)."""
+    return f"{component}/{name}" if component != ROOT else name
+
+
+def _shown(component: str) -> str:
+    """A component as messages name it: its folder, or the root's config for ``ROOT``."""
+    return f"{component}/" if component != ROOT else TRANSFORMERS_INDEX
+
+
+def _index_file(components: Sequence[str]) -> str:
+    """The file that tells what a repo is, and whose presence in the cache marks it as there: a transformers
+    model's ``config.json`` when its root is what is loaded, a diffusers repo's ``model_index.json`` otherwise."""
+    return TRANSFORMERS_INDEX if ROOT in components else DIFFUSERS_INDEX
 
 
 def is_weights(path: str) -> bool:
@@ -143,7 +166,8 @@ def fetch(
     *,
     weights: bool = True,
 ) -> Path:
-    """A folder holding ``model_index.json`` and, for each of ``components``, its configs and safetensors weights.
+    """A folder holding the repo's index (``model_index.json``, or a transformers model's ``config.json`` when
+    ``components`` is ``ROOT``) and, for each of ``components``, its configs and safetensors weights.
 
     A local folder is used as it is. A hub repo is taken from the local Hugging Face cache when every
     component is there, without the network; otherwise, unless ``HF_HUB_OFFLINE`` is set, its configs are
@@ -155,11 +179,14 @@ def fetch(
     """
     if source.folder is not None:
         if not source.folder.is_dir():
-            raise ModelLoadError(f"{parameter_name}: folder {source.name!r} not found.")
+            raise ModelLoadError(
+                f"{parameter_name}: folder {source.name!r} not found; accepted: an existing folder or a Hugging Face "
+                "hub id (owner/name, or owner/name@revision)."
+            )
         check(source.folder, source)
         _refuse_pickles(_paths_in(source.folder, components), components, parameter_name, source)
         return source.folder
-    cached = snapshot_folder(source)
+    cached = snapshot_folder(source, _index_file(components))
     if cached is not None:
         check(cached, source)
         missing = _missing(cached, components)
@@ -167,7 +194,7 @@ def fetch(
             return cached
         _refuse_pickles(_paths_in(cached, components), components, parameter_name, source)
     else:
-        missing = [f"{component}/" for component in components]
+        missing = [_shown(component) for component in components]
     if hub_constants.HF_HUB_OFFLINE:
         raise ModelLoadError(
             f"{parameter_name}: {source.describe()} is not (fully) in the local Hugging Face cache "
@@ -177,9 +204,10 @@ def fetch(
     return _download(source, parameter_name, components, check, weights)
 
 
-def snapshot_folder(source: Source) -> Path | None:
-    """The folder of ``source``'s revision in the local Hugging Face cache, if its ``model_index.json`` is there."""
-    path = try_to_load_from_cache(source.repo_id, "model_index.json", revision=source.revision)
+def snapshot_folder(source: Source, index: str = DIFFUSERS_INDEX) -> Path | None:
+    """The folder of ``source``'s revision in the local Hugging Face cache, if its ``index`` file is there
+    (``_index_file``)."""
+    path = try_to_load_from_cache(source.repo_id, index, revision=source.revision)
     return Path(path).parent if isinstance(path, str) else None
 
 
@@ -190,9 +218,9 @@ def _missing(folder: Path, components: Sequence[str]) -> list[str]:
     for component in components:
         inside = _inside(paths, component)
         if not inside:
-            missing.append(f"{component}/")
-        elif f"{component}/config.json" in inside and not any(is_weights(path) for path in inside):
-            missing.append(f"{component}/ safetensors weights")
+            missing.append(_shown(component))
+        elif _in_component(component, "config.json") in inside and not any(is_weights(path) for path in inside):
+            missing.append(f"{component}/ safetensors weights" if component != ROOT else "safetensors weights")
     return missing
 
 
@@ -214,12 +242,13 @@ def _refuse_pickles(paths: Iterable[str], components: Sequence[str], parameter_n
 
 
 def _paths_in(folder: Path, components: Sequence[str]) -> list[str]:
-    """The files of ``components``' folders in a local repo, as paths relative to its root."""
+    """The files of ``components``' folders (the root for ``ROOT``) in a local repo, as paths relative to its root."""
     return [
-        f"{component}/{path.name}"
+        _in_component(component, path.name)
         for component in components
         if (folder / component).is_dir()
         for path in (folder / component).iterdir()
+        if path.is_file()
     ]
 
 
@@ -292,7 +321,7 @@ def _refuse_incomplete(
 ) -> None:
     """Refuse a repo (``sizes``: its files, ``files``: those the task would fetch) that lacks a component the
     task loads, or whose weights for one are pickles or variant files only."""
-    absent = [f"{name}/" for name in components if not any(path.startswith(f"{name}/") for path in files)]
+    absent = [_shown(name) for name in components if not _inside(files, name)]
     if absent:
         raise ModelLoadError(
             f"{parameter_name}: {source.describe()} has no {', '.join(absent)}, which the task loads; accepted: a "
@@ -301,11 +330,12 @@ def _refuse_incomplete(
     _refuse_pickles(sizes, components, parameter_name, source)
     for component in components:
         inside = _inside(sizes, component)
-        if f"{component}/config.json" in sizes and not any(is_weights(path) for path in inside):
+        if _in_component(component, "config.json") in sizes and not any(is_weights(path) for path in inside):
             variants = sorted(path for path in inside if path.endswith(".safetensors"))
             only = f" (only {', '.join(variants)}: variant files, which the task does not load)" if variants else ""
+            where = f"in {component}/" if component != ROOT else "at its root"
             raise ModelLoadError(
-                f"{parameter_name}: {source.describe()} has no safetensors weights in {component}/{only}; accepted: "
+                f"{parameter_name}: {source.describe()} has no safetensors weights {where}{only}; accepted: "
                 "a repo with weights named diffusion_pytorch_model.safetensors or model.safetensors (or shards)."
             )
 

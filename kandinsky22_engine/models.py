@@ -1,7 +1,8 @@
 """Loading Kandinsky 2.2 models once per process and sharing them.
 
 Every task instance of a process uses ``MODEL_CACHE``. It keeps one model per role (the prior, the prior
-repo's CLIP image encoder, and the decoders of text2img, inpaint and ControlNet) keyed by model name,
+repo's CLIP image encoder, the decoders of text2img, inpaint and ControlNet, and the depth estimator of
+depth_model) keyed by model name,
 device and dtype: asking again for the same key loads nothing, and changing one of them replaces only that
 role's model. A pipeline set aside waits in CPU memory and comes back to the device when asked for. Studio
 runs tasks in worker threads, so the cache is guarded by a lock, which generation also holds while it uses
@@ -18,18 +19,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from accelerate import cpu_offload
 from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
-from transformers import CLIPVisionModelWithProjection
+from PIL import Image
+from transformers import CLIPVisionModelWithProjection, DepthEstimationPipeline, pipeline
 
-from .hub import Check, ModelLoadError, fetch, first_line, no_check, parse_model_name
+from .hub import ROOT, Check, ModelLoadError, fetch, first_line, no_check, parse_model_name
 
 logger = logging.getLogger(__name__)
 # The models of a prior pipeline that each memory mode parks (see ``Parking``). The CLIP image encoder is not
 # part of the loaded prior pipeline: ``ImageEncoder`` holds it, loaded only when a run needs it.
 PARKED_PRIOR_MODELS = {"prior_offload": ("text_encoder", "prior")}
 IMAGE_ENCODER = "image_encoder"
+DEPTH_ESTIMATOR = "depth_estimator"
 
 
 class Loader(Protocol):
@@ -196,13 +200,14 @@ class ModelCache:
 
         Args:
             role: the cache slot: "prior", a decoder's role ("decoder", "inpaint_decoder",
-                "controlnet_decoder") or "image_encoder".
+                "controlnet_decoder"), "image_encoder" or "depth_estimator".
             key: what the model must be: repo, device, dtype, memory mode, compile mode.
-            load: a ``PipelineLoader`` or ``IMAGE_ENCODER_LOADER``; called with ``key``, it returns the model
-                placed as ``key`` says and what it keeps parked.
+            load: a ``PipelineLoader``, ``IMAGE_ENCODER_LOADER`` or ``DepthEstimatorLoader``; called with ``key``,
+                it returns the model placed as ``key`` says and what it keeps parked.
 
         Returns:
-            The cached model (a diffusers pipeline, or an ``ImageEncoder``), brought back to the device first
+            The cached model (a diffusers pipeline, an ``ImageEncoder`` or a ``DepthEstimator``), brought back to
+            the device first
             if it was set aside. ``load_counts[role]`` counts the loads.
 
         Raises:
@@ -414,6 +419,69 @@ class ImageEncoder:
             size = self.model.config.image_size
             self._zero_embedding = self.embed(torch.zeros(1, 3, size, size))
         return self._zero_embedding.repeat(batch_size, 1).to(device or self._zero_embedding.device)
+
+
+@dataclass(frozen=True)
+class DepthEstimatorLoader:
+    """A ``Loader`` of the transformers depth-estimation model that depth_model names, as a ``DepthEstimator``.
+
+    A transformers model repo has its files at its root (``hub.ROOT``): ``config.json``,
+    ``preprocessor_config.json`` and safetensors weights; pickles are refused (``hub.fetch``).
+    """
+
+    check: Check = no_check
+
+    def preflight(self, key: ModelKey) -> None:
+        """Find the model and read its configs, fetching only them; refuse a missing one, or one that ``check``
+        refuses."""
+        fetch(parse_model_name(key.model_name, "depth_model"), "depth_model", (ROOT,), self.check, weights=False)
+
+    def __call__(self, key: ModelKey) -> tuple["DepthEstimator", Parking]:
+        source = parse_model_name(key.model_name, "depth_model")
+        folder = fetch(source, "depth_model", (ROOT,), self.check)
+        try:
+            # The pipeline diffusers' Kandinsky ControlNet guide uses: it picks the model and image processor
+            # classes from the folder's configs, whichever transformers release is installed.
+            estimator = pipeline(
+                "depth-estimation",
+                model=str(folder),
+                dtype=key.dtype,
+                device=key.device,
+                model_kwargs={"use_safetensors": True},
+            )
+        except Exception as error:
+            raise ModelLoadError(
+                f"depth_model: {source.describe()} is not a usable depth-estimation model (broken or incomplete): "
+                f"{first_line(error)}"
+            ) from error
+        depth_estimator = DepthEstimator(estimator, key)
+        return depth_estimator, depth_estimator.parking
+
+
+class DepthEstimator:
+    """A transformers depth-estimation pipeline, loaded once per process, that estimates a photo's depth map.
+
+    Under the memory modes that save GPU memory (prior_offload, model_offload, sequential_offload) its model
+    waits in CPU memory and visits the device only while it estimates (``Parking``), as the image encoder
+    does; under gpu it stays on the device, and on the CPU there is nothing to park.
+    """
+
+    def __init__(self, estimator: DepthEstimationPipeline, key: ModelKey) -> None:
+        self.estimator = estimator
+        # The pipeline placed the model on the device, where it runs; parking moves it to CPU memory until then.
+        parked = key.memory_mode not in ("gpu", "none")
+        self.parking = Parking({DEPTH_ESTIMATOR: estimator.model} if parked else None, key.device)
+
+    def estimate(self, photo: np.ndarray) -> np.ndarray:
+        """The depth map of ``photo`` (height x width x 3 RGB uint8): height x width uint8, near bright.
+
+        It is the pipeline's ``depth`` output: its ``predicted_depth`` scaled back to the photo's size and
+        stretched from its minimum (0) to its maximum (255), per image, by transformers (identically in
+        transformers 5.0.0 and 5.24). A uniform prediction gives a uniform map, which ``generation`` refuses.
+        """
+        # A uniform prediction makes that stretch divide 0 by 0: numpy's warnings would say less than the refusal.
+        with self.parking.visit(DEPTH_ESTIMATOR), np.errstate(invalid="ignore"):
+            return np.asarray(self.estimator(Image.fromarray(photo))["depth"])
 
 
 def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:

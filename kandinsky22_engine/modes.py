@@ -122,8 +122,9 @@ class Prepared:
     """A run's inputs at the output size, ready for the pipelines, and notes on what was done to them.
 
     ``image``: height x width x 3 uint8 (outpaint: the canvas). ``mask``: height x width float32, 1 where to
-    repaint (inpaint, outpaint). ``hint``: the
-    ControlNet hint, (1, 3, height, width) in 0..1 on the run's device and dtype. ``mix_images``: PIL images
+    repaint (inpaint, outpaint). ``hint``: the ControlNet hint, (1, 3, height, width) in 0..1 on the run's device
+    and dtype (None while a depth_model has yet to estimate it from ``image``, see
+    ``generation.estimate_depth``). ``mix_images``: PIL images
     at their own size. ``notes``: for every input read, its size and what was done to it.
     """
 
@@ -468,7 +469,20 @@ def _prepare_outpaint(settings: Settings, inputs: Inputs, prepared: Prepared, ru
 
 
 def _prepare_depth(settings: Settings, inputs: Inputs, prepared: Prepared, runtime: Runtime) -> None:
-    """The depth map as the ControlNet hint (``images.depth_hint``)."""
+    """The depth map as the ControlNet hint (``images.depth_hint``); with depth_model set, the photo instead, fitted
+    to the output size (``_fit_image``), whose depth ``generation.estimate_depth`` estimates once the models are
+    loaded (``hint`` stays None until then).
+
+    Raises ``InputError`` for a depth map given beside depth_model: it would not be read."""
+    if estimates_depth(settings.mode, settings.depth_model):
+        if inputs.depth is not None:
+            raise InputError(
+                f"{settings.mode} input '{DEPTH_INPUT}': a depth map was given, but depth_model "
+                f"({settings.depth_model!r}) estimates the depth from input '{IMAGE_INPUT}'; accepted: a depth map "
+                "with depth_model empty, or a photo (input 'image') with depth_model set."
+            )
+        _fit_image(settings, inputs, prepared)
+        return
     prepared.hint, prepared.notes[DEPTH_INPUT] = depth_hint(
         inputs.depth,
         f"{settings.mode} input '{DEPTH_INPUT}'",
@@ -480,8 +494,10 @@ def _prepare_depth(settings: Settings, inputs: Inputs, prepared: Prepared, runti
 
 
 def _prepare_image_and_depth(settings: Settings, inputs: Inputs, prepared: Prepared, runtime: Runtime) -> None:
-    """The input image fitted as in img2img, and the depth map as the ControlNet hint."""
-    _fit_image(settings, inputs, prepared)
+    """The input image fitted as in img2img, and the depth map as the ControlNet hint; with depth_model set, the
+    depth is estimated from that image once the models are loaded (``_prepare_depth``)."""
+    if not estimates_depth(settings.mode, settings.depth_model):
+        _fit_image(settings, inputs, prepared)
     _prepare_depth(settings, inputs, prepared, runtime)
 
 
@@ -670,6 +686,7 @@ MODES: dict[str, Mode] = {
             "follow the layout of a depth map",
             CONTROLNET_DECODER,
             (DEPTH_INPUT,),
+            parameters=("depth_model",),
             prepare=_prepare_depth,
             decode=_decode_controlnet,
         ),
@@ -678,7 +695,7 @@ MODES: dict[str, Mode] = {
             "transform an input image while following the layout of a depth map",
             CONTROLNET_DECODER,
             (IMAGE_INPUT, DEPTH_INPUT),
-            parameters=("strength", "prior_strength"),
+            parameters=("strength", "prior_strength", "depth_model"),
             check=_check_strengths,
             prepare=_prepare_image_and_depth,
             prior=emb2emb_prior,
@@ -705,9 +722,22 @@ MODES: dict[str, Mode] = {
 DECODER_ROLES = tuple(dict.fromkeys(mode.decoder.role for mode in MODES.values()))
 
 
-def input_names(mode: str, mix_images: int = 2) -> tuple[str, ...]:
-    """The names of the inputs the task offers in ``mode``, in order (mix offers ``mix_images`` images)."""
-    return _expand(MODES[mode].inputs, mix_images)
+def estimates_depth(mode: str, depth_model: str) -> bool:
+    """Whether a run in ``mode`` estimates its depth map from a photo: depth_model is set and the mode reads a
+    depth map (``DEPTH_INPUT``)."""
+    return bool(depth_model) and DEPTH_INPUT in MODES[mode].inputs
+
+
+def input_names(mode: str, mix_images: int = 2, depth_model: str = "") -> tuple[str, ...]:
+    """The names of the inputs the task offers in ``mode``, in order (mix offers ``mix_images`` images).
+
+    With ``depth_model`` set, a mode's depth map input gives way to the photo its depth is estimated from: the image
+    input takes its place, or it is dropped when the mode reads the image already.
+    """
+    names = _expand(MODES[mode].inputs, mix_images)
+    if estimates_depth(mode, depth_model):
+        names = tuple(dict.fromkeys(IMAGE_INPUT if name == DEPTH_INPUT else name for name in names))
+    return names
 
 
 def embedded_input_names(mode: str, mix_images: int = 2) -> tuple[str, ...]:

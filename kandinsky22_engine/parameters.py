@@ -215,6 +215,17 @@ class Settings:
         suggestions=KNOWN_PRIORS,
         accepts_folder=True,
     )
+    depth_model: str = _setting(
+        "",
+        label="Depth model",
+        group="Models",
+        help=(
+            "A transformers depth-estimation model (hub id owner/name, or owner/name@revision, or local folder; "
+            "safetensors weights) that estimates the depth map from a photo, given in place of the depth map. "
+            "Empty: the input is a depth map already."
+        ),
+        accepts_folder=True,
+    )
     prompt: str = _setting(
         "portrait of a young women, blue eyes, cinematic",
         label="Prompt",

@@ -30,6 +30,7 @@ from kandinsky22_engine.modes import (  # noqa: E402
     MIX_INPUTS,
     MODES,
     PINNED_REVISIONS,
+    input_names,
 )
 from kandinsky22_engine.parameters import PARAMETERS, Parameter, markdown_table  # noqa: E402
 
@@ -191,7 +192,11 @@ def modes_table() -> str:
         decoder = f"the {first_user[repo]} decoder, shared" if repo in first_user else f"`{repo}`"
         first_user.setdefault(repo, name)
         own = ", ".join(f"`{parameter}`" for parameter in mode.parameters) or "none"
-        rows.append(f"| `{name}` | {mode.help} | {_inputs_cell(mode.inputs)} | {decoder} | {own} |")
+        inputs = _inputs_cell(mode.inputs)
+        if "depth_model" in mode.parameters:
+            estimating = input_names(name, depth_model="set")
+            inputs += f"; with `depth_model` set, {_inputs_cell(estimating)} (the photo)"
+        rows.append(f"| `{name}` | {mode.help} | {inputs} | {decoder} | {own} |")
     return "\n".join(rows)
 
 

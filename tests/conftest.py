@@ -30,7 +30,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 use_ikomia_home(SESSION_FOLDER / "home")
 sys.path.insert(0, str(SESSION_FOLDER / "home" / "Ikomia" / "Plugins" / "Python"))
 
-from infer_kandinsky_2_2.kandinsky22_devkit.tiny import TinyRepos, build_tiny_repos  # noqa: E402
+from infer_kandinsky_2_2.kandinsky22_devkit.tiny import TinyRepos, build_tiny_depth_model, build_tiny_repos  # noqa: E402
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache  # noqa: E402
 
 # Small, non-square and fast, on the CPU: the tiny models need few steps to exercise every stage.
@@ -51,6 +51,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def tiny_repos() -> TinyRepos:
     return build_tiny_repos(SESSION_FOLDER / "models")
+
+
+@pytest.fixture(scope="session")
+def tiny_depth_model() -> Path:
+    """A tiny random-weight transformers depth-estimation model (Depth Anything), for depth_model."""
+    return build_tiny_depth_model(SESSION_FOLDER / "models" / "tiny-depth-anything")
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import (
     HEIGHT,
@@ -150,3 +151,23 @@ def test_a_missing_input_is_named(strings, sources, message):
     workflow, _ = workflow_with(strings, sources)
     with pytest.raises(RuntimeError, match=re.escape(message)):
         workflow.run()
+
+
+def test_with_depth_model_the_depth_map_is_estimated_from_the_image_itself(strings, tiny_depth_model):
+    from transformers import pipeline
+
+    parameters = {**strings, "depth_model": str(tiny_depth_model), "strength": "1.0"}
+    workflow, task = workflow_with(parameters, {0: IMAGE})
+    assert task.get_input_count() == 1
+    try:
+        workflow.run()
+    finally:
+        # The other test files expect the tasks' cache without a depth estimator.
+        model_cache(task).release("depth_estimator")
+    # diffusers' guide: the depth-estimation pipeline's "depth" picture of the image, then make_hint.
+    depth = np.array(pipeline("depth-estimation", model=str(tiny_depth_model))(Image.fromarray(IMAGE))["depth"])
+    settings = Settings.from_strings(parameters)
+    reference = controlnet_img2img_reference(settings, settings.seed, IMAGE, depth)[0]
+    assert max_difference(task.get_output(0).get_image(), reference) <= 1
+    note = task.get_output(1).data["inputs"]["image"]
+    assert note.startswith(f"128x64, used as it is; depth estimated by {tiny_depth_model}")

@@ -193,7 +193,10 @@ def test_a_missing_folder_is_named(settings, cache, tmp_path):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(ModelLoadError) as refused:
         generate(replace(settings, prior_model_name=missing), cache=cache)
-    assert str(refused.value) == f"prior_model_name: folder {missing!r} not found."
+    assert str(refused.value) == (
+        f"prior_model_name: folder {missing!r} not found; accepted: an existing folder or a Hugging Face hub id "
+        "(owner/name, or owner/name@revision)."
+    )
     assert "prior" not in cache.loaded_keys()
 
 

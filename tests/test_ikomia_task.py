@@ -126,7 +126,7 @@ def test_a_bad_value_is_refused_before_any_model_work_and_nothing_is_lost(tiny_s
 
 def test_a_model_that_cannot_load_names_its_parameter(tiny_strings, tmp_path):
     workflow, _task = workflow_with({**tiny_strings, "prior_model_name": str(tmp_path / "absent")})
-    with pytest.raises(RuntimeError, match=re.escape(f"prior_model_name: folder '{tmp_path / 'absent'}' not found.")):
+    with pytest.raises(RuntimeError, match=re.escape(f"prior_model_name: folder '{tmp_path / 'absent'}' not found;")):
         workflow.run()
 
 

@@ -24,6 +24,7 @@ def test_names_and_defaults_are_those_of_the_specification():
         "mode": "text2img",
         "model_name": "kandinsky-community/kandinsky-2-2-decoder",
         "prior_model_name": "kandinsky-community/kandinsky-2-2-prior",
+        "depth_model": "",
         "prompt": "portrait of a young women, blue eyes, cinematic",
         "negative_prompt": "low quality, bad quality",
         "negative_prior_prompt": "",
@@ -62,6 +63,7 @@ def test_every_value_survives_a_round_trip_through_strings():
     settings = Settings(
         model_name="/models/decoder",
         prior_model_name="me/prior",
+        depth_model="depth-anything/Depth-Anything-V2-Small-hf@main",
         prompt="a red cat",
         negative_prompt="",
         prior_num_inference_steps=2,

@@ -26,6 +26,7 @@ NON_DEFAULT = {
     "mode": "mix",
     "model_name": "/models/my-decoder",
     "prior_model_name": "kandinsky-community/kandinsky-2-2-prior",
+    "depth_model": "/models/my-depth-model",
     "prompt": "a red cat\non a blue chair",
     "negative_prompt": "",
     "negative_prior_prompt": "ugly\ndeformed",
@@ -130,6 +131,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     widgets = {name: widget.controls[name].widget for name in widget.controls}
     inner(widget, "model_name", QtWidgets.QComboBox).setCurrentText("/models/my-decoder")
     inner(widget, "prior_model_name", QtWidgets.QComboBox).setCurrentText("someone/prior")
+    inner(widget, "depth_model", QtWidgets.QLineEdit).setText("someone/depth")
     widgets["prompt"].setPlainText("a red cat\non a blue chair")
     widgets["negative_prompt"].setPlainText("")
     widgets["negative_prior_prompt"].setPlainText("ugly")
@@ -164,6 +166,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "mode": "img2img",
         "model_name": "/models/my-decoder",
         "prior_model_name": "someone/prior",
+        "depth_model": "someone/depth",
         "prompt": "a red cat\non a blue chair",
         "negative_prompt": "",
         "negative_prior_prompt": "ugly",
@@ -281,8 +284,8 @@ OUTPAINT_ONLY = ("outpaint_top", "outpaint_bottom", "outpaint_left", "outpaint_r
         ("img2img", {"strength"}, "0: image"),
         ("inpaint", {"mask_mode", "paste_back"}, "0: image, 1: mask drawing, 2: mask"),
         ("outpaint", {"paste_back", *OUTPAINT_ONLY}, "0: image"),
-        ("controlnet_depth", set(), "0: depth map"),
-        ("controlnet_img2img", {"strength", "prior_strength"}, "0: image, 1: depth map"),
+        ("controlnet_depth", {"depth_model"}, "0: depth map"),
+        ("controlnet_img2img", {"strength", "prior_strength", "depth_model"}, "0: image, 1: depth map"),
         ("mix", {"mix_images", "mix_weights"}, "0: image 1, 1: image 2"),
     ],
 )
@@ -294,6 +297,7 @@ def test_the_mode_selector_shows_only_the_controls_and_inputs_of_the_mode(plugin
         "prior_strength",
         "mix_images",
         "mix_weights",
+        "depth_model",
         "mask_mode",
         "paste_back",
         *OUTPAINT_ONLY,
@@ -319,6 +323,20 @@ def test_the_listed_mix_inputs_follow_mix_images(plugin):
     assert widget.inputs_label.text() == "0: image 1, 1: image 2, 2: image 3"
     widget.controls["mix_images"].widget.setValue(4)
     assert widget.inputs_label.text().endswith("3: image 4")
+
+
+def test_the_listed_inputs_follow_depth_model_which_takes_a_folder(plugin, monkeypatch):
+    _, widget = open_widget(plugin, {"mode": "controlnet_depth"})
+    depth_model = inner(widget, "depth_model", QtWidgets.QLineEdit)
+    assert widget.inputs_label.text() == "0: depth map"
+    depth_model.setText("someone/depth")
+    assert widget.inputs_label.text() == "0: image"
+    depth_model.setText(" ")
+    assert widget.inputs_label.text() == "0: depth map"
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getExistingDirectory", lambda *arguments: "/models/depth")
+    inner(widget, "depth_model", QtWidgets.QToolButton).click()
+    assert widget.control_values()["depth_model"] == "/models/depth"
+    assert widget.inputs_label.text() == "0: image"
 
 
 def items(combo) -> list[str]:
