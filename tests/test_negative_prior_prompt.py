@@ -79,3 +79,17 @@ def test_a_long_negative_prior_prompt_is_cut_and_the_metadata_says_so(tiny_strin
     truncated = task.get_output(1).data["truncated"]
     assert set(truncated) == {"negative_prior_prompt"}
     assert truncated["negative_prior_prompt"].strip().endswith("grey dog")
+
+
+def test_the_image_encoder_is_loaded_only_when_the_negative_prompt_is_empty(tiny_strings):
+    # The authors' prior run on the negative prompt asks diffusers for a zero-image embedding it then discards.
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import generate
+    from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
+
+    for negative_prompt, encoder_loads in (("blurry", 0), ("", 1)):
+        cache = ModelCache()
+        settings = Settings.from_strings(
+            {**tiny_strings, "negative_prompt": negative_prompt, "negative_prior_prompt": "ugly"}
+        )
+        generate(settings, cache=cache)
+        assert cache.load_counts["image_encoder"] == encoder_loads
