@@ -150,38 +150,39 @@ def _all_steps(settings: Settings) -> int:
 def strength_steps(settings: Settings) -> int:
     """The decoder steps an image-to-image run makes: diffusers skips the first (1 - strength) of the schedule
     (``get_timesteps`` of its img2img pipelines)."""
-    return min(int(settings.num_inference_steps * settings.strength), settings.num_inference_steps)
-
-
-def _check_strength(settings: Settings) -> None:
-    if strength_steps(settings) < 1:
-        from .parameters import SettingsError
-
-        raise SettingsError(
-            f"strength: received '{settings.strength}' with num_inference_steps {settings.num_inference_steps}; "
-            f"accepted: a strength that leaves {settings.mode} at least one decoder step "
-            "(num_inference_steps x strength >= 1)."
-        )
+    return _steps_at(settings.num_inference_steps, settings.strength)
 
 
 def prior_strength_steps(settings: Settings) -> int:
     """The prior steps of the image-to-embedding run: ``KandinskyV22PriorEmb2EmbPipeline`` skips the first
     (1 - strength) of the prior's schedule, as diffusers' img2img pipelines skip the decoder's."""
-    steps = settings.prior_num_inference_steps
-    return min(int(steps * settings.prior_strength), steps)
+    return _steps_at(settings.prior_num_inference_steps, settings.prior_strength)
+
+
+def _steps_at(steps: int, strength: float) -> int:
+    return min(int(steps * strength), steps)
+
+
+def _refuse_no_step(settings: Settings, strength: str, steps: str, stage: str) -> None:
+    """Refuse a ``strength`` that leaves no step of ``stage``'s ``steps``: diffusers would then fail in the
+    decoder, and return no embedding at all, without an error, in the prior."""
+    from .parameters import SettingsError
+
+    if _steps_at(getattr(settings, steps), getattr(settings, strength)) < 1:
+        raise SettingsError(
+            f"{strength}: received '{getattr(settings, strength)}' with {steps} {getattr(settings, steps)}; "
+            f"accepted: a {strength} that leaves {settings.mode} at least one {stage} step ({steps} x {strength} "
+            ">= 1)."
+        )
+
+
+def _check_strength(settings: Settings) -> None:
+    _refuse_no_step(settings, "strength", "num_inference_steps", "decoder")
 
 
 def _check_strengths(settings: Settings) -> None:
     _check_strength(settings)
-    if prior_strength_steps(settings) < 1:
-        from .parameters import SettingsError
-
-        # diffusers returns no embedding at all then, without an error.
-        raise SettingsError(
-            f"prior_strength: received '{settings.prior_strength}' with prior_num_inference_steps "
-            f"{settings.prior_num_inference_steps}; accepted: a prior_strength that leaves {settings.mode} at least "
-            "one prior step (prior_num_inference_steps x prior_strength >= 1)."
-        )
+    _refuse_no_step(settings, "prior_strength", "prior_num_inference_steps", "prior")
 
 
 def _check_mix(settings: Settings) -> None:
@@ -213,6 +214,19 @@ def _check_outpaint(settings: Settings) -> None:
         raise SettingsError("\n".join(problems))
 
 
+def _prior_arguments(settings: Settings, generator: torch.Generator) -> dict:
+    """The arguments every prior run of a generation shares: the batch, steps, guidance and generator, and the
+    embeddings returned as tensors, (image, negative)."""
+    return {
+        "num_images_per_prompt": settings.num_images,
+        "num_inference_steps": settings.prior_num_inference_steps,
+        "guidance_scale": settings.prior_guidance_scale,
+        "generator": generator,
+        "output_type": "pt",
+        "return_dict": False,
+    }
+
+
 def _text_prior_runs(settings: Settings) -> tuple[int, ...]:
     return (settings.prior_num_inference_steps,) * (2 if settings.negative_prior_prompt else 1)
 
@@ -229,14 +243,7 @@ def text_prior(
     run is guided away from ``negative_prior_prompt``, and a second run, on the negative prompt alone, gives
     the negative embedding (the zero-image embedding when the negative prompt is empty).
     """
-    arguments = {
-        "num_images_per_prompt": settings.num_images,
-        "num_inference_steps": settings.prior_num_inference_steps,
-        "guidance_scale": settings.prior_guidance_scale,
-        "generator": generator,
-        "output_type": "pt",
-        "return_dict": False,
-    }
+    arguments = _prior_arguments(settings, generator)
     if not settings.negative_prior_prompt:
         return pipelines.prior(
             prompt=settings.prompt,
@@ -309,14 +316,7 @@ def mix_prior(
     """
     prior = pipelines.prior
     items: list[Image.Image | str] = [*prepared.mix_images, *([settings.prompt] if settings.prompt else [])]
-    prior_arguments = {
-        "num_images_per_prompt": settings.num_images,
-        "num_inference_steps": settings.prior_num_inference_steps,
-        "guidance_scale": settings.prior_guidance_scale,
-        "generator": generator,
-        "output_type": "pt",
-        "return_dict": False,
-    }
+    prior_arguments = _prior_arguments(settings, generator)
     weighted = []
     for item, weight in zip(items, settings.mix_weight_values(), strict=True):
         if isinstance(item, str):
@@ -360,15 +360,7 @@ def emb2emb_prior(
     # Patch of a diffusers internal (diffusers 0.40.0 to 0.42.1), as for the prior in ``load_pipelines``.
     emb2emb.get_zero_embed = pipelines.prior.get_zero_embed
     embedding = _clip_embedding(pipelines, Image.fromarray(prepared.image))
-    arguments = {
-        "image": embedding,
-        "num_images_per_prompt": settings.num_images,
-        "num_inference_steps": settings.prior_num_inference_steps,
-        "guidance_scale": settings.prior_guidance_scale,
-        "generator": generator,
-        "output_type": "pt",
-        "return_dict": False,
-    }
+    arguments = {"image": embedding, **_prior_arguments(settings, generator)}
     prior = pipelines.prior.prior
     with _each_forward(prior, callbacks(prior_strength_steps(settings))):
         image_embeds, _ = emb2emb(

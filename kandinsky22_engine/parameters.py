@@ -178,6 +178,18 @@ def _setting(
     return field(default=default, metadata=metadata)
 
 
+def _margin(default: int, side: str, where: str) -> Field:
+    """Declare one of outpaint's margins: pixels of the output painted on one side of the image."""
+    return _setting(
+        default,
+        label=f"{side} margin",
+        group="Outpaint",
+        help=f"outpaint: pixels of the output painted {where} the image.",
+        minimum=0,
+        maximum=MAX_SIDE - SIDE_STEP,
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Checked settings of one generation; the fields, in order, are the task's parameters."""
@@ -386,38 +398,10 @@ class Settings:
     )
     # Margins in pixels, not fractions: the output size is set in pixels (height, width), so a margin in pixels says
     # exactly how much is painted and, with them, where the image goes. The defaults widen a picture.
-    outpaint_top: int = _setting(
-        0,
-        label="Top margin",
-        group="Outpaint",
-        help="outpaint: pixels of the output painted above the image.",
-        minimum=0,
-        maximum=MAX_SIDE - SIDE_STEP,
-    )
-    outpaint_bottom: int = _setting(
-        0,
-        label="Bottom margin",
-        group="Outpaint",
-        help="outpaint: pixels of the output painted below the image.",
-        minimum=0,
-        maximum=MAX_SIDE - SIDE_STEP,
-    )
-    outpaint_left: int = _setting(
-        128,
-        label="Left margin",
-        group="Outpaint",
-        help="outpaint: pixels of the output painted left of the image.",
-        minimum=0,
-        maximum=MAX_SIDE - SIDE_STEP,
-    )
-    outpaint_right: int = _setting(
-        128,
-        label="Right margin",
-        group="Outpaint",
-        help="outpaint: pixels of the output painted right of the image.",
-        minimum=0,
-        maximum=MAX_SIDE - SIDE_STEP,
-    )
+    outpaint_top: int = _margin(0, "Top", "above")
+    outpaint_bottom: int = _margin(0, "Bottom", "below")
+    outpaint_left: int = _margin(128, "Left", "left of")
+    outpaint_right: int = _margin(128, "Right", "right of")
     # 32 by default: four latents of 8 pixels, enough for the decoder to carry the image's content into the margin.
     outpaint_overlap: int = _setting(
         32,

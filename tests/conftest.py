@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from huggingface_hub import constants as hub_constants
 from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -46,6 +47,16 @@ TINY_RUN = {
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     shutil.rmtree(SESSION_FOLDER, ignore_errors=True)
+
+
+@pytest.fixture
+def cache_folder(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face hub cache for the test, offline unless the fake hub is reached."""
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(folder))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    return folder
 
 
 @pytest.fixture(scope="session")

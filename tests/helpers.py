@@ -8,6 +8,7 @@ timesteps and draws from its own generator, so a kept pipeline gives the pixels 
 
 import functools
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +37,24 @@ HEIGHT, WIDTH = 64, 128
 def random_image(seed: int, shape: tuple[int, ...] = (HEIGHT, WIDTH, 3)) -> np.ndarray:
     """A uint8 picture of random pixels, the same for the same seed."""
     return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file of a repo folder, by its path in the repo."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def stop_at_step(task, step: int) -> list[int]:
+    """Make ``task`` ask to stop at its ``step``-th step callback; the returned list grows by one per callback."""
+    steps: list[int] = []
+
+    def step_then_stop() -> None:
+        steps.append(1)
+        if len(steps) == step:
+            task.stop()
+
+    task.emit_step_progress = step_then_stop
+    return steps
 
 
 def left_half_mask(dtype: type = np.uint8, value: object = 255, shape: tuple[int, ...] = (HEIGHT, WIDTH)) -> np.ndarray:

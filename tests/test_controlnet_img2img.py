@@ -14,6 +14,7 @@ from helpers import (
     max_difference,
     model_cache,
     random_image,
+    stop_at_step,
     workflow_with,
 )
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings, SettingsError
@@ -108,14 +109,7 @@ def test_it_shares_the_controlnet_decoder_and_the_prior_with_the_other_modes(str
 )
 def test_stop_ends_the_run_within_a_step_of_the_prior_or_the_decoder(strings, stop_after, message):
     workflow, task = workflow_with(strings, {0: IMAGE, 1: DEPTH})
-    steps = []
-
-    def step_then_stop() -> None:
-        steps.append(1)
-        if len(steps) == stop_after:
-            task.stop()
-
-    task.emit_step_progress = step_then_stop
+    steps = stop_at_step(task, stop_after)
     with pytest.raises(RuntimeError, match=re.escape(message)):
         workflow.run()
     assert len(steps) == stop_after

@@ -21,6 +21,7 @@ from helpers import (
     HEIGHT,
     WIDTH,
     controlnet_reference,
+    files_of,
     max_difference,
     model_cache,
     random_image,
@@ -285,20 +286,6 @@ def test_under_a_memory_mode_that_saves_memory_the_depth_model_is_parked_and_est
     assert (kept.parking.names, parking.names) == ((), (DEPTH_ESTIMATOR,))
     assert np.array_equal(parked.estimate(PHOTO), kept.estimate(PHOTO))
     assert np.array_equal(kept.estimate(PHOTO), guide_depth(tiny_depth_model, PHOTO))
-
-
-def files_of(folder: Path) -> dict[str, bytes]:
-    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
-
-
-@pytest.fixture
-def cache_folder(tmp_path, monkeypatch) -> Path:
-    """An empty Hugging Face hub cache for the test, offline unless the fake hub is reached."""
-    folder = tmp_path / "hub"
-    folder.mkdir()
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(folder))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    return folder
 
 
 def test_from_the_hub_only_the_configs_and_safetensors_are_fetched_then_the_cache_serves_offline(

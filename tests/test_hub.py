@@ -18,7 +18,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 
 from fake_hub import FakeHub, FakeRepo, hub_at
-from helpers import left_half_mask, random_image
+from helpers import files_of, left_half_mask, random_image
 from infer_kandinsky_2_2.kandinsky22_engine import hub
 from infer_kandinsky_2_2.kandinsky22_engine.generation import Inputs, generate, load_pipelines
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelLoadError
@@ -50,11 +50,6 @@ MODE_RUN = {"outpaint": {"outpaint_left": 32, "outpaint_right": 32, "outpaint_ov
 def mode_settings(mode: str, **names: object) -> Settings:
     """The settings of a quick run of ``mode``."""
     return Settings(mode=mode, **RUN, **MODE_RUN.get(mode, {}), **names)
-
-
-def files_of(folder: Path) -> dict[str, bytes]:
-    """Every file of a repo folder, by its path in the repo."""
-    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
 def commit_of(files: dict[str, bytes]) -> str:
@@ -92,16 +87,6 @@ def put_in_cache(cache: Path, repo_id: str, commit: str, files: dict[str, bytes]
     for ref in refs:
         (root / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
         (root / "refs" / ref).write_text(commit, encoding="utf-8")
-
-
-@pytest.fixture
-def cache_folder(tmp_path, monkeypatch) -> Path:
-    """An empty Hugging Face hub cache for the test, offline unless a test goes online through the fake hub."""
-    folder = tmp_path / "hub"
-    folder.mkdir()
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(folder))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    return folder
 
 
 @pytest.fixture(scope="module")

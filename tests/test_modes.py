@@ -17,6 +17,7 @@ from helpers import (
     mix_reference,
     model_cache,
     random_image,
+    stop_at_step,
     workflow_with,
 )
 from helpers import run_workflow as run
@@ -239,14 +240,7 @@ def test_stop_works_in_every_mode(strings, mode):
         "inpaint": {0: random_image(2), 2: left_half_mask()},
     }[mode]
     workflow, task = workflow_with(strings[mode], sources)
-    steps = []
-
-    def step_then_stop() -> None:
-        steps.append(1)
-        if len(steps) == task.get_progress_steps() - 1:
-            task.stop()
-
-    task.emit_step_progress = step_then_stop
+    stop_at_step(task, task.get_progress_steps() - 1)
     last_step = "1 of 2" if mode == "img2img" else "3 of 4"
     stopped = f"Generation stopped by the user after step {last_step} of the decoder."
     with pytest.raises(RuntimeError, match=re.escape(stopped)):

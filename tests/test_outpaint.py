@@ -9,7 +9,16 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from helpers import HEIGHT, WIDTH, inpaint_reference, left_half_mask, max_difference, random_image, workflow_with
+from helpers import (
+    HEIGHT,
+    WIDTH,
+    inpaint_reference,
+    left_half_mask,
+    max_difference,
+    random_image,
+    stop_at_step,
+    workflow_with,
+)
 from helpers import run_workflow as run
 from infer_kandinsky_2_2.kandinsky22_engine.generation import to_uint8
 from infer_kandinsky_2_2.kandinsky22_engine.images import (
@@ -114,14 +123,7 @@ def test_a_batch_of_outpainted_pictures_each_equals_diffusers(outpaint):
 
 def test_stop_works_in_outpaint_and_the_next_run_works(outpaint):
     workflow, task = workflow_with(outpaint, {0: random_image(7, (64, 64, 3))})
-    steps = []
-
-    def step_then_stop() -> None:
-        steps.append(1)
-        if len(steps) == task.get_progress_steps() - 1:
-            task.stop()
-
-    task.emit_step_progress = step_then_stop
+    stop_at_step(task, task.get_progress_steps() - 1)
     with pytest.raises(
         RuntimeError, match=re.escape("Generation stopped by the user after step 3 of 4 of the decoder.")
     ):
