@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants as hub_constants
 from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -52,6 +51,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.fixture
 def cache_folder(tmp_path, monkeypatch) -> Path:
     """An empty Hugging Face hub cache for the test, offline unless the fake hub is reached."""
+    # Imported here: huggingface_hub reads HF_HUB_OFFLINE when it is imported, after this file has set it.
+    from huggingface_hub import constants as hub_constants
+
     folder = tmp_path / "hub"
     folder.mkdir()
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(folder))
