@@ -2,9 +2,11 @@
 
 Real Kandinsky 2.2 weights by default (downloaded once into the Hugging Face cache); ``--tiny``
 runs offline on tiny random-weight models instead, which checks the whole path in seconds but
-paints noise (at 256 x 256 with 25 decoder steps, unless set otherwise). Every picture of the run is
-written: one to ``--output``, several (``--set num_images=3``) to ``--output``'s name with ``_1``, ``_2``...
-before its suffix. Run it through ``scripts/demo.sh``, which sets up the environment first.
+paints noise (at 256 x 256 with 25 decoder steps, unless set otherwise), each mode with its own tiny
+decoder. ``--input`` gives the mode's input images, in the order of its image inputs (inpaint: the photo, then
+the mask). Every picture of the run is written: one to ``--output``, several (``--set num_images=3``) to
+``--output``'s name with ``_1``, ``_2``... before its suffix. Run it through ``scripts/demo.sh``, which sets up
+the environment first.
 """
 
 import argparse
@@ -12,6 +14,8 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from ikomia_home import CHECKOUT, PLUGIN_NAME, use_ikomia_home
 
@@ -30,6 +34,14 @@ def parse_arguments() -> argparse.Namespace:
         help="PNG file to write, from the current folder; several pictures get _1, _2... before the suffix",
     )
     parser.add_argument(
+        "--input",
+        metavar="PATH",
+        type=Path,
+        action="append",
+        default=[],
+        help="an input image of the mode, from the current folder, in the order of its image inputs (repeatable)",
+    )
+    parser.add_argument(
         "--set",
         metavar="NAME=VALUE",
         action="append",
@@ -45,6 +57,29 @@ def picture_paths(output: Path, count: int) -> list[Path]:
     if count == 1:
         return [output]
     return [output.with_stem(f"{output.stem}_{index}") for index in range(1, count + 1)]
+
+
+def feed_inputs(workflow: object, task: object, paths: list[Path]) -> None:
+    """Give ``task`` the images at ``paths``, one per image input in order (a drawing input is skipped): the first
+    through the workflow's input, to which input 0 is connected, so that Ikomia runs the task; exit with a
+    message naming the mode's inputs when their number differs."""
+    from ikomia import core
+    from PIL import Image
+
+    indices = [
+        index
+        for index in range(task.get_input_count())
+        if task.get_input(index).data_type != core.IODataType.INPUT_GRAPHICS
+    ]
+    if len(paths) != len(indices):
+        names = ", ".join(f"{task.get_input(index).name!r}" for index in indices) or "none"
+        sys.exit(f"this mode's image inputs are: {names}; --input was given {len(paths)} time(s).")
+    arrays = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    if arrays:
+        workflow.connect_tasks(workflow.root(), task, [(0, indices[0])])
+        workflow.set_image_input(arrays[0], index=0)
+    for index, array in zip(indices[1:], arrays[1:], strict=True):
+        task.get_input(index).set_image(array)
 
 
 def plugins_folder() -> Path:
@@ -65,10 +100,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tiny_kandinsky_") as tiny_folder:
         if arguments.tiny:
             from infer_kandinsky_2_2.kandinsky22_devkit.tiny import build_tiny_repos
+            from infer_kandinsky_2_2.kandinsky22_engine.modes import MODES
 
             repos = build_tiny_repos(tiny_folder)
+            mode = MODES[parameters.get("mode", "text2img")]
             parameters = {
-                "model_name": str(repos.decoder),
+                # The tiny repos are named by their decoder's cache role.
+                "model_name": str(getattr(repos, mode.decoder.role)),
                 "prior_model_name": str(repos.prior),
                 **TINY_DEFAULTS,
                 **parameters,
@@ -76,6 +114,7 @@ def main() -> None:
         workflow = Workflow()
         task = workflow.add_task(name=PLUGIN_NAME, public_hub=False)
         task.set_parameters(parameters)
+        feed_inputs(workflow, task, arguments.input)
         workflow.run()
 
     metadata = task.get_output(1).data

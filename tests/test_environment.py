@@ -1,18 +1,22 @@
 """What the plugin asks of its environment: the dependency ranges CI tests, the set-up script, the torch a
 feature needs, the dtype models load in, and where the demo and the test tools write."""
 
+import json
 import os
 import re
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis.configuration import storage_directory
+from PIL import Image
 
 from demo import picture_paths
+from helpers import left_half_mask, random_image
 from ikomia_home import CHECKOUT
 from infer_kandinsky_2_2.kandinsky22_engine import generation
 from infer_kandinsky_2_2.kandinsky22_engine.generation import (
@@ -228,6 +232,29 @@ def test_the_demo_writes_every_picture_of_a_run():
         Path("pictures/out_2.png"),
         Path("pictures/out_3.png"),
     ]
+
+
+@pytest.mark.slow
+def test_the_demo_feeds_a_mode_its_inputs_in_order_and_names_them_when_their_count_is_wrong(tmp_path):
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray(random_image(1)).save(photo)
+    Image.fromarray(left_half_mask()).save(mask)
+    demo = [sys.executable, str(CHECKOUT / "scripts" / "demo.py"), "--tiny", "--set", "mode=inpaint"]
+    options = ["--set", "height=64", "--set", "width=128", "--set", "num_inference_steps=2"]
+    ran = subprocess.run(
+        [*demo, *options, "--input", str(photo), "--input", str(mask), "--output", str(tmp_path / "out.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    # Ikomia's own log line comes before the metadata on stdout.
+    metadata, _ = json.JSONDecoder().raw_decode(ran.stdout[ran.stdout.index("{") :])
+    assert metadata["inputs"]["mask"].startswith("128x64, used as it is")
+    assert Image.open(tmp_path / "out.png").size == (128, 64)
+    refused = subprocess.run([*demo, "--input", str(photo)], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1
+    assert "this mode's image inputs are: 'image', 'mask'; --input was given 1 time(s)." in refused.stderr
 
 
 def test_hypothesis_writes_outside_the_plugin_folder():
