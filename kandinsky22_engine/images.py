@@ -459,8 +459,8 @@ def outpaint_canvas(
     ]
     if limits and overlap > min(limits):
         raise InputError(
-            f"{name}: placed at {placed_columns}x{placed_rows} inside the margins, the image is repainted whole by "
-            f"outpaint_overlap {overlap}: none of it is kept; accepted: an outpaint_overlap of at most "
+            f"{name}: scaled to {placed_columns}x{placed_rows} to fit inside the margins, the image is repainted "
+            f"whole by outpaint_overlap {overlap}: none of it is kept; accepted: an outpaint_overlap of at most "
             f"{min(limits)} for this image, size and margins."
         )
     canvas = np.pad(placed, ((row, height - end_row), (column, width - end_column), (0, 0)), mode="edge")

@@ -30,6 +30,7 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from .images import (
+    PASTE_BACK_FEATHER,
     InputError,
     as_rgb,
     depth_hint,
@@ -163,26 +164,34 @@ def _steps_at(steps: int, strength: float) -> int:
     return min(int(steps * strength), steps)
 
 
-def _refuse_no_step(settings: Settings, strength: str, steps: str, stage: str) -> None:
-    """Refuse a ``strength`` that leaves no step of ``stage``'s ``steps``: diffusers would then fail in the
-    decoder, and return no embedding at all, without an error, in the prior."""
+def _no_step(settings: Settings, strength: str, steps: str, stage: str) -> list[str]:
+    """The refusal of a ``strength`` that leaves no step of ``stage``'s ``steps``, if it does: diffusers would
+    then fail in the decoder, and return no embedding at all, without an error, in the prior."""
+    if _steps_at(getattr(settings, steps), getattr(settings, strength)) >= 1:
+        return []
+    return [
+        f"{strength}: received '{getattr(settings, strength)}' with {steps} {getattr(settings, steps)}; "
+        f"accepted: a {strength} that leaves {settings.mode} at least one {stage} step ({steps} x {strength} >= 1)."
+    ]
+
+
+def _refuse(problems: list[str]) -> None:
+    """Raise ``SettingsError`` listing every problem at once, if there is any."""
     from .parameters import SettingsError
 
-    if _steps_at(getattr(settings, steps), getattr(settings, strength)) < 1:
-        raise SettingsError(
-            f"{strength}: received '{getattr(settings, strength)}' with {steps} {getattr(settings, steps)}; "
-            f"accepted: a {strength} that leaves {settings.mode} at least one {stage} step ({steps} x {strength} "
-            ">= 1)."
-        )
+    if problems:
+        raise SettingsError("\n".join(problems))
 
 
 def _check_strength(settings: Settings) -> None:
-    _refuse_no_step(settings, "strength", "num_inference_steps", "decoder")
+    _refuse(_no_step(settings, "strength", "num_inference_steps", "decoder"))
 
 
 def _check_strengths(settings: Settings) -> None:
-    _check_strength(settings)
-    _refuse_no_step(settings, "prior_strength", "prior_num_inference_steps", "prior")
+    _refuse(
+        _no_step(settings, "strength", "num_inference_steps", "decoder")
+        + _no_step(settings, "prior_strength", "prior_num_inference_steps", "prior")
+    )
 
 
 def _check_mix(settings: Settings) -> None:
@@ -191,8 +200,6 @@ def _check_mix(settings: Settings) -> None:
 
 def _check_outpaint(settings: Settings) -> None:
     """Refuse margins that paint nothing, and margins that leave the image less than 64 x 64 pixels."""
-    from .parameters import SettingsError
-
     problems = []
     if not any(getattr(settings, name) for name in OUTPAINT_MARGINS):
         problems.append(
@@ -210,8 +217,7 @@ def _check_outpaint(settings: Settings) -> None:
                 f"accepted: at most {side} - {OUTPAINT_MIN_SIDE} = {size - OUTPAINT_MIN_SIDE}, so that the image "
                 f"keeps at least {OUTPAINT_MIN_SIDE} pixels of the {side}."
             )
-    if problems:
-        raise SettingsError("\n".join(problems))
+    _refuse(problems)
 
 
 def _prior_arguments(settings: Settings, generator: torch.Generator) -> dict:
@@ -440,6 +446,7 @@ def _prepare_inpaint(settings: Settings, inputs: Inputs, prepared: Prepared, run
         prepared.mask = inverted.array
         for name in read:
             prepared.notes[name] += f"; {inverted.note}"
+    _note_paste_back(settings, prepared)
 
 
 def _prepare_outpaint(settings: Settings, inputs: Inputs, prepared: Prepared, runtime: Runtime) -> None:
@@ -458,6 +465,15 @@ def _prepare_outpaint(settings: Settings, inputs: Inputs, prepared: Prepared, ru
         overlap=settings.outpaint_overlap,
     )
     prepared.image, prepared.mask, prepared.notes[IMAGE_INPUT] = canvas.image, canvas.mask, canvas.note
+    _note_paste_back(settings, prepared)
+
+
+def _note_paste_back(settings: Settings, prepared: Prepared) -> None:
+    """Say in the image's note that the decoder's picture will be pasted back over it, when it will."""
+    if settings.paste_back:
+        prepared.notes[IMAGE_INPUT] += (
+            f"; paste_back: kept exactly outside the repainted area, blended over {PASTE_BACK_FEATHER} pixels inside"
+        )
 
 
 def _prepare_depth(settings: Settings, inputs: Inputs, prepared: Prepared, runtime: Runtime) -> None:

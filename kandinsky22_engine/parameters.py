@@ -184,7 +184,10 @@ def _margin(default: int, side: str, where: str) -> Field:
         default,
         label=f"{side} margin",
         group="Outpaint",
-        help=f"outpaint: pixels of the output painted {where} the image.",
+        help=(
+            f"outpaint: pixels of the output painted {where} the image, at least: the image keeps its aspect, so where "
+            "it differs from the box the margins leave, the rest of the box is painted too."
+        ),
         minimum=0,
         maximum=MAX_SIDE - SIDE_STEP,
     )
@@ -250,9 +253,10 @@ class Settings:
         label="Negative prompt",
         group="Prompt",
         help=(
-            "What the picture should not show: the decoder is steered away from its image embedding, and, unless "
-            "a negative prior prompt is set, the prior too. Empty: the embedding of an all-zero image, as in "
-            "diffusers; this needs the prior's CLIP image encoder (3.69 GB more to download once)."
+            "What the picture should not show, for a decoder guidance scale above 1 (at 1 the decoder ignores it). "
+            "In the modes that start from the prompt alone, the prior steers away from it too, unless a negative "
+            "prior prompt is set. Empty: the embedding of an all-zero image, as in diffusers; this needs the prior's "
+            "CLIP image encoder (3.69 GB more to download once)."
         ),
         multiline=True,
     )
@@ -261,9 +265,9 @@ class Settings:
         label="Negative prior prompt",
         group="Prompt",
         help=(
-            "What the image embedding the prior makes of the prompt should avoid, as the authors' "
-            "negative_prior_prompt; the negative prompt then steers the decoder only, from a second prior run. "
-            "Empty: the negative prompt steers both, as in diffusers."
+            "What the image embedding the prior makes of the prompt should avoid (the authors' "
+            "negative_prior_prompt). In the modes that start from the prompt alone, the negative prompt then gets "
+            "a prior run of its own and steers the decoder only; empty, it steers both, as in diffusers."
         ),
         multiline=True,
     )
@@ -289,8 +293,9 @@ class Settings:
         label="Prior strength",
         group="Prior: prompt to image embedding",
         help=(
-            "How far the image embedding may move from the input image's towards the prompt: 0 keeps the image's, 1 "
-            "ignores it. The prior runs int(prior_num_inference_steps x prior_strength) steps, at least one."
+            "How far the image embedding may move from the input image's towards the prompt: near 0 keeps the "
+            "image's, 1 ignores it. The prior runs int(prior_num_inference_steps x prior_strength) steps, which must "
+            "be one at least."
         ),
         minimum=0.0,
         maximum=1.0,
@@ -318,8 +323,8 @@ class Settings:
         label="Strength",
         group="Decoder: embedding to image",
         help=(
-            "How far the picture may move from the input image: 0 keeps it, 1 repaints it all. The decoder runs "
-            "int(num_inference_steps x strength) steps, at least one."
+            "How far the picture may move from the input image: near 0 keeps it, 1 repaints it all. The decoder runs "
+            "int(num_inference_steps x strength) steps, which must be one at least."
         ),
         minimum=0.0,
         maximum=1.0,

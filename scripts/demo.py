@@ -2,7 +2,7 @@
 
 Real Kandinsky 2.2 weights by default (downloaded once into the Hugging Face cache); ``--tiny``
 runs offline on tiny random-weight models instead, which checks the whole path in seconds but
-paints noise (at 256 x 256 with 25 decoder steps, unless set otherwise), each mode with its own tiny
+paints noise (at 512 x 256 with 25 decoder steps, unless set otherwise), each mode with its own tiny
 decoder. ``--input`` gives the mode's input images, in the order of its image inputs (inpaint: the photo, then
 the mask). Every picture of the run is written: one to ``--output``, several (``--set num_images=3``) to
 ``--output``'s name with ``_1``, ``_2``... before its suffix. Run it through ``scripts/demo.sh``, which sets up
@@ -21,7 +21,8 @@ from ikomia_home import CHECKOUT, PLUGIN_NAME, use_ikomia_home
 
 DEMO_HOME = Path.home() / ".cache" / PLUGIN_NAME / "ikomia-home"
 # Noise needs no 768 x 768 pixels: the tiny run stays at a few seconds on a laptop CPU.
-TINY_DEFAULTS = {"height": "256", "width": "256", "num_inference_steps": "25"}
+# 512 wide: outpaint's default margins (128 on either side) then leave the image 256 x 256.
+TINY_DEFAULTS = {"height": "256", "width": "512", "num_inference_steps": "25"}
 
 
 def parse_arguments() -> argparse.Namespace:

@@ -165,3 +165,10 @@ def test_with_depth_model_the_depth_map_is_estimated_from_the_image_itself(strin
     assert max_difference(task.get_output(0).get_image(), reference) <= 1
     note = task.get_output(1).data["inputs"]["image"]
     assert note.startswith(f"128x64, used as it is; depth estimated by {tiny_depth_model}")
+
+
+def test_both_strengths_are_refused_at_once(strings):
+    settings = Settings.from_strings(strings)
+    with pytest.raises(SettingsError) as refused:
+        Settings(**{**settings.__dict__, "strength": 0.2, "prior_strength": 0.3})
+    assert [line.split(":")[0] for line in str(refused.value).splitlines()] == ["strength", "prior_strength"]

@@ -169,7 +169,7 @@ def test_an_overlap_that_repaints_the_whole_image_is_refused_before_any_model_ru
     steps = []
     task.emit_step_progress = lambda: steps.append(1)
     message = (
-        "outpaint input 'image': placed at 64x32 inside the margins, the image is repainted whole by "
+        "outpaint input 'image': scaled to 64x32 to fit inside the margins, the image is repainted whole by "
         "outpaint_overlap 32: none of it is kept; accepted: an outpaint_overlap of at most 15 for this image, size "
         "and margins."
     )
@@ -257,10 +257,14 @@ def test_paste_back_in_inpaint_keeps_every_pixel_outside_the_repainted_area(inpa
 
 def test_paste_back_in_outpaint_keeps_the_image_where_it_is_not_repainted(outpaint):
     image = random_image(7, (40, 80, 3))
-    plain, _ = run(outpaint, {0: image})
-    pasted, _ = run({**outpaint, "paste_back": "True"}, {0: image})
+    plain, plain_metadata = run(outpaint, {0: image})
+    pasted, metadata = run({**outpaint, "paste_back": "True"}, {0: image})
     canvas, mask = expected_canvas(image, MARGINS)
     check_pasted_back(pasted, plain, canvas, mask)
+    assert metadata["inputs"]["image"] == (
+        plain_metadata["inputs"]["image"]
+        + "; paste_back: kept exactly outside the repainted area, blended over 8 pixels inside"
+    )
 
 
 def test_paste_back_brings_every_8_bit_value_back_exactly():
@@ -323,8 +327,8 @@ def test_an_overlap_may_leave_a_single_column_of_the_image_and_no_less():
     assert np.array_equal(canvas.mask == 0, kept)
     assert np.array_equal(canvas.image[:63, 32:95], image)
     message = (
-        "x: placed at 63x63 inside the margins, the image is repainted whole by outpaint_overlap 32: none of it is "
-        "kept; accepted: an outpaint_overlap of at most 31 for this image, size and margins."
+        "x: scaled to 63x63 to fit inside the margins, the image is repainted whole by outpaint_overlap 32: none of "
+        "it is kept; accepted: an outpaint_overlap of at most 31 for this image, size and margins."
     )
     with pytest.raises(InputError, match=re.escape(message)):
         outpaint_canvas(image, "x", 64, 128, top=0, bottom=1, left=32, right=33, overlap=32)
