@@ -58,6 +58,7 @@ from .modes import (
     estimates_depth,
 )
 from .parameters import MAX_RANDOM_SEED, RANDOM_SEED, Settings
+from .schedulers import model_calls, sampling
 
 logger = logging.getLogger(__name__)
 StepCallback = Callable[[], None]
@@ -366,7 +367,14 @@ def check_prior(folder: Path, source: Source) -> None:
 def progress_steps(settings: Settings) -> int:
     """How many step callbacks a run makes: one per denoising step of every prior run and of the decoder."""
     mode = MODES[settings.mode]
-    return sum(mode.prior_steps(settings)) + mode.decoder_steps(settings)
+    return sum(mode.prior_steps(settings)) + decoder_calls(settings)
+
+
+def decoder_calls(settings: Settings) -> int:
+    """The decoder's step callbacks in a run: one per UNet call of its sampler over the steps the mode runs
+    (``schedulers.model_calls``)."""
+    steps = settings.num_inference_steps
+    return model_calls(settings.scheduler, steps, skipped=steps - MODES[settings.mode].decoder_steps(settings))
 
 
 def prepare_inputs(settings: Settings, inputs: Inputs) -> Prepared:
@@ -459,7 +467,7 @@ def generate(
             _synchronize(runtime)
         _refuse_not_finite(embeds, "prior", settings, runtime)
         prior_done = time.perf_counter()
-        decoder_callback = _step_callbacks("decoder", on_step, should_stop)(mode.decoder_steps(settings))
+        decoder_callback = _step_callbacks("decoder", on_step, should_stop)(decoder_calls(settings))
         images = _decode(pipelines.decoder, settings, prepared, embeds, generator, decoder_callback)
         _refuse_not_finite(images, "decoder", settings, runtime)
         decoded = time.perf_counter()
@@ -472,6 +480,7 @@ def generate(
         "dtype": str(runtime.dtype).removeprefix("torch."),
         "memory_mode": runtime.memory_mode,
         "compile_unet": runtime.compile_unet,
+        "scheduler": settings.scheduler,
         "device_note": runtime.note,
         "model_name": decoder_model_name(settings),
         "prior_model_name": settings.prior_model_name,
@@ -661,7 +670,8 @@ def _decode(
         "generator": generator,
         "output_type": "np",
     }
-    return MODES[settings.mode].decode(decoder, settings, prepared, arguments, callback)
+    with sampling(decoder, settings.scheduler) as pipeline:
+        return MODES[settings.mode].decode(pipeline, settings, prepared, arguments, callback)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,178 @@
+"""The decoder's samplers: every diffusers scheduler that can be made right for the Kandinsky 2.2 decoder.
+
+The decoder was trained as a DDPM on epsilon prediction, and its repos ship a ``DDPMScheduler`` config,
+which the task runs by default (``DEFAULT_SCHEDULER``: today's pictures). ``SAMPLERS`` names the others as
+other tools name them, each a diffusers scheduler made ``from_config`` of the repo's own config (so the
+training noise schedule and the repo's clipping are kept) with the options that make it that sampler and
+"trailing" timestep spacing. Trailing spacing starts every schedule at the last training timestep (t = 999),
+where the model saw pure noise during training, which is what the Kandinsky pipelines start from; with each
+scheduler's own default spacing they start at different noise levels (DDIM's "leading" at t = 981 for 50
+steps), and their results do not approach each other as the steps grow (Lin et al., "Common Diffusion Noise
+Schedules and Sample Steps are Flawed", 2024, section 3.3).
+
+diffusers' Kandinsky 2.2 pipelines were written for DDPM-like schedulers: they pass ``generator=`` to every
+``step`` and never call ``scale_model_input``. ``sampling`` adapts any scheduler to them in one place: it
+drops the generator for the schedulers whose ``step`` takes none (they are deterministic), and scales the
+UNet's latent input as ``scale_model_input`` says for the schedulers that work on unscaled noisy samples
+(Euler, Heun, LMS, KDPM2: the input is divided by sqrt(sigma^2 + 1)), which is what diffusers' other pipelines do
+before every UNet call. The prior keeps its own ``UnCLIPScheduler``.
+"""
+
+import functools
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DEISMultistepScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+DEFAULT_SCHEDULER = "default"
+TIMESTEP_SPACING = "trailing"
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler as other tools name it: the diffusers scheduler class, the options that make it this sampler,
+    and what it is for (the help the widget and the README show)."""
+
+    name: str
+    scheduler_class: type[SchedulerMixin]
+    help: str
+    options: dict = field(default_factory=dict)
+    # Draws fresh noise at every step: the same seed gives the same picture, other seeds other pictures, and
+    # more steps do not converge to one result.
+    stochastic: bool = False
+
+
+SAMPLERS: dict[str, Sampler] = {
+    sampler.name: sampler
+    for sampler in (
+        Sampler("DDIM", DDIMScheduler, "deterministic first-order ODE solver (eta 0); 50 steps or more"),
+        Sampler(
+            "DPM++ 2M",
+            DPMSolverMultistepScheduler,
+            "deterministic second-order multistep ODE solver; good pictures in 20 to 30 steps",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
+        ),
+        Sampler(
+            "DPM++ 2M Karras",
+            DPMSolverMultistepScheduler,
+            "DPM++ 2M with Karras' noise levels, denser near the end; 20 to 30 steps",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        ),
+        Sampler(
+            "DPM++ 2M SDE",
+            DPMSolverMultistepScheduler,
+            "stochastic DPM++ 2M: fresh noise at every step; 20 to 30 steps or more",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+            stochastic=True,
+        ),
+        Sampler(
+            "DPM++ 2S",
+            DPMSolverSinglestepScheduler,
+            "deterministic second-order single-step ODE solver; 20 to 30 steps",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
+        ),
+        Sampler("UniPC", UniPCMultistepScheduler, "deterministic predictor-corrector ODE solver; 10 to 30 steps"),
+        Sampler("DEIS", DEISMultistepScheduler, "deterministic exponential-integrator ODE solver; 10 to 30 steps"),
+        Sampler("Euler", EulerDiscreteScheduler, "deterministic first-order ODE solver; 30 steps or more"),
+        Sampler(
+            "Euler a",
+            EulerAncestralDiscreteScheduler,
+            "stochastic Euler: fresh noise at every step; 30 steps or more",
+            stochastic=True,
+        ),
+        Sampler(
+            "Heun",
+            HeunDiscreteScheduler,
+            "deterministic second-order ODE solver: two UNet passes a step, so a step costs twice as much",
+        ),
+        Sampler("LMS", LMSDiscreteScheduler, "deterministic linear multistep ODE solver; 30 steps or more"),
+        Sampler(
+            "DPM2",
+            KDPM2DiscreteScheduler,
+            "deterministic second-order ODE solver (KDPM2): two UNet passes a step",
+        ),
+    )
+}
+SCHEDULERS = (DEFAULT_SCHEDULER, *SAMPLERS)
+
+
+def make_scheduler(name: str, config: dict) -> SchedulerMixin | None:
+    """A fresh scheduler of sampler ``name`` made from a decoder repo's scheduler ``config``, or None for
+    ``DEFAULT_SCHEDULER`` (the decoder keeps its own).
+
+    The repo's values are kept (training betas, clipping, prediction type); the sampler's options and trailing
+    timestep spacing (for the schedulers that have the option) replace theirs.
+    """
+    if name == DEFAULT_SCHEDULER:
+        return None
+    sampler = SAMPLERS[name]
+    options = dict(sampler.options)
+    if "timestep_spacing" in inspect.signature(sampler.scheduler_class.__init__).parameters:
+        options["timestep_spacing"] = TIMESTEP_SPACING
+    return sampler.scheduler_class.from_config(config, **options)
+
+
+def model_calls(name: str, steps: int, skipped: int = 0) -> int:
+    """How many times the decoder calls its UNet, and so its step callback, for ``steps`` steps of sampler
+    ``name``, the first ``skipped`` of them left out (image-to-image strength): second-order samplers (Heun,
+    DPM2) evaluate the UNet twice a step but the last. diffusers' Kandinsky pipelines slice the schedule's
+    timesteps at ``skipped`` whatever the scheduler's order, and so does this count. The count depends on the
+    scheduler's kind only, so its default config serves."""
+    if name == DEFAULT_SCHEDULER:
+        return steps - skipped
+    scheduler = make_scheduler(name, SAMPLERS[name].scheduler_class().config)
+    scheduler.set_timesteps(steps)
+    return len(scheduler.timesteps[skipped:])
+
+
+@contextmanager
+def sampling(decoder: DiffusionPipeline, name: str) -> Iterator[DiffusionPipeline]:
+    """A pipeline of ``decoder``'s class over its components with sampler ``name`` in place of its scheduler,
+    adapted to diffusers' Kandinsky pipelines for the block; ``decoder`` itself as it is for the default.
+
+    The adaptation, removed after the block: the UNet's latent channels are scaled by ``scale_model_input``
+    before every call (the inpainting UNet's extra channels, the masked image's latents and the mask, are
+    not), and a ``step`` that takes no generator is called without it.
+    """
+    scheduler = make_scheduler(name, decoder.scheduler.config)
+    if scheduler is None:
+        yield decoder
+        return
+    if "generator" not in inspect.signature(scheduler.step).parameters:
+        scheduler.step = functools.partial(_without_generator, scheduler.step)
+    pipeline = type(decoder)(**{**decoder.components, "scheduler": scheduler})
+    pipeline.set_progress_bar_config(disable=True)
+    latent_channels = decoder.movq.config.latent_channels
+
+    def scale_latents(unet: torch.nn.Module, arguments: tuple, keywords: dict) -> tuple[tuple, dict]:
+        sample, timestep = keywords["sample"], keywords["timestep"]
+        latents = scheduler.scale_model_input(sample[:, :latent_channels], timestep)
+        keywords["sample"] = torch.cat([latents, sample[:, latent_channels:]], dim=1)
+        return arguments, keywords
+
+    handle = decoder.unet.register_forward_pre_hook(scale_latents, with_kwargs=True)
+    try:
+        yield pipeline
+    finally:
+        handle.remove()
+
+
+def _without_generator(step: object, *arguments: object, generator: object = None, **keywords: object) -> object:
+    # Schedulers whose step takes no generator draw no noise: dropping it changes nothing.
+    return step(*arguments, **keywords)
