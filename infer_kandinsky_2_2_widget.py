@@ -13,7 +13,7 @@ from itertools import groupby
 import torch
 from ikomia import core, dataprocess
 from ikomia.utils import qtconversion
-from PyQt6.QtCore import QRegularExpression, pyqtBoundSignal
+from PyQt6.QtCore import QRegularExpression, Qt, pyqtBoundSignal
 from PyQt6.QtGui import QRegularExpressionValidator, QValidator
 from PyQt6.QtWidgets import (
     QCheckBox,
@@ -80,6 +80,8 @@ def text_control(parameter: Parameter, value: str) -> Control:
     if parameter.choices:
         combo = QComboBox()
         combo.addItems(list(parameter.choices))
+        for choice, meaning in parameter.choice_help:
+            combo.setItemData(parameter.choices.index(choice), meaning, Qt.ItemDataRole.ToolTipRole)
         combo.setCurrentText(value if value in parameter.choices else str(parameter.default))
         return Control(combo, combo.currentText)
     if parameter.suggestions:

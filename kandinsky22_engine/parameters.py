@@ -22,7 +22,7 @@ from .modes import (
     PINNED_REVISIONS,
     modes_reading,
 )
-from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from .schedulers import DEFAULT_SCHEDULER, SAMPLERS, SCHEDULERS
 
 # The known repos that fit each mode: its decoder's default.
 MODE_DECODERS = {name: mode.decoder.default_model for name, mode in MODES.items()}
@@ -85,6 +85,8 @@ class Parameter:
     suggestions_by_mode: tuple[tuple[str, tuple[str, ...]], ...] = ()
     accepts_folder: bool = False
     choices: tuple[str, ...] = ()
+    # What some choices mean, for the widget's list: (choice, help) pairs.
+    choice_help: tuple[tuple[str, str], ...] = ()
     # For free text: the characters the widget lets through (a regular expression over the whole text).
     pattern: str | None = None
     # The modes that read it, from the mode table (``modes.MODES``); empty: every mode.
@@ -325,10 +327,14 @@ class Settings:
         group="Decoder: embedding to image",
         help=(
             "The decoder's sampler: default is the repo's own DDPM (100 steps by default); the others, named as in "
-            "other tools, reach good pictures in fewer steps (DPM++ 2M, UniPC: 20 to 30). Changing it reloads "
-            "nothing; the prior keeps its own."
+            "other tools, are usually run at fewer steps (DPM++ 2M, UniPC: 20 to 30), a quality not measured here on "
+            "the real weights. Changing it reloads nothing; the prior keeps its own."
         ),
         choices=SCHEDULERS,
+        choice_help=(
+            (DEFAULT_SCHEDULER, "the repo's own DDPMScheduler: stochastic, 100 steps by default"),
+            *((name, sampler.help) for name, sampler in SAMPLERS.items()),
+        ),
     )
     strength: float = _setting(
         0.3,

@@ -47,7 +47,8 @@ TIMESTEP_SPACING = "trailing"
 @dataclass(frozen=True)
 class Sampler:
     """A sampler as other tools name it: the diffusers scheduler class, the options that make it this sampler,
-    and what it is for (the help the widget and the README show)."""
+    and what it is for (the help the widget and the README show; the step counts there are those other tools
+    and diffusers' documentation use, not measured here)."""
 
     name: str
     scheduler_class: type[SchedulerMixin]
@@ -61,39 +62,51 @@ class Sampler:
 SAMPLERS: dict[str, Sampler] = {
     sampler.name: sampler
     for sampler in (
-        Sampler("DDIM", DDIMScheduler, "deterministic first-order ODE solver (eta 0); 50 steps or more"),
+        Sampler("DDIM", DDIMScheduler, "deterministic first-order ODE solver (eta 0); usually run at 50 steps"),
         Sampler(
             "DPM++ 2M",
             DPMSolverMultistepScheduler,
-            "deterministic second-order multistep ODE solver; good pictures in 20 to 30 steps",
+            "deterministic second-order multistep ODE solver; usually run at 20 to 30 steps",
             {"algorithm_type": "dpmsolver++", "solver_order": 2},
         ),
         Sampler(
             "DPM++ 2M Karras",
             DPMSolverMultistepScheduler,
-            "DPM++ 2M with Karras' noise levels, denser near the end; 20 to 30 steps",
+            "DPM++ 2M with Karras' noise levels, denser near the end; usually run at 20 to 30 steps",
             {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
         ),
         Sampler(
             "DPM++ 2M SDE",
             DPMSolverMultistepScheduler,
-            "stochastic DPM++ 2M: fresh noise at every step; 20 to 30 steps or more",
+            "stochastic DPM++ 2M: fresh noise at every step; usually run at 20 to 30 steps or more",
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
             stochastic=True,
         ),
         Sampler(
             "DPM++ 2S",
             DPMSolverSinglestepScheduler,
-            "deterministic second-order single-step ODE solver; 20 to 30 steps",
+            "deterministic second-order single-step ODE solver; usually run at 20 to 30 steps",
             {"algorithm_type": "dpmsolver++", "solver_order": 2},
         ),
-        Sampler("UniPC", UniPCMultistepScheduler, "deterministic predictor-corrector ODE solver; 10 to 30 steps"),
-        Sampler("DEIS", DEISMultistepScheduler, "deterministic exponential-integrator ODE solver; 10 to 30 steps"),
-        Sampler("Euler", EulerDiscreteScheduler, "deterministic first-order ODE solver; 30 steps or more"),
+        Sampler(
+            "UniPC",
+            UniPCMultistepScheduler,
+            "deterministic predictor-corrector ODE solver; usually run at 10 to 30 steps",
+        ),
+        Sampler(
+            "DEIS",
+            DEISMultistepScheduler,
+            "deterministic exponential-integrator ODE solver; usually run at 10 to 30 steps",
+        ),
+        Sampler(
+            "Euler",
+            EulerDiscreteScheduler,
+            "deterministic first-order ODE solver; usually run at 30 steps or more",
+        ),
         Sampler(
             "Euler a",
             EulerAncestralDiscreteScheduler,
-            "stochastic Euler: fresh noise at every step; 30 steps or more",
+            "stochastic Euler: fresh noise at every step; usually run at 30 steps or more",
             stochastic=True,
         ),
         Sampler(
@@ -101,7 +114,11 @@ SAMPLERS: dict[str, Sampler] = {
             HeunDiscreteScheduler,
             "deterministic second-order ODE solver: two UNet passes a step, so a step costs twice as much",
         ),
-        Sampler("LMS", LMSDiscreteScheduler, "deterministic linear multistep ODE solver; 30 steps or more"),
+        Sampler(
+            "LMS",
+            LMSDiscreteScheduler,
+            "deterministic linear multistep ODE solver; usually run at 30 steps or more",
+        ),
         Sampler(
             "DPM2",
             KDPM2DiscreteScheduler,

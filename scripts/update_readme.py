@@ -33,6 +33,7 @@ from kandinsky22_engine.modes import (  # noqa: E402
     input_names,
 )
 from kandinsky22_engine.parameters import PARAMETERS, Parameter, markdown_table  # noqa: E402
+from kandinsky22_engine.schedulers import DEFAULT_SCHEDULER, SAMPLERS  # noqa: E402
 
 README = CHECKOUT / "README.md"
 
@@ -200,9 +201,25 @@ def modes_table() -> str:
     return "\n".join(rows)
 
 
+def samplers_table() -> str:
+    """The README's table of the decoder's samplers, from ``schedulers.SAMPLERS``: each name, the diffusers
+    scheduler and options it stands for, and what it is for."""
+    rows = [
+        "| `scheduler` | diffusers scheduler (from the repo's config, trailing spacing) | what it is |",
+        "|---|---|---|",
+        f"| `{DEFAULT_SCHEDULER}` | the repo's own `DDPMScheduler`, as it is | stochastic; 100 steps by default |",
+    ]
+    for name, sampler in SAMPLERS.items():
+        options = ", ".join(f"{key}={value!r}" for key, value in sampler.options.items())
+        scheduler = f"`{sampler.scheduler_class.__name__}`" + (f" ({options})" if options else "")
+        rows.append(f"| `{name}` | {scheduler} | {sampler.help} |")
+    return "\n".join(rows)
+
+
 BLOCKS = {
     "python-example": python_example,
     "modes": modes_table,
+    "samplers": samplers_table,
     "parameters": markdown_table,
     "downloads": downloads_block,
 }

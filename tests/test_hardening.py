@@ -50,6 +50,7 @@ BAD_VALUES = [
     ("guidance_scale", "0.99", "guidance_scale: received '0.99'; accepted: a number from 1 to 20."),
     ("guidance_scale", "inf", "guidance_scale: received 'inf'; accepted: a number from 1 to 20."),
     ("guidance_scale", "", "guidance_scale: received ''; accepted: a number from 1 to 20."),
+    ("scheduler", "dpmpp_2m", "scheduler: received 'dpmpp_2m'; accepted: one of default, DDIM, DPM++ 2M, DPM++ 2M"),
     ("strength", "1.5", "strength: received '1.5'; accepted: a number from 0 to 1."),
     ("strength", "NaN", "strength: received 'NaN'; accepted: a number from 0 to 1."),
     ("prior_strength", "-0.1", "prior_strength: received '-0.1'; accepted: a number from 0 to 1."),

@@ -33,6 +33,7 @@ def test_names_and_defaults_are_those_of_the_specification():
         "prior_strength": "0.85",
         "num_inference_steps": "100",
         "guidance_scale": "1.0",
+        "scheduler": "default",
         "strength": "0.3",
         "height": "768",
         "width": "768",

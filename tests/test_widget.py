@@ -21,6 +21,7 @@ from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 QtWidgets = pytest.importorskip("PyQt6.QtWidgets")
 QValidator = pytest.importorskip("PyQt6.QtGui").QValidator
+Qt = pytest.importorskip("PyQt6.QtCore").Qt
 
 NON_DEFAULT = {
     "mode": "mix",
@@ -35,6 +36,7 @@ NON_DEFAULT = {
     "prior_strength": "0.6",
     "num_inference_steps": "1000",
     "guidance_scale": "20.0",
+    "scheduler": "DPM++ 2M Karras",
     "strength": "0.75",
     "height": "2048",
     "width": "64",
@@ -140,6 +142,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     widgets["prior_strength"].setValue(0.6)
     widgets["num_inference_steps"].setValue(30)
     widgets["guidance_scale"].setValue(4.0)
+    widgets["scheduler"].setCurrentText("UniPC")
     widgets["mode"].setCurrentText("img2img")
     widgets["num_images"].setValue(2)
     widgets["strength"].setValue(0.55)
@@ -175,6 +178,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "prior_strength": "0.6",
         "num_inference_steps": "30",
         "guidance_scale": "4.0",
+        "scheduler": "UniPC",
         "strength": "0.55",
         "height": "512",
         "width": "1024",
@@ -369,3 +373,14 @@ def test_a_known_decoder_of_another_mode_set_from_python_opens_as_the_modes_own(
     assert widget.control_values()["model_name"] == DEFAULT_INPAINT_DECODER
     priors = inner(widget, "prior_model_name", QtWidgets.QComboBox)
     assert items(priors) == list(KNOWN_PRIORS)
+
+
+def test_the_sampler_list_explains_each_sampler(plugin):
+    from infer_kandinsky_2_2.kandinsky22_engine.schedulers import SAMPLERS
+
+    _, widget = open_widget(plugin)
+    combo = widget.controls["scheduler"].widget
+    tips = {combo.itemText(index): combo.itemData(index, Qt.ItemDataRole.ToolTipRole) for index in range(combo.count())}
+    assert tips["DPM++ 2M"] == SAMPLERS["DPM++ 2M"].help
+    assert tips["default"].startswith("the repo's own DDPMScheduler")
+    assert all(tips.values())

@@ -1,0 +1,217 @@
+"""The decoder's samplers: drop-ins equal diffusers with the scheduler swapped in, the ODE solvers converge to
+DDIM's result as their steps grow, the stochastic ones repeat with a seed and match DDPM's statistics, and every
+one reports progress per UNet call and stops within one."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DEISMultistepScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KandinskyV22CombinedPipeline,
+    KandinskyV22InpaintPipeline,
+    KandinskyV22Pipeline,
+    KandinskyV22PriorPipeline,
+    KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+
+from helpers import left_half_mask, max_difference, random_image
+from infer_kandinsky_2_2.kandinsky22_devkit.reference import combine, combined_arguments
+from infer_kandinsky_2_2.kandinsky22_engine.generation import GenerationStopped, generate, progress_steps
+from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+from infer_kandinsky_2_2.kandinsky22_engine.schedulers import SAMPLERS, SCHEDULERS, sampling
+
+# What each name means, as other tools use it (the diffusers documentation's table of A1111 and k-diffusion
+# names): the class and its options; every one but DPM++ 2S (which has no such option) with trailing spacing.
+MEANING = {
+    "DDIM": (DDIMScheduler, {}),
+    "DPM++ 2M": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DPM++ 2M Karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "DPM++ 2M SDE": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "DPM++ 2S": (DPMSolverSinglestepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "UniPC": (UniPCMultistepScheduler, {}),
+    "DEIS": (DEISMultistepScheduler, {}),
+    "Euler": (EulerDiscreteScheduler, {}),
+    "Euler a": (EulerAncestralDiscreteScheduler, {}),
+    "Heun": (HeunDiscreteScheduler, {}),
+    "LMS": (LMSDiscreteScheduler, {}),
+    "DPM2": (KDPM2DiscreteScheduler, {}),
+}
+# Those diffusers' Kandinsky pipelines run right as they are: their step takes the generator and their model
+# input needs no scaling.
+DROP_INS = ["DDIM", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2S"]
+ODE_SOLVERS = ["DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2S", "UniPC", "DEIS", "Euler", "Heun", "LMS", "DPM2"]
+STOCHASTIC = ["Euler a", "DPM++ 2M SDE"]
+
+
+def scheduler_as_named(name: str, config: dict):
+    scheduler_class, options = MEANING[name]
+    spacing = {} if scheduler_class is DPMSolverSinglestepScheduler else {"timestep_spacing": "trailing"}
+    return scheduler_class.from_config(config, **options, **spacing)
+
+
+@pytest.fixture
+def settings(tiny_strings) -> Settings:
+    return Settings.from_strings({**tiny_strings, "guidance_scale": "2.0", "num_inference_steps": "6"})
+
+
+def test_the_samplers_are_the_diffusers_schedulers_other_tools_name_so(tiny_repos):
+    config = DDPMScheduler.from_pretrained(tiny_repos.decoder / "scheduler").config
+    assert ("default", *MEANING) == SCHEDULERS
+    for name, sampler in SAMPLERS.items():
+        expected = scheduler_as_named(name, config)
+        assert sampler.scheduler_class is type(expected)
+        assert {key: expected.config[key] for key in sampler.options} == sampler.options
+    assert {name for name, sampler in SAMPLERS.items() if sampler.stochastic} == set(STOCHASTIC)
+
+
+@pytest.mark.parametrize("name", DROP_INS)
+def test_a_drop_in_sampler_equals_diffusers_with_its_scheduler_swapped_in(settings, warm_cache, name):
+    mine = generate(Settings(**{**settings.__dict__, "scheduler": name}), cache=warm_cache).images[0]
+    prior = KandinskyV22PriorPipeline.from_pretrained(settings.prior_model_name)
+    decoder = KandinskyV22Pipeline.from_pretrained(settings.model_name)
+    decoder.scheduler = scheduler_as_named(name, decoder.scheduler.config)
+    combined = combine(prior, decoder, KandinskyV22CombinedPipeline)
+    reference = np.asarray(combined(**combined_arguments(settings)).images[0])
+    assert max_difference(mine, reference) <= 1
+    default = generate(settings, cache=warm_cache).images[0]
+    assert max_difference(mine, default) > 1, "the sampler must change the picture"
+
+
+@pytest.mark.parametrize("name", ["default", *SAMPLERS])
+def test_every_sampler_reports_each_unet_call_and_stops_within_one(settings, warm_cache, name):
+    chosen = Settings(**{**settings.__dict__, "scheduler": name})
+    steps = []
+    result = generate(chosen, cache=warm_cache, on_step=lambda: steps.append(1))
+    assert len(steps) == progress_steps(chosen)
+    # Second-order samplers call the UNet twice a step but the last.
+    order = 2 if name in ("Heun", "DPM2") else 1
+    assert len(steps) == 3 + order * 6 - (order - 1)
+    assert all(np.isfinite(picture).all() for picture in result.images)
+    calls, seen = len(steps) - 3, []
+    with pytest.raises(GenerationStopped, match=re.escape(f"after step {calls - 1} of {calls} of the decoder.")):
+        generate(chosen, cache=warm_cache, on_step=lambda: seen.append(1), should_stop=lambda: len(seen) == 2 + calls)
+
+
+def test_changing_the_sampler_loads_nothing_again(settings):
+    cache = ModelCache()
+    generate(settings, cache=cache)
+    loaded = dict(cache.load_counts)
+    for name in ("DPM++ 2M", "Euler", "Heun", "default"):
+        generate(Settings(**{**settings.__dict__, "scheduler": name}), cache=cache)
+    assert cache.load_counts == loaded
+
+
+def test_only_the_latents_of_the_inpainting_unets_input_are_scaled_and_only_inside_the_block(tiny_repos):
+    decoder = KandinskyV22InpaintPipeline.from_pretrained(tiny_repos.inpaint_decoder)
+    decoder.set_progress_bar_config(disable=True)
+    seen: list[torch.Tensor] = []
+
+    def record(unet: torch.nn.Module, arguments: tuple, keywords: dict) -> None:
+        seen.append(keywords["sample"].clone())
+
+    embeds = torch.zeros(1, decoder.unet.config.encoder_hid_dim)
+    arguments = {
+        "image": random_image(1, (64, 64, 3)),
+        "mask_image": left_half_mask(np.float32, 1.0, (64, 64)),
+        "image_embeds": embeds,
+        "negative_image_embeds": embeds,
+        "height": 64,
+        "width": 64,
+        "num_inference_steps": 2,
+        "output_type": "latent",
+    }
+    before = decoder.unet.register_forward_pre_hook(record, with_kwargs=True)
+    with sampling(decoder, "Euler") as pipeline:
+        after = decoder.unet.register_forward_pre_hook(record, with_kwargs=True)
+        pipeline(**arguments)
+        after.remove()
+        sigma = float(pipeline.scheduler.sigmas[0])
+    # The UNet's input: 4 channels of latents, then the masked image's 4 and the mask's 1.
+    unscaled, scaled = seen[0], seen[1]
+    assert torch.allclose(scaled[:, :4], unscaled[:, :4] / (sigma**2 + 1) ** 0.5)
+    assert torch.equal(scaled[:, 4:], unscaled[:, 4:])
+    seen.clear()
+    decoder(**arguments)
+    before.remove()
+    assert len(seen) == 2, "the scaling must leave with the block"
+
+
+def final_latents(decoder: KandinskyV22Pipeline, name: str, steps: int, seed: int = 0, adapted: bool = True):
+    """The decoder's latents after ``steps`` steps of sampler ``name`` from fixed embeddings, without guidance."""
+    torch.manual_seed(0)
+    embeds, negative = torch.randn(1, 32), torch.randn(1, 32)
+    arguments = {
+        "image_embeds": embeds,
+        "negative_image_embeds": negative,
+        "height": 64,
+        "width": 64,
+        "num_inference_steps": steps,
+        "guidance_scale": 1.0,
+        "generator": torch.Generator("cpu").manual_seed(seed),
+        "output_type": "latent",
+    }
+    if adapted:
+        with sampling(decoder, name) as pipeline:
+            return pipeline(**arguments).images
+    pipeline = KandinskyV22Pipeline(
+        **{**decoder.components, "scheduler": scheduler_as_named(name, decoder.scheduler.config)}
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline(**arguments).images
+
+
+@pytest.fixture(scope="module")
+def unclipped_decoder(tiny_repos) -> KandinskyV22Pipeline:
+    """The tiny decoder with its scheduler's clipping of the predicted sample off: DDIM honours the repo's
+    clip_sample, the DPM family has no such step, and clipping is no part of the probability-flow ODE they
+    all solve (the tiny random UNet's latents reach about 70, far past the clipping range)."""
+    decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
+    decoder.scheduler = DDPMScheduler.from_config(decoder.scheduler.config, clip_sample=False)
+    decoder.set_progress_bar_config(disable=True)
+    return decoder
+
+
+@pytest.mark.slow
+def test_the_ode_solvers_converge_to_ddims_result_and_an_unadapted_euler_does_not(unclipped_decoder):
+    few, many = 50, 200
+    ddim = {steps: final_latents(unclipped_decoder, "DDIM", steps) for steps in (few, many)}
+    scale = float(ddim[many].abs().max())
+    for name in ODE_SOLVERS:
+        distance = {
+            steps: float((final_latents(unclipped_decoder, name, steps) - ddim[steps]).abs().max())
+            for steps in (few, many)
+        }
+        # At 200 steps within 1.5% of the latents' largest magnitude, and closer than at 50 steps.
+        assert distance[many] < 0.015 * scale, name
+        assert distance[many] < 0.8 * distance[few], name
+    unadapted = float((final_latents(unclipped_decoder, "Euler", many, adapted=False) - ddim[many]).abs().max())
+    assert unadapted > 0.1 * scale
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_a_stochastic_sampler_repeats_with_its_seed_and_matches_ddpms_statistics(unclipped_decoder, name):
+    assert torch.equal(
+        final_latents(unclipped_decoder, name, 50, seed=1), final_latents(unclipped_decoder, name, 50, seed=1)
+    )
+    mine = torch.stack([final_latents(unclipped_decoder, name, 50, seed=seed) for seed in range(6)])
+    ddpm = torch.stack([final_latents(unclipped_decoder, "default", 50, seed=seed) for seed in range(6)])
+    assert torch.isfinite(mine).all()
+    assert not torch.equal(mine[0], mine[1])
+    assert abs(float(mine.mean() - ddpm.mean())) < 0.1 * float(ddpm.std())
+    assert abs(float(mine.std() / ddpm.std()) - 1) < 0.25
