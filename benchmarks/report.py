@@ -19,6 +19,8 @@ CASES = {
     "prior_offload_compile_reduce-overhead": "engine, prior_offload, `compile_unet` reduce-overhead",
     "switching_prior_offload": "engine, prior_offload, text2img and inpaint in turn (one decoder on the GPU), per run",
     "switching_gpu": "engine, gpu, text2img and inpaint in turn (both decoders on the GPU), per run",
+    "dpmpp_2m_25": "engine, gpu, `scheduler` DPM++ 2M at 25 decoder steps",
+    "dpmpp_2m_30": "engine, gpu, `scheduler` DPM++ 2M at 30 decoder steps",
     "model_offload": "engine, `memory_mode` model_offload",
     "sequential_offload": "engine, `memory_mode` sequential_offload (1 timed run)",
     "bfloat16": "lever not kept: the models in bfloat16",

@@ -31,7 +31,17 @@ def gpu_benchmark(tmp_path_factory) -> dict:
 def test_the_gpu_benchmark_runs_every_case_the_cpu_can_run_without_error(gpu_benchmark):
     cases = gpu_benchmark["cases"]
     levers = ["bfloat16", "channels_last", "classic_attention"]
-    assert list(cases) == ["diffusers", "gpu", "gpu_batch", "gpu_mix", "switching_gpu", *levers, "compile_switches"]
+    samplers = ["dpmpp_2m_25", "dpmpp_2m_30"]
+    assert list(cases) == [
+        "diffusers",
+        "gpu",
+        "gpu_batch",
+        *samplers,
+        "gpu_mix",
+        "switching_gpu",
+        *levers,
+        "compile_switches",
+    ]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case]
     assert cases["diffusers"]["runs"] == 1 and cases["gpu_batch"]["num_images"] == 2
     switching = cases["switching_gpu"]
@@ -76,7 +86,8 @@ def test_the_script_for_the_next_lent_gpu_asks_for_its_cases_and_logs_the_report
     subprocess.run(command, check=True, capture_output=True, timeout=600, env=environment)
     cases = json.loads((tmp_path / "gpu_benchmark.json").read_text(encoding="utf-8"))["cases"]
     # Only the cases asked for, beside the diffusers baseline; on the CPU the CUDA-only ones are left out.
-    assert list(cases) == ["diffusers", "gpu", "gpu_mix", "switching_gpu", "classic_attention"]
+    asked = ["gpu", "dpmpp_2m_25", "dpmpp_2m_30", "gpu_mix", "switching_gpu", "classic_attention"]
+    assert list(cases) == ["diffusers", *asked]
     assert all(case == {"skipped": "the time budget was spent"} for case in cases.values())
     assert '"switching_gpu": {' in (tmp_path / "log").read_text(encoding="utf-8")
 
