@@ -11,7 +11,8 @@ steps), and their results do not approach each other as the steps grow (Lin et a
 Schedules and Sample Steps are Flawed", 2024, section 3.3).
 
 diffusers' Kandinsky 2.2 pipelines were written for DDPM-like schedulers: they pass ``generator=`` to every
-``step`` and never call ``scale_model_input``. ``sampling`` adapts any scheduler to them in one place: it
+``step`` and never call ``scale_model_input`` (diffusers 0.40.0 to 0.42.1, tests/test_upstream.py). Workaround:
+``sampling`` adapts any scheduler to them in one place: it
 drops the generator for the schedulers whose ``step`` takes none (they are deterministic), and scales the
 UNet's latent input as ``scale_model_input`` says for the schedulers that work on unscaled noisy samples
 (Euler, Heun, LMS, KDPM2: the input is divided by sqrt(sigma^2 + 1)), which is what diffusers' other pipelines do

@@ -101,8 +101,12 @@ def test_the_cpu_overhead_benchmark_times_the_task_against_diffusers_with_nothin
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert report["plugin_through_ikomia"]["runs"] == report["diffusers_combined"]["runs"] == 2
     assert report["run"]["num_inference_steps"] == "2"
+    # Changing the sampler loads nothing again either.
     assert report["loads_after_the_first_run"] == {"prior": 0, "decoder": 0}
     assert report["ratio_of_medians"] > 0 and report["median_ratio_of_pairs"] > 0
+    samplers = report["samplers_per_picture"]
+    assert list(samplers) == ["default at 100 steps", "DPM++ 2M at 30 steps", "DPM++ 2M at 25 steps"]
+    assert samplers["default at 100 steps"]["median_s"] > samplers["DPM++ 2M at 25 steps"]["median_s"]
     fixed = report["fixed_cost"]
     assert fixed["run"]["num_inference_steps"] == "1"
     assert fixed["plugin_through_ikomia"]["runs"] == fixed["diffusers_combined"]["runs"] == fixed["pairs"] == 3

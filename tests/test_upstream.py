@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    EulerDiscreteScheduler,
     KandinskyV22ControlnetImg2ImgPipeline,
     KandinskyV22ControlnetPipeline,
     KandinskyV22Img2ImgPipeline,
@@ -16,6 +17,7 @@ from diffusers import (
     KandinskyV22PriorEmb2EmbPipeline,
     KandinskyV22PriorPipeline,
     UnCLIPScheduler,
+    UniPCMultistepScheduler,
 )
 from PIL import Image
 
@@ -125,3 +127,21 @@ def test_the_prior_scheduler_fails_on_one_step_which_the_steps_minimum_refuses()
     assert steps.minimum == 2
     with pytest.raises(ZeroDivisionError):
         UnCLIPScheduler().set_timesteps(1)
+
+
+def test_diffusers_kandinsky_pipelines_give_step_a_generator_and_never_scale_the_model_input(tiny_repos):
+    # schedulers.sampling drops the generator for a step that takes none and scales the UNet's latent input
+    # itself, since the pipelines do neither.
+    decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
+    embeds = torch.zeros(1, decoder.unet.config.encoder_hid_dim)
+    arguments = {"image_embeds": embeds, "negative_image_embeds": embeds, "height": 64, "width": 64}
+    scheduler = UniPCMultistepScheduler.from_config(decoder.scheduler.config)
+    unipc = KandinskyV22Pipeline(**{**decoder.components, "scheduler": scheduler})
+    unipc.set_progress_bar_config(disable=True)
+    with pytest.raises(TypeError, match="generator"):
+        unipc(**arguments, num_inference_steps=2, output_type="latent")
+    euler = EulerDiscreteScheduler.from_config(decoder.scheduler.config)
+    pipeline = KandinskyV22Pipeline(**{**decoder.components, "scheduler": euler})
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline(**arguments, num_inference_steps=2, output_type="latent")
+    assert not euler.is_scale_input_called, "the pipelines scale the model input now: revisit schedulers.sampling"
