@@ -40,6 +40,7 @@ from .images import (
     outpaint_canvas,
     paste_back_ramp,
 )
+from .schedulers import cut_by_order
 
 if TYPE_CHECKING:
     from .generation import Pipelines, Runtime
@@ -610,6 +611,7 @@ def over_components(pipeline_class: type[DiffusionPipeline], decoder: DiffusionP
     output size (see ``images.fit``).
     """
     pipeline = pipeline_class(**decoder.components)
+    cut_by_order(pipeline)
     pipeline.image_processor = VaeImageProcessor(
         vae_scale_factor=2 ** (len(decoder.movq.config.block_out_channels) - 1),
         vae_latent_channels=decoder.movq.config.latent_channels,

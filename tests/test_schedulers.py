@@ -17,6 +17,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     KandinskyV22CombinedPipeline,
+    KandinskyV22Img2ImgPipeline,
     KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
@@ -24,13 +25,15 @@ from diffusers import (
     LMSDiscreteScheduler,
     UniPCMultistepScheduler,
 )
+from PIL import Image
 
 from helpers import left_half_mask, max_difference, random_image
 from infer_kandinsky_2_2.kandinsky22_devkit.reference import combine, combined_arguments
 from infer_kandinsky_2_2.kandinsky22_engine.generation import GenerationStopped, generate, progress_steps
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
+from infer_kandinsky_2_2.kandinsky22_engine.modes import Inputs, over_components
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
-from infer_kandinsky_2_2.kandinsky22_engine.schedulers import SAMPLERS, SCHEDULERS, sampling
+from infer_kandinsky_2_2.kandinsky22_engine.schedulers import SAMPLERS, SCHEDULERS, model_calls, sampling
 
 # What each name means, as other tools use it (the diffusers documentation's table of A1111 and k-diffusion
 # names): the class and its options; every one but DPM++ 2S (which has no such option) with trailing spacing.
@@ -215,3 +218,58 @@ def test_a_stochastic_sampler_repeats_with_its_seed_and_matches_ddpms_statistics
     assert not torch.equal(mine[0], mine[1])
     assert abs(float(mine.mean() - ddpm.mean())) < 0.1 * float(ddpm.std())
     assert abs(float(mine.std() / ddpm.std()) - 1) < 0.25
+
+
+def first_unet_timesteps(decoder: KandinskyV22Pipeline, name: str, strength: float) -> list[float]:
+    """The timesteps the UNet sees in an img2img run of sampler ``name`` at ``strength``, 10 steps."""
+    seen: list[float] = []
+    embeds = torch.zeros(1, decoder.unet.config.encoder_hid_dim)
+    with sampling(decoder, name) as sampled:
+        pipeline = over_components(KandinskyV22Img2ImgPipeline, sampled)
+        hook = decoder.unet.register_forward_pre_hook(
+            lambda unet, arguments, keywords: seen.append(float(keywords["timestep"])), with_kwargs=True
+        )
+        try:
+            pipeline(
+                image=Image.fromarray(random_image(1, (64, 64, 3))),
+                image_embeds=embeds,
+                negative_image_embeds=embeds,
+                height=64,
+                width=64,
+                num_inference_steps=10,
+                strength=strength,
+                output_type="latent",
+            )
+        finally:
+            hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name", ["Heun", "DPM2"])
+@pytest.mark.parametrize("strength", [0.1, 0.3, 0.5])
+def test_a_second_order_sampler_starts_image_to_image_where_the_strength_says(tiny_repos, name, strength):
+    decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
+    decoder.set_progress_bar_config(disable=True)
+    first_order = first_unet_timesteps(decoder, "Euler", strength)
+    second_order = first_unet_timesteps(decoder, name, strength)
+    # The same first noise level as a first-order sampler on the same schedule, and two passes a step but the last.
+    assert second_order[0] == first_order[0]
+    assert len(second_order) == 2 * len(first_order) - 1 == model_calls(name, 10, 10 - int(10 * strength))
+
+
+@pytest.mark.slow
+def test_in_inpainting_the_samplers_that_need_scaling_agree_with_one_that_does_not(tiny_strings, tiny_repos):
+    """The inpainting decoder's repo does not clip: its ODE solvers agree, Euler, Heun and LMS included, once
+    the noise the pipeline adds to the kept area at every step is of unit variance for them too."""
+    parameters = {**tiny_strings, "mode": "inpaint", "model_name": str(tiny_repos.inpaint_decoder), "width": "64"}
+    inputs = Inputs(image=random_image(1, (64, 64, 3)), mask=left_half_mask(shape=(64, 64)))
+    cache = ModelCache()
+    pictures = {
+        name: generate(
+            Settings.from_strings({**parameters, "scheduler": name, "num_inference_steps": "150"}), inputs, cache=cache
+        ).images[0]
+        for name in ("DPM++ 2M", "Euler", "Heun", "LMS")
+    }
+    for name in ("Euler", "Heun", "LMS"):
+        mean = np.abs(pictures[name].astype(int) - pictures["DPM++ 2M"].astype(int)).mean()
+        assert mean < 6, name
