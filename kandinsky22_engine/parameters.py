@@ -327,8 +327,8 @@ class Settings:
         group="Decoder: embedding to image",
         help=(
             "The decoder's sampler: default is the repo's own DDPM (100 steps by default); the others, named as in "
-            "other tools, are usually run at fewer steps (DPM++ 2M, UniPC: 20 to 30), a quality not measured here on "
-            "the real weights. Changing it reloads nothing; the prior keeps its own."
+            "other tools, are usually run at fewer steps (DPM++ 2M, UniPC: 20 to 30; not measured here on the real "
+            "weights). Changing it reloads nothing; the prior keeps its own."
         ),
         choices=SCHEDULERS,
         choice_help=(

@@ -10,9 +10,11 @@ import pytest
 import torch
 from diffusers import (
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
     KandinskyV22ControlnetImg2ImgPipeline,
     KandinskyV22ControlnetPipeline,
     KandinskyV22Img2ImgPipeline,
+    KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorEmb2EmbPipeline,
     KandinskyV22PriorPipeline,
@@ -145,3 +147,39 @@ def test_diffusers_kandinsky_pipelines_give_step_a_generator_and_never_scale_the
     pipeline.set_progress_bar_config(disable=True)
     pipeline(**arguments, num_inference_steps=2, output_type="latent")
     assert not euler.is_scale_input_called, "the pipelines scale the model input now: revisit schedulers.sampling"
+
+
+def test_diffusers_img2img_cuts_a_second_order_schedule_by_timesteps_and_inpainting_noises_with_its_latents(
+    tiny_repos,
+):
+    # schedulers.cut_by_order cuts at whole steps; schedulers.sampling brings the inpainting noise to unit variance.
+    decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
+    heun = HeunDiscreteScheduler.from_config(decoder.scheduler.config)
+    pipeline = KandinskyV22Img2ImgPipeline(**{**decoder.components, "scheduler": heun})
+    heun.set_timesteps(10)
+    timesteps, _ = pipeline.get_timesteps(10, 0.3, "cpu")
+    assert len(timesteps) == len(heun.timesteps) - 7, "img2img now cuts by the scheduler's order: revisit"
+    inpaint = KandinskyV22InpaintPipeline.from_pretrained(tiny_repos.inpaint_decoder)
+    euler = EulerDiscreteScheduler.from_config(inpaint.scheduler.config)
+    inpaint = KandinskyV22InpaintPipeline(**{**inpaint.components, "scheduler": euler})
+    inpaint.set_progress_bar_config(disable=True)
+    noises = []
+    add_noise = euler.add_noise
+    euler.add_noise = lambda original, noise, timesteps: (
+        noises.append(float(noise.std())) or add_noise(original, noise, timesteps)
+    )
+    embeds = torch.zeros(1, decoder.unet.config.encoder_hid_dim)
+    mask = np.zeros((64, 64), np.float32)
+    mask[:, :32] = 1
+    picture = np.zeros((64, 64, 3), np.uint8)
+    inpaint(
+        image=picture,
+        mask_image=mask,
+        image_embeds=embeds,
+        negative_image_embeds=embeds,
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        output_type="latent",
+    )
+    assert noises and min(noises) > 5, "the inpainting pipeline's noise has unit variance now: revisit"
