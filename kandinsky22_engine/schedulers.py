@@ -19,8 +19,10 @@ UNet's latent input as ``scale_model_input`` says for the schedulers that work o
 before every UNet call. The prior keeps its own ``UnCLIPScheduler``.
 """
 
+import copy
 import functools
 import inspect
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -129,6 +131,8 @@ SAMPLERS: dict[str, Sampler] = {
     )
 }
 SCHEDULERS = (DEFAULT_SCHEDULER, *SAMPLERS)
+# Each sampler as first built for a config (``make_scheduler``), never run: runs get copies.
+_BUILT: dict[tuple[str, str], SchedulerMixin] = {}
 
 
 def make_scheduler(name: str, config: dict) -> SchedulerMixin | None:
@@ -136,15 +140,20 @@ def make_scheduler(name: str, config: dict) -> SchedulerMixin | None:
     ``DEFAULT_SCHEDULER`` (the decoder keeps its own).
 
     The repo's values are kept (training betas, clipping, prediction type); the sampler's options and trailing
-    timestep spacing (for the schedulers that have the option) replace theirs.
+    timestep spacing (for the schedulers that have the option) replace theirs. Each sampler is built once per
+    config and copied for every run: some constructors take a noticeable time (KDPM2's about 0.4 s on a CPU
+    core), a copy a millisecond.
     """
     if name == DEFAULT_SCHEDULER:
         return None
-    sampler = SAMPLERS[name]
-    options = dict(sampler.options)
-    if "timestep_spacing" in inspect.signature(sampler.scheduler_class.__init__).parameters:
-        options["timestep_spacing"] = TIMESTEP_SPACING
-    return sampler.scheduler_class.from_config(config, **options)
+    key = (name, json.dumps(dict(config), sort_keys=True, default=str))
+    if key not in _BUILT:
+        sampler = SAMPLERS[name]
+        options = dict(sampler.options)
+        if "timestep_spacing" in inspect.signature(sampler.scheduler_class.__init__).parameters:
+            options["timestep_spacing"] = TIMESTEP_SPACING
+        _BUILT[key] = sampler.scheduler_class.from_config(config, **options)
+    return copy.deepcopy(_BUILT[key])
 
 
 @functools.cache

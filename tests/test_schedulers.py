@@ -273,3 +273,13 @@ def test_in_inpainting_the_samplers_that_need_scaling_agree_with_one_that_does_n
     for name in ("Euler", "Heun", "LMS"):
         mean = np.abs(pictures[name].astype(int) - pictures["DPM++ 2M"].astype(int)).mean()
         assert mean < 6, name
+
+
+def test_each_run_gets_its_own_copy_of_a_sampler_built_once(tiny_repos):
+    from infer_kandinsky_2_2.kandinsky22_engine.schedulers import make_scheduler
+
+    config = DDPMScheduler.from_pretrained(tiny_repos.decoder / "scheduler").config
+    first, second = make_scheduler("DPM2", config), make_scheduler("DPM2", config)
+    assert first is not second and first.sigmas is not second.sigmas
+    first.set_timesteps(5)
+    assert len(second.timesteps) != len(first.timesteps), "a run's schedule must not reach another's"
