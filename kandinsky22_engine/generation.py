@@ -30,6 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MA
 
 from .hub import TRANSFORMERS_INDEX, ModelLoadError, Source, first_line
 from .images import InputError, depth_hint
+from .memory import memory_mode
 from .models import (
     DEPTH_ESTIMATOR,
     IMAGE_ENCODER,
@@ -80,11 +81,6 @@ class NotFinite(RuntimeError):
     """A stage produced values that are not finite (NaN or infinity); the message says which and what to try."""
 
 
-# What an out-of-memory error suggests next. sequential_offload is not offered: at 768x768 on an H200 it
-# peaked higher than model_offload (diffusers keeps the prior on the GPU in that mode), and 6x slower.
-LESS_MEMORY = {"gpu": "model_offload", "prior_offload": "model_offload"}
-
-
 @dataclass(frozen=True)
 class Runtime:
     """Where the models run, how they use the GPU, and why there when it is not where the user asked."""
@@ -102,10 +98,10 @@ class Runtime:
     def decoder_key(self, model_name: str) -> ModelKey:
         """The cache key of ``model_name`` loaded for this runtime, as a decoder (whose UNet may be compiled).
 
-        prior_offload places a decoder as gpu does, so switching between the two keeps the loaded (and
-        maybe compiled) decoder.
+        Its memory mode is the table's ``decoder_mode``: prior_offload places a decoder as gpu does, so
+        switching between the two keeps the loaded (and maybe compiled) decoder.
         """
-        placement = "gpu" if self.memory_mode == "prior_offload" else self.memory_mode
+        placement = memory_mode(self.memory_mode).decoder_mode
         return ModelKey(model_name, self.device, self.dtype, placement, self.compile_unet)
 
 
@@ -232,10 +228,8 @@ def load_pipelines(settings: Settings, cache: ModelCache = MODEL_CACHE) -> Pipel
     runtime = choose_runtime(settings)
     decoder = MODES[settings.mode].decoder
     with cache.lock:
-        if runtime.memory_mode not in ("gpu", "none"):
-            # Modes that save memory keep no idle decoder on the GPU: the others leave it before this one is
-            # placed or brought back (gpu keeps every decoder it has used there; a CPU run, "none", leaves
-            # the GPU as it is).
+        if memory_mode(runtime.memory_mode).sets_aside_other_decoders:
+            # The other decoders leave the GPU before this one is placed or brought back.
             for role in DECODER_ROLES:
                 if role != decoder.role:
                     cache.set_aside(role)
@@ -594,7 +588,7 @@ def _explain_out_of_memory(settings: Settings, runtime: Runtime) -> Iterator[Non
     except torch.cuda.OutOfMemoryError as error:
         gc.collect()
         torch.cuda.empty_cache()
-        less = LESS_MEMORY.get(runtime.memory_mode)
+        less = memory_mode(runtime.memory_mode).less_memory
         advice = f"memory_mode {less} (less memory, slower), " if less else ""
         raise GenerationOutOfMemory(
             f"Out of GPU memory while generating {settings.num_images} picture(s) of {settings.width}x"

@@ -27,11 +27,9 @@ from PIL import Image
 from transformers import CLIPVisionModelWithProjection, DepthEstimationPipeline, pipeline
 
 from .hub import ROOT, Check, ModelLoadError, fetch, first_line, no_check, parse_model_name
+from .memory import MEMORY_MODES, MODEL_OFFLOAD, PARKED, PLACED, SEQUENTIAL_OFFLOAD, memory_mode
 
 logger = logging.getLogger(__name__)
-# The models of a prior pipeline that each memory mode parks (see ``Parking``). The CLIP image encoder is not
-# part of the loaded prior pipeline: ``ImageEncoder`` holds it, loaded only when a run needs it.
-PARKED_PRIOR_MODELS = {"prior_offload": ("text_encoder", "prior")}
 IMAGE_ENCODER = "image_encoder"
 DEPTH_ESTIMATOR = "depth_estimator"
 
@@ -50,10 +48,9 @@ class Loader(Protocol):
 class ModelKey:
     """What identifies a loaded pipeline: where it comes from, where it runs, and how it uses the GPU.
 
-    ``memory_mode`` is "gpu" (every model on the GPU but the image encoder, parked in CPU memory, see
-    ``Parking``), "prior_offload" (a prior's key only: its text encoder and prior parked), "model_offload" or
-    "sequential_offload" on CUDA, and "none" on the CPU, where there is nothing to offload. ``compile_unet`` is the
-    torch.compile mode of the pipeline's UNet, or "off".
+    ``memory_mode`` is a name of ``memory.MEMORY_MODES`` on CUDA (a decoder's key has its ``decoder_mode``), and
+    "none" on the CPU, where there is nothing to offload; the table says how each places the models.
+    ``compile_unet`` is the torch.compile mode of the pipeline's UNet, or "off".
     """
 
     model_name: str
@@ -244,15 +241,16 @@ class ModelCache:
         """Park every model of the pipeline of ``role`` in CPU memory until it is asked for again.
 
         For a decoder left on the GPU by a gpu run when another decoder runs in a mode that saves memory.
-        Only a pipeline kept whole on the device is set aside (a key of memory_mode gpu, which the decoders
-        of prior_offload runs also have), and never one with a compiled UNet, which stays as compiled: CUDA
-        graphs record where the weights are, and record again each time they move.
+        Only a pipeline placed whole on the device (``memory.PLACED``, nothing parked) is set aside, and never
+        one with a compiled UNet, which stays as compiled: CUDA graphs record where the weights are, and record
+        again each time they move.
         """
         with self.lock:
             loaded = self._loaded.get(role)
             is_decoder = loaded is not None and "unet" in getattr(loaded.model, "components", {})
-            whole_on_device = is_decoder and loaded.key.memory_mode == "gpu" and not loaded.parking.names
-            if not whole_on_device or loaded.key.compile_unet != "off":
+            # A CPU run's decoder (memory mode "none", not in the table's CUDA modes) is in CPU memory already.
+            mode = MEMORY_MODES.get(loaded.key.memory_mode) if is_decoder else None
+            if mode is None or mode.pipelines != PLACED or loaded.parking.names or loaded.key.compile_unet != "off":
                 return
             if loaded.aside is not None:
                 loaded.aside.park(*loaded.aside.names)
@@ -270,8 +268,8 @@ class ModelCache:
                 torch.cuda.empty_cache()
 
     def parking(self, role: str) -> Parking:
-        """What the model of ``role`` keeps parked in CPU memory: a prior's models, as ``PARKED_PRIOR_MODELS``
-        says for its memory mode; nothing for a decoder."""
+        """What the model of ``role`` keeps parked in CPU memory: a prior's models, as its memory mode's
+        ``parked_prior_models`` says; nothing for a decoder."""
         with self.lock:
             return self._loaded[role].parking
 
@@ -392,16 +390,18 @@ class ImageEncoder:
     which diffusers' ``KandinskyV22PriorPipeline.get_zero_embed`` recomputes for every generation with its
     1.8B-parameter encoder; the answer never changes, so it is computed once here. On CUDA the encoder waits
     in CPU memory and visits the device for these uses only (``Parking``), or moves layer by layer under
-    sequential_offload (accelerate's ``cpu_offload``, as diffusers offloads the prior's other models).
+    sequential_offload (accelerate's ``cpu_offload``, as diffusers offloads the prior's other models): the memory
+    mode's ``image_encoder`` says which.
     """
 
     def __init__(self, model: CLIPVisionModelWithProjection, key: ModelKey) -> None:
         self.model = model
         self.device = key.device
         self.parking = Parking()
-        if key.memory_mode == "sequential_offload":
+        kept = memory_mode(key.memory_mode).image_encoder
+        if kept == SEQUENTIAL_OFFLOAD:
             cpu_offload(model, execution_device=torch.device(key.device))
-        elif key.memory_mode != "none":
+        elif kept == PARKED:
             self.parking = Parking({IMAGE_ENCODER: model}, key.device)
         self._zero_embedding: torch.Tensor | None = None
 
@@ -461,15 +461,15 @@ class DepthEstimatorLoader:
 class DepthEstimator:
     """A transformers depth-estimation pipeline, loaded once per process, that estimates a photo's depth map.
 
-    Under the memory modes that save GPU memory (prior_offload, model_offload, sequential_offload) its model
-    waits in CPU memory and visits the device only while it estimates (``Parking``), as the image encoder
-    does; under gpu it stays on the device, and on the CPU there is nothing to park.
+    Under the memory modes that save GPU memory its model waits in CPU memory and visits the device only while
+    it estimates (``Parking``), as the image encoder does; under gpu it stays on the device, and on the CPU
+    there is nothing to park: the memory mode's ``depth_estimator`` says which.
     """
 
     def __init__(self, estimator: DepthEstimationPipeline, key: ModelKey) -> None:
         self.estimator = estimator
         # The pipeline placed the model on the device, where it runs; parking moves it to CPU memory until then.
-        parked = key.memory_mode not in ("gpu", "none")
+        parked = memory_mode(key.memory_mode).depth_estimator == PARKED
         self.parking = Parking({DEPTH_ESTIMATOR: estimator.model} if parked else None, key.device)
 
     def estimate(self, photo: np.ndarray) -> np.ndarray:
@@ -487,15 +487,15 @@ class DepthEstimator:
 def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:
     """Place a freshly loaded pipeline as ``key`` says, and return what it keeps parked.
 
-    In prior_offload, a prior's models that ``PARKED_PRIOR_MODELS`` names are parked instead of placed (a
-    decoder's key then says gpu).
+    The key's memory mode (``memory.MEMORY_MODES``) says how: placed on the device, or offloaded by diffusers;
+    a prior's ``parked_prior_models`` are parked instead of placed.
     """
     pipeline.set_progress_bar_config(disable=True)
-    is_prior = isinstance(pipeline, KandinskyV22PriorPipeline)
-    parked = PARKED_PRIOR_MODELS.get(key.memory_mode, ()) if is_prior else ()
-    if key.memory_mode == "model_offload":
+    mode = memory_mode(key.memory_mode)
+    parked = mode.parked_prior_models if isinstance(pipeline, KandinskyV22PriorPipeline) else ()
+    if mode.pipelines == MODEL_OFFLOAD:
         pipeline.enable_model_cpu_offload(device=key.device)
-    elif key.memory_mode == "sequential_offload":
+    elif mode.pipelines == SEQUENTIAL_OFFLOAD:
         pipeline.enable_sequential_cpu_offload(device=key.device)
     else:
         for name, component in pipeline.components.items():

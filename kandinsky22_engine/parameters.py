@@ -15,6 +15,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 import torch
 
 from .images import PASTE_BACK_FEATHER
+from .memory import MEMORY_MODES
 from .modes import (
     DEFAULT_DECODER,
     DEFAULT_PRIOR,
@@ -27,7 +28,6 @@ from .schedulers import DEFAULT_SCHEDULER, SAMPLERS, SCHEDULERS
 # The known repos that fit each mode: its decoder's default.
 MODE_DECODERS = {name: mode.decoder.default_model for name, mode in MODES.items()}
 KNOWN_DECODERS = tuple(dict.fromkeys(MODE_DECODERS.values()))
-MEMORY_MODES = ("gpu", "prior_offload", "model_offload", "sequential_offload")
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 MASK_MODES = ("repaint", "keep")
 MAX_OUTPAINT_OVERLAP = 256
@@ -449,11 +449,11 @@ class Settings:
         label="GPU memory",
         group="Device",
         help=(
-            "How the models use GPU memory: gpu keeps them there (fastest), prior_offload moves the text encoder "
-            "and prior there for the prior stage only, model_offload each model only while it runs (least memory), "
-            "sequential_offload one layer at a time (slowest). Ignored on the CPU."
+            "How the models use GPU memory: "
+            + "; ".join(f"{name}: {mode.help}" for name, mode in MEMORY_MODES.items())
+            + ". Ignored on the CPU."
         ),
-        choices=MEMORY_MODES,
+        choices=tuple(MEMORY_MODES),
         cuda_only=True,
     )
     compile_unet: str = _setting(

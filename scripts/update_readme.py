@@ -23,6 +23,7 @@ from diffusers import KandinskyV22PriorPipeline  # noqa: E402
 
 from kandinsky22_devkit.published import file_sizes  # noqa: E402
 from kandinsky22_engine.hub import needed_files  # noqa: E402
+from kandinsky22_engine.memory import markdown_table as memory_table  # noqa: E402
 from kandinsky22_engine.models import IMAGE_ENCODER, pipeline_components  # noqa: E402
 from kandinsky22_engine.modes import (  # noqa: E402
     DEFAULT_PRIOR,
@@ -221,6 +222,7 @@ BLOCKS = {
     "modes": modes_table,
     "samplers": samplers_table,
     "parameters": markdown_table,
+    "memory-modes": memory_table,
     "downloads": downloads_block,
 }
 
