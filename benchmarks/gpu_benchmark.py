@@ -42,12 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffusers
 import transformers
 from diffusers import DiffusionPipeline
+from diffusers.hooks import apply_group_offloading
 from flops import count_flops
 
 from kandinsky22_devkit.reference import combine, combined_arguments
 from kandinsky22_devkit.tiny import FULL, TINY, build_decoder_pipeline, build_prior_pipeline, write_tokenizer
 from kandinsky22_engine.generation import Inputs, choose_runtime, generate, to_uint8
-from kandinsky22_engine.models import ModelCache
+from kandinsky22_engine.models import ModelCache, Parking
 from kandinsky22_engine.parameters import Settings
 
 PROMPT = "portrait of a young women, blue eyes, cinematic"
@@ -266,13 +267,14 @@ class Bench:
             cache.release()
         return {**result, **{f"{mode}_median_s": statistics.median(each[1:]) for mode, each in seconds.items()}}
 
-    def switches(self, compile_unet: str) -> dict:
-        """One cache of compiled models through runs that change the UNet's inputs: what each first run costs.
+    def switches(self, **changes) -> dict:
+        """One cache of models, with ``changes`` to the settings (a compile mode, CUDA graphs), through runs that
+        change the UNet's inputs: what each first run costs.
 
         A batch, classifier-free guidance (which doubles the UNet's batch) and img2img after text2img:
-        each first run may recompile; the warm run after it shows whether the speed holds.
+        each first run may recompile or capture; the warm run after it shows whether the speed holds.
         """
-        base = replace(self.settings, compile_unet=compile_unet)
+        base = replace(self.settings, **changes)
         cache = adopted(base, *self.build())
         picture = np.random.default_rng(0).integers(0, 256, (base.height, base.width, 3), dtype=np.uint8)
         steps = (
@@ -295,6 +297,97 @@ class Bench:
         finally:
             cache.release()
         return results
+
+    def visits(self) -> dict:
+        """A model kept in CPU memory that visits the device, three ways: the engine's ``Parking`` (the weights
+        packed in pinned buffers, copied in, nothing copied back), a plain ``.to()`` there and back (pageable
+        memory), and diffusers' group offloading (``apply_group_offloading``, block level, with a CUDA stream
+        that copies the next block during the current one's forward). What is timed, each over warm runs:
+
+        - ``text_encoder_*``: one forward of the prior's text encoder on the prompt, the encoder visiting for it
+          (what prior_offload does to it at every run);
+        - ``decoder_back_*``: a decoder's UNet and MoVQ brought back to the device and sent away again, with no
+          forward (what setting a decoder aside costs, per switch of mode).
+
+        Each result's ``peak_memory_gb`` is the device's peak during the warm runs, ``resident_gb`` what was
+        allocated before them.
+        """
+        prompt = self.tokenizer(PROMPT, padding="max_length", return_tensors="pt").input_ids.to(self.device)
+        streams = self.device == "cuda"
+        ways = {
+            "text_encoder_parking": lambda: self._parked(self._text_encoder(), prompt),
+            "text_encoder_to": lambda: self._moved(self._text_encoder(), prompt),
+            "text_encoder_group_offload" + ("_streams" if streams else ""): lambda: self._grouped(
+                self._text_encoder(), prompt, streams
+            ),
+            "decoder_back_parking": lambda: self._parked(self._decoder_models()),
+            "decoder_back_to": lambda: self._moved(self._decoder_models()),
+        }
+        results = {}
+        for name, make in ways.items():
+            run = make()
+            gc.collect()
+            resident = torch.cuda.memory_allocated() / 1e9 if self.device == "cuda" else 0.0
+            result, _ = timed(run, self.device, self.repeats)
+            results[name] = {**result, "resident_gb": resident}
+            del run
+        return results
+
+    def _text_encoder(self) -> dict[str, torch.nn.Module]:
+        prior, _ = self.build()
+        return {"text_encoder": prior.text_encoder}
+
+    def _decoder_models(self) -> dict[str, torch.nn.Module]:
+        _, decoder = self.build()
+        return {"unet": decoder.unet, "movq": decoder.movq}
+
+    def _parked(
+        self, models: dict[str, torch.nn.Module], prompt: torch.Tensor | None = None
+    ) -> Callable[[], np.ndarray]:
+        """A visit through ``Parking``: a forward of the text encoder on ``prompt``, or the copy alone."""
+        parking = Parking(models, self.device)
+
+        def run() -> np.ndarray:
+            with parking.visit(*models):
+                if prompt is not None:
+                    models["text_encoder"](prompt)
+                synchronize(self.device)
+            return np.zeros(1)
+
+        return run
+
+    def _moved(
+        self, models: dict[str, torch.nn.Module], prompt: torch.Tensor | None = None
+    ) -> Callable[[], np.ndarray]:
+        """A visit by ``.to()``: to the device, a forward on ``prompt`` (or none), and back to the CPU."""
+        for module in models.values():
+            module.to("cpu")
+
+        def run() -> np.ndarray:
+            for module in models.values():
+                module.to(self.device)
+            if prompt is not None:
+                models["text_encoder"](prompt)
+            for module in models.values():
+                module.to("cpu")
+            return np.zeros(1)
+
+        return run
+
+    def _grouped(
+        self, models: dict[str, torch.nn.Module], prompt: torch.Tensor, streams: bool
+    ) -> Callable[[], np.ndarray]:
+        """A forward of the text encoder on ``prompt`` under diffusers' group offloading, one block per group."""
+        encoder = models["text_encoder"].to("cpu")
+        apply_group_offloading(
+            encoder, self.device, offload_type="block_level", num_blocks_per_group=1, use_stream=streams
+        )
+
+        def run() -> np.ndarray:
+            encoder(prompt)
+            return np.zeros(1)
+
+        return run
 
 
 def adopted(settings: Settings, prior: DiffusionPipeline, decoder: DiffusionPipeline) -> ModelCache:
@@ -424,6 +517,14 @@ def main() -> None:
     bench.case("diffusers", bench.diffusers)
     bench.case("gpu", lambda: bench.engine(bench.repeats, memory_mode="gpu"))
     bench.case("gpu_batch", lambda: bench.engine(few, memory_mode="gpu", num_images=bench.num_images))
+    # CUDA graphs (cuda_graphs): the prior and the UNet replayed in gpu, the UNet in prior_offload; the first run
+    # captures, and each first run at a new batch, guidance or mode captures again (cuda_graphs_switches).
+    bench.case("gpu_cuda_graphs", lambda: bench.engine(bench.repeats, memory_mode="gpu", cuda_graphs=True))
+    bench.case("cuda_graphs_switches", lambda: bench.switches(cuda_graphs=True))
+    bench.case(
+        "gpu_batch_cuda_graphs",
+        lambda: bench.engine(few, memory_mode="gpu", num_images=bench.num_images, cuda_graphs=True),
+    )
     # Fewer steps of a higher-order sampler against the default DDPM's 100 (the pictures differ, so none is
     # compared with diffusers').
     for steps in (25, 30):
@@ -440,8 +541,13 @@ def main() -> None:
     bench.case("gpu_mix", lambda: bench.engine(bench.repeats, mode="mix", inputs=Inputs(mix_images=pictures)))
     if device == "cuda":
         bench.case("prior_offload", lambda: bench.engine(bench.repeats, memory_mode="prior_offload"))
+        bench.case(
+            "prior_offload_cuda_graphs",
+            lambda: bench.engine(bench.repeats, memory_mode="prior_offload", cuda_graphs=True),
+        )
         bench.case("switching_prior_offload", lambda: bench.switching("prior_offload"))
     bench.case("switching_gpu", lambda: bench.switching("gpu"))
+    bench.case("visits", bench.visits)
     if device == "cuda":
         bench.case(
             "prior_offload_compile_reduce-overhead",
@@ -464,7 +570,7 @@ def main() -> None:
             "compile_prior_and_unet",
             lambda: bench.engine(bench.repeats, compile_unet="reduce-overhead", compile_prior="reduce-overhead"),
         )
-    bench.case("compile_switches", lambda: bench.switches("reduce-overhead"))
+    bench.case("compile_switches", lambda: bench.switches(compile_unet="reduce-overhead"))
     if device == "cuda":
         bench.case("sequential_offload", lambda: bench.engine(1, memory_mode="sequential_offload"))
 
@@ -483,7 +589,8 @@ def main() -> None:
             print(f"{name:<28}{case.get('error', case.get('skipped', ''))[:120]}")
             for step, result in case.items():
                 if isinstance(result, dict):
-                    print(f"  {step:<26}{result['warm_run_s']:>10.3f}{'':>16}{result['first_run_s']:>9.2f}")
+                    warm = result.get("warm_run_s", result.get("median_s"))
+                    print(f"  {step:<26}{warm:>10.3f}{'':>16}{result['first_run_s']:>9.2f}")
             continue
         print(
             f"{name:<28}{case.get('per_image_s', case['median_s']):>10.3f}{case['min_s']:>8.3f}{case['max_s']:>8.3f}"

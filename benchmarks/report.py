@@ -16,6 +16,9 @@ CASES = {
     "gpu_batch": "engine, gpu, a batch (`num_images`), time per picture",
     "gpu_mix": "engine, gpu, mix of 2 images and the prompt (the image encoder copied in for the prior stage)",
     "prior_offload": "engine, `memory_mode` prior_offload",
+    "gpu_cuda_graphs": "engine, gpu, `cuda_graphs` on (prior and UNet replayed)",
+    "gpu_batch_cuda_graphs": "engine, gpu, `cuda_graphs` on, a batch",
+    "prior_offload_cuda_graphs": "engine, prior_offload, `cuda_graphs` on (UNet replayed)",
     "prior_offload_compile_reduce-overhead": "engine, prior_offload, `compile_unet` reduce-overhead",
     "switching_prior_offload": "engine, prior_offload, text2img and inpaint in turn (one decoder on the GPU), per run",
     "switching_gpu": "engine, gpu, text2img and inpaint in turn (both decoders on the GPU), per run",
@@ -37,6 +40,23 @@ SWITCHES = {
     "batch_4": "then `num_images` 4 (a new batch size)",
     "guidance_4": "then `guidance_scale` 4 (the UNet's batch doubles)",
     "img2img": "then img2img (same sizes)",
+}
+
+# The cases of one cache through runs that change the UNet's inputs: the case, the table's title, and what the
+# first run does.
+SWITCHING_CASES = (
+    ("compile_switches", "one compiled cache (`compile_unet` reduce-overhead)", "(compiles)"),
+    ("cuda_graphs_switches", "one cache with `cuda_graphs` on", "(captures)"),
+)
+VISITS = {
+    "text_encoder_parking": "the prior's text encoder, one forward: `Parking` (pinned, nothing copied back)",
+    "text_encoder_to": "the prior's text encoder, one forward: `.to()` there and back",
+    "text_encoder_group_offload_streams": (
+        "the prior's text encoder, one forward: diffusers' group offloading with streams"
+    ),
+    "text_encoder_group_offload": "the prior's text encoder, one forward: diffusers' group offloading",
+    "decoder_back_parking": "a decoder (UNet and MoVQ) brought back and set aside: `Parking`",
+    "decoder_back_to": "a decoder (UNet and MoVQ) brought back and set aside: `.to()`",
 }
 
 
@@ -82,16 +102,26 @@ def render(report: dict) -> str:
             ]
             lines.append(f"| {' | '.join(cells)} |")
     lines += stage_table(report, timed)
-    switches = cases.get("compile_switches", {})
-    if "text2img" in switches:
+    for case, title, first in SWITCHING_CASES:
+        switches = cases.get(case, {})
+        if "text2img" in switches:
+            lines += ["", f"| {title}, run after run | first run s | next run s |", "|---|---|---|"]
+            lines += [
+                f"| {SWITCHES.get(name, name).replace('(compiles)', first)} | {step['first_run_s']:.1f} "
+                f"| {step['warm_run_s']:.3f} |"
+                for name, step in switches.items()
+            ]
+    visits = {name: visit for name, visit in cases.get("visits", {}).items() if isinstance(visit, dict)}
+    if visits:
         lines += [
             "",
-            "| one compiled cache (`compile_unet` reduce-overhead), run after run | first run s | next run s |",
-            "|---|---|---|",
+            "| a model kept in CPU memory, visiting the GPU | median s | min s | max s | peak GB | resident GB |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {SWITCHES.get(name, name)} | {step['first_run_s']:.1f} | {step['warm_run_s']:.3f} |"
-            for name, step in switches.items()
+            f"| {VISITS.get(name, name)} | {visit['median_s']:.3f} | {visit['min_s']:.3f} | {visit['max_s']:.3f} "
+            f"| {visit.get('peak_memory_gb', 0):.2f} | {visit['resident_gb']:.2f} |"
+            for name, visit in visits.items()
         ]
     return "\n".join(lines)
 

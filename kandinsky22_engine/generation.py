@@ -28,9 +28,10 @@ from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
 from transformers import CLIPTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES
 
+from .graphs import graphed
 from .hub import TRANSFORMERS_INDEX, ModelLoadError, Source, first_line
 from .images import InputError, depth_hint
-from .memory import memory_mode
+from .memory import DECODER_ROLE, PRIOR_ROLE, memory_mode
 from .models import (
     DEPTH_ESTIMATOR,
     IMAGE_ENCODER,
@@ -176,6 +177,16 @@ def choose_runtime(settings: Settings) -> Runtime:
     if settings.cuda:
         return Runtime(device="cpu", dtype=torch.float32, note="cuda was requested but CUDA is not available")
     return Runtime(device="cpu", dtype=torch.float32)
+
+
+def graphed_stages(settings: Settings, runtime: Runtime) -> tuple[str, ...]:
+    """The stages whose forward passes a run replays from CUDA graphs: none unless ``settings.cuda_graphs`` is on
+    and the run is on CUDA; then those of its memory mode's ``graphed``, less the decoder when its UNet is
+    compiled (torch.compile's reduce-overhead replays graphs of its own)."""
+    if not settings.cuda_graphs or runtime.memory_mode == "none":
+        return ()
+    stages = memory_mode(runtime.memory_mode).graphed
+    return tuple(stage for stage in stages if stage != DECODER_ROLE or runtime.compile_unet == "off")
 
 
 def resolve_seed(seed: int) -> int:
@@ -454,7 +465,11 @@ def generate(
         truncated = _truncated_prompts(pipelines.prior.tokenizer, settings)
         generator = torch.Generator("cpu").manual_seed(seed)
         mode = MODES[settings.mode]
-        with pipelines.prior_parking.visit(*pipelines.prior_parking.names):
+        stages = graphed_stages(settings, runtime)
+        with (
+            pipelines.prior_parking.visit(*pipelines.prior_parking.names),
+            graphed(pipelines.prior.prior, PRIOR_ROLE in stages),
+        ):
             embeds = mode.prior(
                 pipelines, settings, prepared, generator, _step_callbacks("prior", on_step, should_stop)
             )
@@ -462,7 +477,8 @@ def generate(
         _refuse_not_finite(embeds, "prior", settings, runtime)
         prior_done = time.perf_counter()
         decoder_callback = _step_callbacks("decoder", on_step, should_stop)(decoder_calls(settings))
-        images = _decode(pipelines.decoder, settings, prepared, embeds, generator, decoder_callback)
+        with graphed(pipelines.decoder.unet, DECODER_ROLE in stages):
+            images = _decode(pipelines.decoder, settings, prepared, embeds, generator, decoder_callback)
         _refuse_not_finite(images, "decoder", settings, runtime)
         decoded = time.perf_counter()
     metadata = {
@@ -474,6 +490,7 @@ def generate(
         "dtype": str(runtime.dtype).removeprefix("torch."),
         "memory_mode": runtime.memory_mode,
         "compile_unet": runtime.compile_unet,
+        "cuda_graphs": list(stages),
         "scheduler": settings.scheduler,
         "device_note": runtime.note,
         "model_name": decoder_model_name(settings),
@@ -643,9 +660,12 @@ def _decode(
     embeds: tuple[torch.Tensor, torch.Tensor],
     generator: torch.Generator,
     callback: Callable[..., dict],
-) -> np.ndarray:
+    output_type: str = "np",
+) -> np.ndarray | torch.Tensor:
     """Run the mode's decoder (its table entry's ``decode``) on the (image, negative) embeddings; return its float
-    RGB images in [0, 1].
+    RGB images in [0, 1] (numpy, batch x height x width x 3); for ``output_type`` "pt", what every Kandinsky
+    decoder pipeline returns then: the MoVQ's output as it is, a tensor on the device (batch x 3 x height x width,
+    about -1 to 1), with paste_back off (it works on the numpy pictures).
 
     The prior made one embedding per picture; the input image, mask or hint is repeated to match, as
     diffusers' combined pipelines repeat theirs.
@@ -662,7 +682,7 @@ def _decode(
         "num_inference_steps": settings.num_inference_steps,
         "guidance_scale": settings.guidance_scale,
         "generator": generator,
-        "output_type": "np",
+        "output_type": output_type,
     }
     with sampling(decoder, settings.scheduler) as pipeline:
         return MODES[settings.mode].decode(pipeline, settings, prepared, arguments, callback)

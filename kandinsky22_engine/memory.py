@@ -121,13 +121,13 @@ def markdown_table() -> str:
 
     rows = [
         "| `memory_mode` | what it does | prior and decoder | prior models parked | image encoder | depth_model | "
-        "other decoders set aside | out of memory, try |",
-        "|---|---|---|---|---|---|---|---|",
+        "other decoders set aside | `cuda_graphs` replays | out of memory, try |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in MEMORY_MODES.values():
         rows.append(
             f"| {mode.name} | {mode.help} | {mode.pipelines} | {cell(mode.parked_prior_models) or 'none'} | "
             f"{mode.image_encoder} | {mode.depth_estimator} | {'yes' if mode.sets_aside_other_decoders else 'no'} | "
-            f"{mode.less_memory or 'fewer images or a smaller size'} |"
+            f"{cell(mode.graphed) or 'nothing'} | {mode.less_memory or 'fewer images or a smaller size'} |"
         )
     return "\n".join(rows)

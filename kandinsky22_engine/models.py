@@ -26,8 +26,10 @@ from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
 from PIL import Image
 from transformers import CLIPVisionModelWithProjection, DepthEstimationPipeline, pipeline
 
+from . import graphs
 from .hub import ROOT, Check, ModelLoadError, fetch, first_line, no_check, parse_model_name
 from .memory import MEMORY_MODES, MODEL_OFFLOAD, PARKED, PLACED, SEQUENTIAL_OFFLOAD, memory_mode
+from .schedulers import keep_timesteps_on_host
 
 logger = logging.getLogger(__name__)
 IMAGE_ENCODER = "image_encoder"
@@ -243,7 +245,7 @@ class ModelCache:
         For a decoder left on the GPU by a gpu run when another decoder runs in a mode that saves memory.
         Only a pipeline placed whole on the device (``memory.PLACED``, nothing parked) is set aside, and never
         one with a compiled UNet, which stays as compiled: CUDA graphs record where the weights are, and record
-        again each time they move.
+        again each time they move. The graphs of its models (``graphs``) are dropped for the same reason.
         """
         with self.lock:
             loaded = self._loaded.get(role)
@@ -252,6 +254,7 @@ class ModelCache:
             mode = MEMORY_MODES.get(loaded.key.memory_mode) if is_decoder else None
             if mode is None or mode.pipelines != PLACED or loaded.parking.names or loaded.key.compile_unet != "off":
                 return
+            graphs.drop(_modules(loaded.model))
             if loaded.aside is not None:
                 loaded.aside.park(*loaded.aside.names)
                 return
@@ -274,10 +277,12 @@ class ModelCache:
             return self._loaded[role].parking
 
     def release(self, role: str | None = None) -> None:
-        """Drop the model of ``role`` (all of them when None) and give its memory back."""
+        """Drop the model of ``role`` (all of them when None), and its CUDA graphs, and give its memory back."""
         with self.lock:
             for name in [role] if role else list(self._loaded):
-                self._loaded.pop(name, None)
+                loaded = self._loaded.pop(name, None)
+                if loaded is not None:
+                    graphs.drop(_modules(loaded.model))
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -293,6 +298,11 @@ class ModelCache:
 
 
 MODEL_CACHE = ModelCache()
+
+
+def _modules(model: object) -> list[torch.nn.Module]:
+    """The models of a cached pipeline (none for the image encoder and the depth estimator, never graphed)."""
+    return [module for module in getattr(model, "components", {}).values() if isinstance(module, torch.nn.Module)]
 
 
 def pipeline_components(pipeline_class: type[DiffusionPipeline]) -> list[str]:
@@ -403,6 +413,8 @@ class ImageEncoder:
             cpu_offload(model, execution_device=torch.device(key.device))
         elif kept == PARKED:
             self.parking = Parking({IMAGE_ENCODER: model}, key.device)
+        else:
+            model.to(key.device)
         self._zero_embedding: torch.Tensor | None = None
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -488,9 +500,11 @@ def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:
     """Place a freshly loaded pipeline as ``key`` says, and return what it keeps parked.
 
     The key's memory mode (``memory.MEMORY_MODES``) says how: placed on the device, or offloaded by diffusers;
-    a prior's ``parked_prior_models`` are parked instead of placed.
+    a prior's ``parked_prior_models`` are parked instead of placed. The pipeline's own scheduler (the decoder's
+    DDPM, the prior's UnCLIP) keeps its timesteps on the host (``schedulers.keep_timesteps_on_host``).
     """
     pipeline.set_progress_bar_config(disable=True)
+    keep_timesteps_on_host(pipeline.scheduler)
     mode = memory_mode(key.memory_mode)
     parked = mode.parked_prior_models if isinstance(pipeline, KandinskyV22PriorPipeline) else ()
     if mode.pipelines == MODEL_OFFLOAD:

@@ -456,6 +456,19 @@ class Settings:
         choices=tuple(MEMORY_MODES),
         cuda_only=True,
     )
+    cuda_graphs: bool = _setting(
+        False,
+        label="CUDA graphs",
+        group="Device",
+        help=(
+            "Replay the prior's and the UNet's forward passes from CUDA graphs, captured at the first run of each "
+            "size, batch and guidance (a few passes, no compiling): only where the weights stay in place ("
+            + "; ".join(f"{name}: {', '.join(mode.graphed)}" for name, mode in MEMORY_MODES.items() if mode.graphed)
+            + "), and not the UNet under compile_unet, which replays its own. Not yet measured on a GPU, so off "
+            "by default; ignored on the CPU."
+        ),
+        cuda_only=True,
+    )
     compile_unet: str = _setting(
         "off",
         label="Compile the UNet",

@@ -23,7 +23,7 @@ import copy
 import functools
 import inspect
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -61,6 +61,9 @@ class Sampler:
     # Draws fresh noise at every step: the same seed gives the same picture, other seeds other pictures, and
     # more steps do not converge to one result.
     stochastic: bool = False
+    # Its timesteps may be kept on the host (``keep_timesteps_on_host``) without changing a value: its
+    # ``set_timesteps`` computes nothing on the device it is given, only copies there.
+    host_timesteps: bool = True
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -123,10 +126,13 @@ SAMPLERS: dict[str, Sampler] = {
             LMSDiscreteScheduler,
             "deterministic linear multistep ODE solver; usually run at 30 steps or more",
         ),
+        # KDPM2's set_timesteps computes its interpolated noise levels (log, lerp, exp) on the device it is
+        # given, whose last bits may differ from the CPU's: its timesteps stay where the pipeline puts them.
         Sampler(
             "DPM2",
             KDPM2DiscreteScheduler,
             "deterministic second-order ODE solver (KDPM2): two UNet passes a step",
+            host_timesteps=False,
         ),
     )
 }
@@ -169,6 +175,29 @@ def model_calls(name: str, steps: int, skipped: int = 0) -> int:
     return len(scheduler.timesteps[skipped * scheduler.order :])
 
 
+def keep_timesteps_on_host(scheduler: SchedulerMixin) -> None:
+    """Make ``scheduler`` keep its timesteps in CPU memory, whatever device a pipeline gives ``set_timesteps``.
+
+    diffusers' Kandinsky 2.2 pipelines put the timesteps on the device (``set_timesteps(steps, device=device)``),
+    and every step then reads the current one on the host: ``DDPMScheduler.previous_timestep`` (``nonzero``),
+    ``alphas_cumprod[t]`` and ``t > 0`` in ``DDPMScheduler`` and ``UnCLIPScheduler``, the inpainting pipeline's
+    ``torch.tensor([timestep])``, the other samplers' search for their step index (diffusers 0.40.0 to 0.42.1,
+    tests/test_host_syncs.py). On CUDA each of these waits for the GPU to finish all queued work, several times a
+    step. With the timesteps in CPU memory they read CPU memory; the UNet and the prior transformer copy the
+    timestep to their device themselves, and ``add_noise`` moves its timesteps to the samples'. The schedule's
+    values are the same: the schedulers this is used on compute their schedules on the host and only copy them
+    to the device (``Sampler.host_timesteps``), so no picture changes.
+
+    Raises ``TypeError`` at the first ``set_timesteps`` call that passes the device by position.
+    """
+    scheduler.set_timesteps = functools.partial(_on_host, scheduler.set_timesteps)
+
+
+def _on_host(set_timesteps: Callable[..., None], *arguments: object, **keywords: object) -> None:
+    keywords["device"] = "cpu"
+    set_timesteps(*arguments, **keywords)
+
+
 def cut_by_order(pipeline: DiffusionPipeline) -> None:
     """Make an image-to-image ``pipeline`` cut its schedule at whole steps of a second-order scheduler.
 
@@ -198,12 +227,15 @@ def sampling(decoder: DiffusionPipeline, name: str) -> Iterator[DiffusionPipelin
 
     The adaptation, removed after the block: the UNet's latent channels are scaled by ``scale_model_input``
     before every call (the inpainting UNet's extra channels, the masked image's latents and the mask, are
-    not), and a ``step`` that takes no generator is called without it.
+    not), a ``step`` that takes no generator is called without it, and the timesteps stay on the host
+    (``keep_timesteps_on_host``) where that changes no value.
     """
     scheduler = make_scheduler(name, decoder.scheduler.config)
     if scheduler is None:
         yield decoder
         return
+    if SAMPLERS[name].host_timesteps:
+        keep_timesteps_on_host(scheduler)
     if "generator" not in inspect.signature(scheduler.step).parameters:
         scheduler.step = functools.partial(_without_generator, scheduler.step)
     if isinstance(decoder, KandinskyV22InpaintPipeline):
@@ -212,6 +244,13 @@ def sampling(decoder: DiffusionPipeline, name: str) -> Iterator[DiffusionPipelin
         # scheduler whose init_noise_sigma is not 1 (Euler, Heun, LMS, DPM2: about 25) would add that many times
         # too much noise there. The noise is brought back to unit variance first.
         scheduler.add_noise = functools.partial(_unit_noise, scheduler, scheduler.add_noise)
+        if hasattr(scheduler, "set_begin_index"):
+            # The inpainting pipeline always starts at the schedule's first step, and after each step noises the
+            # kept area to the next step's level with ``add_noise``. Told where it starts, as diffusers' other
+            # pipelines tell it, a sigma-based scheduler takes that level from the step index it counts on the
+            # host, the same index its search of the timesteps finds, rather than searching them on the device
+            # at every step (``keep_timesteps_on_host``).
+            scheduler.set_timesteps = functools.partial(_from_first_step, scheduler, scheduler.set_timesteps)
     pipeline = type(decoder)(**{**decoder.components, "scheduler": scheduler})
     pipeline.set_progress_bar_config(disable=True)
     latent_channels = decoder.movq.config.latent_channels
@@ -227,6 +266,13 @@ def sampling(decoder: DiffusionPipeline, name: str) -> Iterator[DiffusionPipelin
         yield pipeline
     finally:
         handle.remove()
+
+
+def _from_first_step(
+    scheduler: SchedulerMixin, set_timesteps: Callable[..., None], *arguments: object, **keywords: object
+) -> None:
+    set_timesteps(*arguments, **keywords)
+    scheduler.set_begin_index(0)
 
 
 def _unit_noise(

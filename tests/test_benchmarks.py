@@ -32,13 +32,16 @@ def test_the_gpu_benchmark_runs_every_case_the_cpu_can_run_without_error(gpu_ben
     cases = gpu_benchmark["cases"]
     levers = ["bfloat16", "channels_last", "classic_attention"]
     samplers = ["dpmpp_2m_25", "dpmpp_2m_30"]
+    graphs = ["gpu_cuda_graphs", "cuda_graphs_switches", "gpu_batch_cuda_graphs"]
     assert list(cases) == [
         "diffusers",
         "gpu",
         "gpu_batch",
+        *graphs,
         *samplers,
         "gpu_mix",
         "switching_gpu",
+        "visits",
         *levers,
         "compile_switches",
     ]
@@ -47,6 +50,9 @@ def test_the_gpu_benchmark_runs_every_case_the_cpu_can_run_without_error(gpu_ben
     switching = cases["switching_gpu"]
     assert switching["runs"] == 2 and switching["text2img_median_s"] > 0 and switching["inpaint_median_s"] > 0
     assert set(cases["compile_switches"]) == {"text2img", "batch_2", "guidance_4", "img2img"}
+    assert set(cases["cuda_graphs_switches"]) == {"text2img", "batch_2", "guidance_4", "img2img"}
+    ways = {"parking", "to", "group_offload"}
+    assert set(cases["visits"]) == {f"text_encoder_{way}" for way in ways} | {"decoder_back_parking", "decoder_back_to"}
 
 
 @pytest.mark.slow
@@ -86,7 +92,8 @@ def test_the_script_for_the_next_lent_gpu_asks_for_its_cases_and_logs_the_report
     subprocess.run(command, check=True, capture_output=True, timeout=600, env=environment)
     cases = json.loads((tmp_path / "gpu_benchmark.json").read_text(encoding="utf-8"))["cases"]
     # Only the cases asked for, beside the diffusers baseline; on the CPU the CUDA-only ones are left out.
-    asked = ["gpu", "dpmpp_2m_25", "dpmpp_2m_30", "gpu_mix", "switching_gpu", "classic_attention"]
+    graphs = ["gpu_cuda_graphs", "cuda_graphs_switches", "gpu_batch_cuda_graphs"]
+    asked = ["gpu", *graphs, "dpmpp_2m_25", "dpmpp_2m_30", "gpu_mix", "switching_gpu", "visits", "classic_attention"]
     assert list(cases) == ["diffusers", *asked]
     assert all(case == {"skipped": "the time budget was spent"} for case in cases.values())
     assert '"switching_gpu": {' in (tmp_path / "log").read_text(encoding="utf-8")

@@ -75,6 +75,7 @@ BAD_VALUES = [
     ("cuda", "maybe", "cuda: received 'maybe'; accepted: True or False."),
     ("cuda", "", "cuda: received ''; accepted: True or False."),
     ("memory_mode", "cpu", "memory_mode: received 'cpu'; accepted: one of gpu, prior_offload, model_offload, sequen"),
+    ("cuda_graphs", "maybe", "cuda_graphs: received 'maybe'; accepted: True or False. Replay the prior's and the"),
     ("compile_unet", "max-autotune", "compile_unet: received 'max-autotune'; accepted: one of off, default, reduce-ov"),
 ]
 BAD_COMBINATIONS = [

@@ -18,6 +18,7 @@ from diffusers import (
     HeunDiscreteScheduler,
     KandinskyV22CombinedPipeline,
     KandinskyV22Img2ImgPipeline,
+    KandinskyV22InpaintCombinedPipeline,
     KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
@@ -283,3 +284,20 @@ def test_each_run_gets_its_own_copy_of_a_sampler_built_once(tiny_repos):
     assert first is not second and first.sigmas is not second.sigmas
     first.set_timesteps(5)
     assert len(second.timesteps) != len(first.timesteps), "a run's schedule must not reach another's"
+
+
+@pytest.mark.parametrize("name", ["DPM++ 2M", "DPM++ 2S", "DDIM"])
+def test_a_drop_in_sampler_inpaints_as_diffusers_does_with_its_scheduler_swapped_in(tiny_strings, tiny_repos, name):
+    # The engine tells the scheduler that inpainting starts at the first step, so that its per-step add_noise
+    # takes the step index it counts (schedulers.sampling); diffusers searches the timesteps for it instead.
+    parameters = {**tiny_strings, "mode": "inpaint", "model_name": str(tiny_repos.inpaint_decoder)}
+    settings = Settings.from_strings({**parameters, "guidance_scale": "2.0", "scheduler": name})
+    image, mask = random_image(2), left_half_mask()
+    mine = generate(settings, Inputs(image=image, mask=mask), cache=ModelCache()).images[0]
+    prior = KandinskyV22PriorPipeline.from_pretrained(settings.prior_model_name)
+    decoder = KandinskyV22InpaintPipeline.from_pretrained(settings.model_name)
+    decoder.scheduler = scheduler_as_named(name, decoder.scheduler.config)
+    combined = combine(prior, decoder, KandinskyV22InpaintCombinedPipeline)
+    labels = (mask > 0).astype(np.float32)
+    reference = combined(**combined_arguments(settings), image=[image], mask_image=[labels]).images[0]
+    assert max_difference(mine, np.asarray(reference)) <= 1

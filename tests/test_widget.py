@@ -53,6 +53,7 @@ NON_DEFAULT = {
     "outpaint_overlap": "256",
     "cuda": "False",
     "memory_mode": "model_offload",
+    "cuda_graphs": "True",
     "compile_unet": "reduce-overhead",
 }
 
@@ -161,6 +162,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     inner(widget, "seed", QtWidgets.QLineEdit).setText("42")
     widgets["cuda"].setChecked(not widgets["cuda"].isChecked())
     widgets["memory_mode"].setCurrentText("sequential_offload")
+    widgets["cuda_graphs"].setChecked(True)
     widgets["compile_unet"].setCurrentText("default")
     emitted = []
     widget.emit_apply = lambda applied: emitted.append(dict(applied.get_values()))
@@ -195,6 +197,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "outpaint_overlap": "8",
         "cuda": str(widgets["cuda"].isChecked()),
         "memory_mode": "sequential_offload",
+        "cuda_graphs": "True",
         "compile_unet": "default",
     }
     assert emitted == [expected]
@@ -258,11 +261,11 @@ def test_the_cuda_box_is_enabled_where_cuda_is(plugin, monkeypatch):
 def test_the_gpu_memory_and_compile_controls_can_be_edited_only_while_cuda_is_on(plugin, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     _, widget = open_widget(plugin, {"cuda": "False"})
-    cuda_only = [widget.controls[name].widget for name in ("memory_mode", "compile_unet")]
-    assert [control.isEnabled() for control in cuda_only] == [False, False]
+    cuda_only = [widget.controls[name].widget for name in ("memory_mode", "cuda_graphs", "compile_unet")]
+    assert [control.isEnabled() for control in cuda_only] == [False, False, False]
     assert not widget.label_of("compile_unet").isEnabled()
     widget.controls["cuda"].widget.setChecked(True)
-    assert [control.isEnabled() for control in cuda_only] == [True, True]
+    assert [control.isEnabled() for control in cuda_only] == [True, True, True]
     assert [name for name, control in widget.controls.items() if not control.widget.isEnabled()] == []
 
 

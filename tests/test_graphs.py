@@ -1,0 +1,161 @@
+"""CUDA graphs (cuda_graphs), as far as the CPU can test them: which stages each memory mode graphs, that a
+replay reads the run's own inputs and gives the eager run's pixels, one capture per input signature, and graphs
+forgotten when the weights move or go.
+
+The CPU has no CUDA graphs: ``EagerCapture`` stands in for ``graphs.CudaCapture`` and keeps a graph's meaning, a
+replay that reads the static inputs and writes the static outputs, by running the captured forward again on
+them. That a real capture replays as the eager forward does is left to the GPU benchmark (BENCHMARKS.md).
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.utils import _pytree as pytree
+
+from helpers import left_half_mask, max_difference, random_image
+from infer_kandinsky_2_2.kandinsky22_engine import generation, graphs
+from infer_kandinsky_2_2.kandinsky22_engine.generation import (
+    GenerationStopped,
+    Runtime,
+    generate,
+    graphed_stages,
+    load_pipelines,
+)
+from infer_kandinsky_2_2.kandinsky22_engine.graphs import graphs_of
+from infer_kandinsky_2_2.kandinsky22_engine.memory import MEMORY_MODES
+from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
+from infer_kandinsky_2_2.kandinsky22_engine.modes import Inputs
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+
+
+class EagerGraph:
+    """A "graph" whose replay runs the captured forward again on the static inputs, into the static outputs."""
+
+    def __init__(self, run, outputs) -> None:
+        self.run, self.outputs = run, outputs
+
+    def replay(self) -> None:
+        for static, fresh in zip(pytree.tree_leaves(self.outputs), pytree.tree_leaves(self.run()), strict=True):
+            static.copy_(fresh)
+
+
+class EagerCapture:
+    def pool(self) -> object:
+        return object()
+
+    def __call__(self, run, pool):
+        outputs = run()
+        return EagerGraph(run, outputs), outputs
+
+
+@pytest.fixture
+def settings(tiny_strings) -> Settings:
+    return Settings.from_strings({**tiny_strings, "guidance_scale": "2.0", "cuda_graphs": "True"})
+
+
+@pytest.fixture
+def as_on_cuda(monkeypatch):
+    """Runs in a memory mode as on CUDA, with the CPU as the device, and graphs captured by ``EagerCapture``."""
+
+    def use(memory_mode: str, compile_unet: str = "off") -> None:
+        runtime = Runtime("cpu", torch.float32, memory_mode, compile_unet)
+        monkeypatch.setattr(generation, "choose_runtime", lambda settings: runtime)
+        monkeypatch.setattr(graphs, "CAPTURE", EagerCapture())
+
+    return use
+
+
+@pytest.mark.parametrize("memory_mode", [*MEMORY_MODES, "none"])
+@pytest.mark.parametrize("compile_unet", ["off", "reduce-overhead"])
+def test_only_the_stages_whose_weights_stay_in_place_are_graphed(settings, memory_mode, compile_unet):
+    runtime = Runtime("cuda", torch.float16, memory_mode, compile_unet)
+    expected = {"gpu": ("prior", "decoder"), "prior_offload": ("decoder",)}.get(memory_mode, ())
+    if compile_unet != "off":
+        expected = tuple(stage for stage in expected if stage != "decoder")
+    assert graphed_stages(settings, runtime) == expected
+    assert graphed_stages(replace(settings, cuda_graphs=False), runtime) == ()
+
+
+def test_graphed_runs_give_the_eager_pixels_and_capture_once_per_size_batch_and_guidance(settings, as_on_cuda):
+    as_on_cuda("gpu")
+    eager, graphed = ModelCache(), ModelCache()
+    unet = load_pipelines(settings, graphed).decoder.unet
+    prior = load_pipelines(settings, graphed).prior.prior
+    runs = [
+        settings,
+        replace(settings, seed=7, prompt="another prompt"),
+        replace(settings, height=128),
+        replace(settings, guidance_scale=1.0),
+        replace(settings, num_images=2),
+        replace(settings, seed=8),
+    ]
+    captures = []
+    for run in runs:
+        result = generate(run, cache=graphed)
+        expected = generate(replace(run, cuda_graphs=False), cache=eager)
+        assert result.metadata["cuda_graphs"] == ["prior", "decoder"]
+        assert expected.metadata["cuda_graphs"] == []
+        assert all(max_difference(*pair) == 0 for pair in zip(result.images, expected.images, strict=True))
+        captures.append((graphs_of(prior).captures, graphs_of(unet).captures))
+    # The prior's input is the same for one picture whatever the size and the decoder's guidance; a batch of two
+    # is new to both.
+    assert captures == [(1, 1), (1, 1), (1, 2), (1, 3), (2, 4), (2, 4)]
+    assert "forward" not in vars(unet) and "forward" not in vars(prior)
+
+
+def test_a_stopped_graphed_run_leaves_the_forward_as_it_was_and_the_next_run_replays(settings, as_on_cuda):
+    as_on_cuda("gpu")
+    cache = ModelCache()
+    unet = load_pipelines(settings, cache).decoder.unet
+
+    def stop() -> bool:
+        return graphs_of(unet) is not None
+
+    with pytest.raises(GenerationStopped):
+        generate(settings, cache=cache, should_stop=stop)
+    assert "forward" not in vars(unet)
+    expected = generate(replace(settings, cuda_graphs=False), cache=ModelCache()).images[0]
+    assert max_difference(generate(settings, cache=cache).images[0], expected) == 0
+    assert graphs_of(unet).captures == 1
+
+
+def test_graphs_are_forgotten_when_a_decoder_is_set_aside_or_released(settings, tiny_repos, as_on_cuda):
+    as_on_cuda("prior_offload")
+    cache = ModelCache()
+    inpaint = replace(settings, mode="inpaint", model_name=str(tiny_repos.inpaint_decoder))
+    inputs = Inputs(image=random_image(3), mask=left_half_mask())
+    text2img_unet = load_pipelines(settings, cache).decoder.unet
+    first = generate(settings, cache=cache)
+    assert first.metadata["cuda_graphs"] == ["decoder"]
+    assert graphs_of(text2img_unet).captures == 1
+    assert graphs_of(load_pipelines(settings, cache).prior.prior) is None
+    generate(inpaint, inputs, cache=cache)
+    # The text2img decoder was set aside: its weights moved, and its graphs went.
+    assert graphs_of(text2img_unet) is None
+    inpaint_unet = load_pipelines(inpaint, cache).decoder.unet
+    assert graphs_of(inpaint_unet).captures == 1
+    again = generate(settings, cache=cache)
+    assert graphs_of(text2img_unet).captures == 1
+    # The copies hold the same bits, but on the CPU the kernels round by memory alignment: a decoder that came
+    # back as a copy moves pixels by one level.
+    assert max_difference(again.images[0], first.images[0]) <= 1
+    cache.release("inpaint_decoder")
+    assert graphs_of(inpaint_unet) is None and graphs_of(text2img_unet) is not None
+
+
+def test_a_cpu_run_replays_no_graph(settings):
+    cache = ModelCache()
+    result = generate(settings, cache=cache)
+    assert result.metadata["device"] == "cpu" and result.metadata["cuda_graphs"] == []
+    assert graphs_of(load_pipelines(settings, cache).decoder.unet) is None
+
+
+def test_a_replay_leaves_the_outputs_of_earlier_calls_as_they_were():
+    graphed = graphs.GraphedForward(EagerCapture(), torch.device("cpu"))
+    layer = torch.nn.Linear(3, 2)
+    first = graphed(layer.forward, torch.ones(1, 3))
+    kept = first.clone()
+    second = graphed(layer.forward, torch.zeros(1, 3))
+    assert torch.equal(first, kept) and torch.equal(second, layer(torch.zeros(1, 3)))
+    assert graphed.captures == 1
