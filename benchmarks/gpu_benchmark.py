@@ -43,6 +43,7 @@ import diffusers
 import transformers
 from diffusers import DiffusionPipeline
 from diffusers.hooks import apply_group_offloading
+from diffusers.pipelines.kandinsky2_2 import pipeline_kandinsky2_2_inpainting as inpainting
 from flops import count_flops
 
 from kandinsky22_devkit.reference import combine, combined_arguments
@@ -333,6 +334,21 @@ class Bench:
             del run
         return results
 
+    def prepare_mask(self) -> dict:
+        """diffusers' inpainting ``prepare_mask`` on the device, once per inpaint run: it reads the latent-size
+        mask pixel by pixel on the host (each read waits for the GPU) and clears up to six neighbours of each
+        kept pixel one write at a time. Timed on a mask that keeps the left half, at the run's size."""
+        height, width = self.settings.height // 8, self.settings.width // 8
+        mask = torch.zeros(1, 1, height, width, device=self.device, dtype=self.dtype)
+        mask[..., width // 2 :] = 1
+
+        def run() -> np.ndarray:
+            inpainting.prepare_mask(mask.clone())
+            return np.zeros(1)
+
+        result, _ = timed(run, self.device, self.repeats)
+        return {**result, "latent_pixels": height * width}
+
     def _text_encoder(self) -> dict[str, torch.nn.Module]:
         prior, _ = self.build()
         return {"text_encoder": prior.text_encoder}
@@ -548,6 +564,7 @@ def main() -> None:
         bench.case("switching_prior_offload", lambda: bench.switching("prior_offload"))
     bench.case("switching_gpu", lambda: bench.switching("gpu"))
     bench.case("visits", bench.visits)
+    bench.case("inpaint_prepare_mask", bench.prepare_mask)
     if device == "cuda":
         bench.case(
             "prior_offload_compile_reduce-overhead",

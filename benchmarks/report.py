@@ -25,6 +25,7 @@ CASES = {
     "dpmpp_2m_25": "engine, gpu, `scheduler` DPM++ 2M at 25 decoder steps",
     "dpmpp_2m_30": "engine, gpu, `scheduler` DPM++ 2M at 30 decoder steps",
     "model_offload": "engine, `memory_mode` model_offload",
+    "inpaint_prepare_mask": "diffusers' inpainting `prepare_mask` alone, once per inpaint run (a host loop per pixel)",
     "sequential_offload": "engine, `memory_mode` sequential_offload (1 timed run)",
     "bfloat16": "lever not kept: the models in bfloat16",
     "channels_last": "lever not kept: UNet and MoVQ in channels_last",
