@@ -446,6 +446,8 @@ def generate(
         GenerationOutOfMemory: the device ran out of memory; the message suggests a memory_mode, size or
             batch that fits.
         CompileFailed: torch.compile failed; the message says to set compile_unet to off.
+        GraphCaptureFailed: with cuda_graphs on, a forward pass could not be captured; the message says to set
+            cuda_graphs to False.
         NotFinite: the prior or the decoder produced NaN or infinite values (float16 overflow, broken weights).
 
     The cache stays usable after each error: the next run reuses what was loaded.

@@ -29,6 +29,10 @@ from torch.utils import _pytree as pytree
 WARMUP_PASSES = 3
 
 
+class GraphCaptureFailed(RuntimeError):
+    """A forward pass could not be captured into a CUDA graph; the message says which and how to run without."""
+
+
 class Graph(Protocol):
     """A captured graph: ``torch.cuda.CUDAGraph``."""
 
@@ -86,16 +90,21 @@ class GraphedForward:
     counts the captures.
     """
 
-    def __init__(self, capture: Capture, device: torch.device) -> None:
+    def __init__(self, capture: Capture, device: torch.device, name: str = "module") -> None:
         self.capture = capture
         self.device = device
+        self.name = name
         self.captures = 0
         self._pool: object = None
         self._graphs: dict[tuple, _Captured] = {}
 
     def __call__(self, forward: Callable[..., object], *arguments: object, **keywords: object) -> object:
         """``forward(*arguments, **keywords)``, replayed from the graph of their signature (captured first if
-        there is none yet); the outputs are copies, which the next replay does not overwrite."""
+        there is none yet); the outputs are copies, which the next replay does not overwrite.
+
+        Raises ``GraphCaptureFailed`` when the capture fails (an operation CUDA graphs cannot hold), naming
+        cuda_graphs and the module; out of memory stays ``torch.OutOfMemoryError``.
+        """
         leaves, spec = pytree.tree_flatten((arguments, keywords))
         key = (spec, tuple(_signature(leaf) for leaf in leaves))
         captured = self._graphs.get(key)
@@ -119,7 +128,19 @@ class GraphedForward:
         )
         if self._pool is None:
             self._pool = self.capture.pool()
-        graph, outputs = self.capture(lambda: forward(*arguments, **keywords), self._pool)
+        try:
+            graph, outputs = self.capture(lambda: forward(*arguments, **keywords), self._pool)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:
+            shapes = ", ".join(
+                "x".join(map(str, leaf.shape)) or "scalar" for leaf in leaves if isinstance(leaf, torch.Tensor)
+            )
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise GraphCaptureFailed(
+                f"cuda_graphs: the {self.name}'s forward pass could not be captured into a CUDA graph (inputs "
+                f"{shapes}): {type(error).__name__}: {reason}. Set cuda_graphs to False to run without them."
+            ) from error
         self.captures += 1
         return _Captured(graph, statics, outputs)
 
@@ -153,7 +174,7 @@ def graphed(module: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
     graphs = _GRAPHS.get(module)
     if graphs is None:
         device = next(module.parameters()).device
-        graphs = _GRAPHS[module] = GraphedForward(CAPTURE, device)
+        graphs = _GRAPHS[module] = GraphedForward(CAPTURE, device, type(module).__name__)
     own = module.__dict__.get("forward")
     module.forward = functools.partial(graphs, module.forward)
     try:

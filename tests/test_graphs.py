@@ -159,3 +159,28 @@ def test_a_replay_leaves_the_outputs_of_earlier_calls_as_they_were():
     second = graphed(layer.forward, torch.zeros(1, 3))
     assert torch.equal(first, kept) and torch.equal(second, layer(torch.zeros(1, 3)))
     assert graphed.captures == 1
+
+
+def test_a_forward_that_cannot_be_captured_is_refused_with_the_way_out_and_nothing_is_lost(
+    settings, as_on_cuda, monkeypatch
+):
+    as_on_cuda("gpu")
+
+    class Refusing(EagerCapture):
+        def __call__(self, run, pool):
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors")
+
+    monkeypatch.setattr(graphs, "CAPTURE", Refusing())
+    cache = ModelCache()
+    with pytest.raises(graphs.GraphCaptureFailed) as refused:
+        generate(settings, cache=cache)
+    message = str(refused.value)
+    assert message.startswith("cuda_graphs: the PriorTransformer's forward pass could not be captured into a CUDA")
+    assert message.endswith(
+        "): RuntimeError: CUDA error: operation not permitted when stream is capturing. Set cuda_graphs to False to "
+        "run without them."
+    )
+    prior = load_pipelines(settings, cache).prior.prior
+    assert "forward" not in vars(prior) and graphs_of(prior).captures == 0
+    expected = generate(replace(settings, cuda_graphs=False), cache=ModelCache()).images[0]
+    assert max_difference(generate(replace(settings, cuda_graphs=False), cache=cache).images[0], expected) == 0
