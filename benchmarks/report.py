@@ -55,7 +55,6 @@ VISITS = {
     "text_encoder_group_offload_streams": (
         "the prior's text encoder, one forward: diffusers' group offloading with streams"
     ),
-    "text_encoder_group_offload": "the prior's text encoder, one forward: diffusers' group offloading",
     "decoder_back_parking": "a decoder (UNet and MoVQ) brought back and set aside: `Parking`",
     "decoder_back_to": "a decoder (UNet and MoVQ) brought back and set aside: `.to()`",
 }
