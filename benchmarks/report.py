@@ -16,9 +16,9 @@ CASES = {
     "gpu_batch": "engine, gpu, a batch (`num_images`), time per picture",
     "gpu_mix": "engine, gpu, mix of 2 images and the prompt (the image encoder copied in for the prior stage)",
     "prior_offload": "engine, `memory_mode` prior_offload",
-    "gpu_cuda_graphs": "engine, gpu, `cuda_graphs` on (prior and UNet replayed)",
+    "gpu_cuda_graphs": "engine, gpu, `cuda_graphs` on",
     "gpu_batch_cuda_graphs": "engine, gpu, `cuda_graphs` on, a batch",
-    "prior_offload_cuda_graphs": "engine, prior_offload, `cuda_graphs` on (UNet replayed)",
+    "prior_offload_cuda_graphs": "engine, prior_offload, `cuda_graphs` on",
     "prior_offload_compile_reduce-overhead": "engine, prior_offload, `compile_unet` reduce-overhead",
     "switching_prior_offload": "engine, prior_offload, text2img and inpaint in turn (one decoder on the GPU), per run",
     "switching_gpu": "engine, gpu, text2img and inpaint in turn (both decoders on the GPU), per run",
@@ -86,16 +86,17 @@ def render(report: dict) -> str:
         ]
         for name, case in timed.items():
             per_image = case.get("num_images", 1)
+            replayed = f" (replayed: {', '.join(case['graphed']) or 'nothing'})" if "graphed" in case else ""
             cells = [
-                f"{CASES.get(name, name)}{f' of {per_image}' if per_image > 1 else ''}",
+                f"{CASES.get(name, name)}{f' of {per_image}' if per_image > 1 else ''}{replayed}",
                 f"{case.get('per_image_s', case['median_s']):.3f}",
                 f"{case['min_s'] / per_image:.3f}",
                 f"{case['max_s'] / per_image:.3f}",
                 f"{case['first_run_s']:.1f}",
                 f"{case['place_s']:.1f}" if "place_s" in case else "",
                 f"{case['peak_memory_gb']:.2f}" if "peak_memory_gb" in case else "",
-                f"{case['speedup_over_diffusers']:.2f}",
-                f"{case['times_flop_floor']:.1f}",
+                f"{case['speedup_over_diffusers']:.2f}" if "speedup_over_diffusers" in case else "",
+                f"{case['times_flop_floor']:.1f}" if "times_flop_floor" in case else "",
                 f"{case['max_abs_diff_vs_diffusers']} / {case['mean_abs_diff_vs_diffusers']:.2f}"
                 if "max_abs_diff_vs_diffusers" in case
                 else "",

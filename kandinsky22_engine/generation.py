@@ -28,6 +28,7 @@ from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
 from transformers import CLIPTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES
 
+from . import graphs
 from .graphs import graphed
 from .hub import TRANSFORMERS_INDEX, ModelLoadError, Source, first_line
 from .images import InputError, depth_hint
@@ -187,6 +188,22 @@ def graphed_stages(settings: Settings, runtime: Runtime) -> tuple[str, ...]:
         return ()
     stages = memory_mode(runtime.memory_mode).graphed
     return tuple(stage for stage in stages if stage != DECODER_ROLE or runtime.compile_unet == "off")
+
+
+def _say_what_runs_eagerly(settings: Settings, runtime: Runtime, stages: tuple[str, ...]) -> None:
+    """Log, when cuda_graphs is on for a CUDA run, each stage that is not replayed from graphs and why."""
+    if not settings.cuda_graphs or runtime.memory_mode == "none":
+        return
+    for stage in (PRIOR_ROLE, DECODER_ROLE):
+        if stage in stages:
+            continue
+        compiled = stage == DECODER_ROLE and runtime.compile_unet != "off"
+        why = (
+            f"compile_unet {runtime.compile_unet} replays graphs of its own"
+            if compiled and stage in memory_mode(runtime.memory_mode).graphed
+            else f"memory_mode {runtime.memory_mode} moves its weights"
+        )
+        logger.warning("infer_kandinsky_2_2: cuda_graphs: the %s stage runs without CUDA graphs: %s.", stage, why)
 
 
 def resolve_seed(seed: int) -> int:
@@ -468,6 +485,7 @@ def generate(
         generator = torch.Generator("cpu").manual_seed(seed)
         mode = MODES[settings.mode]
         stages = graphed_stages(settings, runtime)
+        _say_what_runs_eagerly(settings, runtime, stages)
         with (
             pipelines.prior_parking.visit(*pipelines.prior_parking.names),
             graphed(pipelines.prior.prior, PRIOR_ROLE in stages),
@@ -601,14 +619,19 @@ def _refuse_not_finite(
 @contextmanager
 def _explain_out_of_memory(settings: Settings, runtime: Runtime) -> Iterator[None]:
     """Turn a CUDA out-of-memory error into one that says what was asked and what to try, and empty the
-    CUDA cache, so that the next run starts from a clean GPU."""
+    CUDA cache, so that the next run starts from a clean GPU. With CUDA graphs, whose memory pools the cache
+    cannot empty, every graph is dropped first (the next run captures again)."""
     try:
         yield
     except torch.cuda.OutOfMemoryError as error:
+        graphed = bool(graphed_stages(settings, runtime))
+        if graphed:
+            graphs.drop_all()
         gc.collect()
         torch.cuda.empty_cache()
         less = memory_mode(runtime.memory_mode).less_memory
-        advice = f"memory_mode {less} (less memory, slower), " if less else ""
+        advice = "cuda_graphs False (its graphs keep memory of their own), " if graphed else ""
+        advice += f"memory_mode {less} (less memory, slower), " if less else ""
         raise GenerationOutOfMemory(
             f"Out of GPU memory while generating {settings.num_images} picture(s) of {settings.width}x"
             f"{settings.height} in {settings.mode} with memory_mode {runtime.memory_mode}. Try {advice}fewer "

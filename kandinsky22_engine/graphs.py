@@ -186,6 +186,11 @@ def graphed(module: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
             module.forward = own
 
 
+def drop_all() -> None:
+    """Forget every module's graphs, and so give their memory pools back (out of memory)."""
+    _GRAPHS.clear()
+
+
 def drop(modules: Sequence[torch.nn.Module]) -> None:
     """Forget the graphs of ``modules``, whose weights are about to move or go; their memory pools go with them."""
     for module in modules:

@@ -120,7 +120,7 @@ def markdown_table() -> str:
         return ", ".join(values) if isinstance(values, tuple) else values
 
     rows = [
-        "| `memory_mode` | what it does | prior and decoder | prior models parked | image encoder | depth_model | "
+        "| `memory_mode` | what it does | prior and decoders | prior models parked | image encoder | depth_model | "
         "other decoders set aside | `cuda_graphs` replays | out of memory, try |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -461,8 +461,9 @@ class Settings:
         label="CUDA graphs",
         group="Device",
         help=(
-            "Replay the prior's and the UNet's forward passes from CUDA graphs, captured at the first run of each "
-            "size, batch and guidance (a few passes, no compiling): only where the weights stay in place ("
+            "Replay the prior's and the UNet's forward passes from CUDA graphs, captured at the first run with new "
+            "inputs (a size, batch, guidance, mode or sampler not seen before: a few passes, no compiling): only "
+            "where the weights stay in place ("
             + "; ".join(f"{name}: {', '.join(mode.graphed)}" for name, mode in MEMORY_MODES.items() if mode.graphed)
             + "), and not the UNet under compile_unet, which replays its own. Not yet measured on a GPU, so off "
             "by default; ignored on the CPU."
@@ -483,9 +484,11 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        """Check values given directly from Python as strictly as those parsed from strings."""
+        """Check values given directly from Python as strictly as those parsed from strings, and keep them as
+        parsed: ``cuda_graphs="False"`` is False, ``height=768.0`` is 768."""
         for parameter in PARAMETERS:
-            parameter.parse(parameter.to_string(getattr(self, parameter.name)))
+            parsed = parameter.parse(parameter.to_string(getattr(self, parameter.name)))
+            object.__setattr__(self, parameter.name, parsed)
         MODES[self.mode].check(self)
 
     def mix_item_count(self) -> int:

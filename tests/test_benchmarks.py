@@ -38,11 +38,11 @@ def test_the_gpu_benchmark_runs_every_case_the_cpu_can_run_without_error(gpu_ben
         "gpu",
         "gpu_batch",
         *graphs,
+        "visits",
+        "inpaint_prepare_mask",
         *samplers,
         "gpu_mix",
         "switching_gpu",
-        "visits",
-        "inpaint_prepare_mask",
         *levers,
         "compile_switches",
     ]
@@ -96,8 +96,8 @@ def test_the_script_for_the_next_lent_gpu_asks_for_its_cases_and_logs_the_report
     cases = json.loads((tmp_path / "gpu_benchmark.json").read_text(encoding="utf-8"))["cases"]
     # Only the cases asked for, beside the diffusers baseline; on the CPU the CUDA-only ones are left out.
     graphs = ["gpu_cuda_graphs", "cuda_graphs_switches", "gpu_batch_cuda_graphs"]
-    asked = ["gpu", *graphs, "dpmpp_2m_25", "dpmpp_2m_30", "gpu_mix", "switching_gpu", "visits"]
-    asked += ["inpaint_prepare_mask", "classic_attention"]
+    asked = ["gpu", *graphs, "visits", "inpaint_prepare_mask", "dpmpp_2m_25", "dpmpp_2m_30", "gpu_mix"]
+    asked += ["switching_gpu", "classic_attention"]
     assert list(cases) == ["diffusers", *asked]
     assert all(case == {"skipped": "the time budget was spent"} for case in cases.values())
     assert '"switching_gpu": {' in (tmp_path / "log").read_text(encoding="utf-8")

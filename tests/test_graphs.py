@@ -120,7 +120,7 @@ def test_a_stopped_graphed_run_leaves_the_forward_as_it_was_and_the_next_run_rep
     assert graphs_of(unet).captures == 1
 
 
-def test_graphs_are_forgotten_when_a_decoder_is_set_aside_or_released(settings, tiny_repos, as_on_cuda):
+def test_graphs_are_forgotten_when_a_decoder_is_set_aside_or_released(settings, tiny_repos, as_on_cuda, caplog):
     as_on_cuda("prior_offload")
     cache = ModelCache()
     inpaint = replace(settings, mode="inpaint", model_name=str(tiny_repos.inpaint_decoder))
@@ -128,6 +128,10 @@ def test_graphs_are_forgotten_when_a_decoder_is_set_aside_or_released(settings, 
     text2img_unet = load_pipelines(settings, cache).decoder.unet
     first = generate(settings, cache=cache)
     assert first.metadata["cuda_graphs"] == ["decoder"]
+    said = "infer_kandinsky_2_2: cuda_graphs: the prior stage runs without CUDA graphs: memory_mode prior_offload"
+    assert [record.getMessage() for record in caplog.records if "cuda_graphs" in record.getMessage()] == [
+        f"{said} moves its weights."
+    ]
     assert graphs_of(text2img_unet).captures == 1
     assert graphs_of(load_pipelines(settings, cache).prior.prior) is None
     generate(inpaint, inputs, cache=cache)
@@ -184,3 +188,14 @@ def test_a_forward_that_cannot_be_captured_is_refused_with_the_way_out_and_nothi
     assert "forward" not in vars(prior) and graphs_of(prior).captures == 0
     expected = generate(replace(settings, cuda_graphs=False), cache=ModelCache()).images[0]
     assert max_difference(generate(replace(settings, cuda_graphs=False), cache=cache).images[0], expected) == 0
+
+
+def test_a_compiled_unet_is_said_to_replay_graphs_of_its_own(settings, as_on_cuda, monkeypatch, caplog):
+    as_on_cuda("gpu", compile_unet="reduce-overhead")
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **options: None)
+    assert generate(settings, cache=ModelCache()).metadata["cuda_graphs"] == ["prior"]
+    said = [record.getMessage() for record in caplog.records if "cuda_graphs" in record.getMessage()]
+    assert said == [
+        "infer_kandinsky_2_2: cuda_graphs: the decoder stage runs without CUDA graphs: compile_unet reduce-overhead "
+        "replays graphs of its own."
+    ]

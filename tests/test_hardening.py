@@ -230,6 +230,35 @@ def test_out_of_memory_advice_offers_model_offload_from_the_faster_modes_only(me
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
+def test_out_of_memory_with_cuda_graphs_drops_every_graph_and_offers_to_turn_them_off(monkeypatch):
+    from infer_kandinsky_2_2.kandinsky22_engine import graphs
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import (
+        GenerationOutOfMemory,
+        Runtime,
+        _explain_out_of_memory,
+    )
+
+    dropped = []
+    monkeypatch.setattr(graphs, "drop_all", lambda: dropped.append(True))
+    advice = (
+        "with memory_mode gpu. Try cuda_graphs False (its graphs keep memory of their own), memory_mode "
+        "model_offload (less memory, slower), fewer images"
+    )
+    settings, error = Settings(cuda_graphs=True), torch.cuda.OutOfMemoryError("CUDA out of memory.")
+    explained = _explain_out_of_memory(settings, Runtime("cuda", torch.float16, "gpu"))
+    with pytest.raises(GenerationOutOfMemory, match=re.escape(advice)), explained:
+        raise error
+    assert dropped == [True]
+    # Where no stage is graphed (model_offload), graphs are neither dropped nor mentioned.
+    explained = _explain_out_of_memory(settings, Runtime("cuda", torch.float16, "model_offload"))
+    with (
+        pytest.raises(GenerationOutOfMemory, match=re.escape("with memory_mode model_offload. Try fewer images")),
+        explained,
+    ):
+        raise error
+    assert dropped == [True]
+
+
 # Slow where two runs at once outnumber the CPU's cores: their threads then take turns.
 @pytest.mark.slow
 def test_two_workflows_in_two_threads_load_the_models_once_and_match_the_serial_images(

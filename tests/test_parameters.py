@@ -1,6 +1,7 @@
 """The single parameter definition: names, defaults, parsing, refusals and the README table."""
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,15 @@ def test_values_given_from_python_are_checked_too():
         Settings(height=65)
     with pytest.raises(SettingsError, match=r"^num_inference_steps: received 'True'"):
         Settings(num_inference_steps=True)
+
+
+def test_values_given_from_python_are_kept_as_read_not_as_given():
+    # A string "False" is truthy: kept as given, it would turn cuda_graphs on.
+    settings = Settings(cuda_graphs="False", cuda="false", height=768.0, guidance_scale=4)
+    assert settings.cuda_graphs is False and settings.cuda is False
+    assert (settings.height, type(settings.height)) == (768, int)
+    assert (settings.guidance_scale, type(settings.guidance_scale)) == (4.0, float)
+    assert replace(settings, cuda_graphs="True").cuda_graphs is True
 
 
 def test_every_generated_block_of_the_readme_is_up_to_date():
