@@ -27,10 +27,12 @@ from ikomia import core, dataprocess, utils
 from ikomia.dataprocess.io import DataDictIO
 
 from . import kandinsky22_engine
-from .kandinsky22_engine.generation import generate, load_pipelines, prepare_inputs, progress_steps
+from .kandinsky22_engine.errors import SettingsError
+from .kandinsky22_engine.generation import generate, load_models, progress_steps, runtime_for
+from .kandinsky22_engine.inputs import Inputs, prepare_inputs
 from .kandinsky22_engine.models import MODEL_CACHE
-from .kandinsky22_engine.modes import DEPTH_INPUT, DRAWING_INPUT, IMAGE_INPUT, MASK_INPUT, Inputs, input_names
-from .kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError, unknown_names
+from .kandinsky22_engine.modes import DEPTH_INPUT, DRAWING_INPUT, IMAGE_INPUT, MASK_INPUT, input_names
+from .kandinsky22_engine.parameters import PARAMETERS, Settings, unknown_names
 
 PARAMETER = {parameter.name: parameter for parameter in PARAMETERS}
 
@@ -182,7 +184,8 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         this run's metadata counts it as loading.
         """
         started = time.perf_counter()
-        load_pipelines(self.get_param_object().settings(), MODEL_CACHE)
+        settings = self.get_param_object().settings()
+        load_models(settings, runtime_for(settings), MODEL_CACHE)
         self._seconds_loading += time.perf_counter() - started
         dataprocess.CWorkflowTask.init_long_process(self)
 
@@ -195,14 +198,16 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         for output in self.get_outputs():
             output.clear_data()
         settings = self.get_param_object().settings()
+        runtime = runtime_for(settings)
         # Checked before Ikomia's own check of the inputs, whose message does not say which input is empty.
-        prepared = prepare_inputs(settings, self._read_inputs(settings))
+        prepared = prepare_inputs(settings, self._read_inputs(settings), runtime)
         self._seconds_loading = 0.0
         self.begin_task_run()
         with openmp_teams_as_on_the_main_thread():
             result = generate(
                 settings,
                 prepared,
+                runtime=runtime,
                 cache=MODEL_CACHE,
                 on_step=self.emit_step_progress,
                 should_stop=self._stop_requested.is_set,

@@ -34,8 +34,9 @@ from PyQt6.QtWidgets import (
 )
 
 from .infer_kandinsky_2_2_process import InferKandinsky22Param
+from .kandinsky22_engine.errors import SettingsError
 from .kandinsky22_engine.modes import input_names
-from .kandinsky22_engine.parameters import PARAMETERS, RANDOM_SEED, TRUE_WORDS, Parameter, SettingsError
+from .kandinsky22_engine.parameters import PARAMETERS, RANDOM_SEED, TRUE_WORDS, Parameter
 
 NO_CUDA_TOOLTIP = "CUDA is not available on this machine: the task runs on the CPU in float32."
 PROMPT_LINES = 3

@@ -48,9 +48,11 @@ from flops import count_flops
 
 from kandinsky22_devkit.reference import combine, combined_arguments
 from kandinsky22_devkit.tiny import FULL, TINY, build_decoder_pipeline, build_prior_pipeline, write_tokenizer
-from kandinsky22_engine.generation import Inputs, choose_runtime, generate, to_uint8
+from kandinsky22_engine.generation import generate, runtime_for, to_uint8
+from kandinsky22_engine.inputs import Inputs
 from kandinsky22_engine.models import ModelCache, Parking
 from kandinsky22_engine.parameters import Settings
+from kandinsky22_engine.stages import kept_latents
 
 PROMPT = "portrait of a young women, blue eyes, cinematic"
 PLACED = ("gpu", "prior_offload")  # the memory modes whose decoder stays on the device
@@ -249,7 +251,7 @@ class Bench:
         prior, decoder = self.build()
         inpaint_decoder = self.build_decoder("decoder-inpaint")
         cache = adopted(text2img, prior, decoder)
-        cache.adopt("inpaint_decoder", choose_runtime(inpaint).decoder_key(inpaint.model_name), inpaint_decoder)
+        cache.adopt("inpaint_decoder", runtime_for(inpaint).decoder_key(inpaint.model_name), inpaint_decoder)
         del prior, decoder, inpaint_decoder
         size = (self.settings.height, self.settings.width)
         mask = np.zeros(size, dtype=np.uint8)
@@ -353,6 +355,21 @@ class Bench:
         result, _ = timed(run, self.device, self.repeats)
         return {**result, "latent_pixels": height * width}
 
+    def kept_latents(self) -> dict:
+        """What the engine runs in place of ``prepare_mask`` (the case above), once per inpaint run:
+        ``stages.kept_latents``, the same mask computed with a few tensor operations, from the run's-size mask
+        that repaints the left half."""
+        mask = np.zeros((self.settings.height, self.settings.width), np.float32)
+        mask[:, : self.settings.width // 2] = 1
+        size = (self.settings.height // 8, self.settings.width // 8)
+
+        def run() -> np.ndarray:
+            kept_latents(mask, size, self.device, self.dtype)
+            return np.zeros(1)
+
+        result, _ = timed(run, self.device, self.repeats)
+        return {**result, "latent_pixels": size[0] * size[1]}
+
     def _text_encoder(self) -> dict[str, torch.nn.Module]:
         with self.building():
             return {"text_encoder": build_prior_pipeline(self.architecture, self.tokenizer).text_encoder}
@@ -411,7 +428,7 @@ class Bench:
 
 def adopted(settings: Settings, prior: DiffusionPipeline, decoder: DiffusionPipeline) -> ModelCache:
     """A cache holding ``prior`` and ``decoder`` as if loaded for ``settings``, placed as they say."""
-    runtime = choose_runtime(settings)
+    runtime = runtime_for(settings)
     cache = ModelCache()
     cache.adopt("prior", runtime.key(settings.prior_model_name), prior)
     cache.adopt("decoder", runtime.decoder_key(settings.model_name), decoder)
@@ -551,6 +568,7 @@ def main() -> None:
         )
     bench.case("visits", bench.visits)
     bench.case("inpaint_prepare_mask", bench.prepare_mask)
+    bench.case("inpaint_kept_latents", bench.kept_latents)
     # Fewer steps of a higher-order sampler against the default DDPM's 100 (the pictures differ, so none is
     # compared with diffusers').
     for steps in (25, 30):

@@ -16,21 +16,18 @@ weights move (a decoder set aside) or go (a model released).
 
 import functools
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch.utils import _pytree as pytree
 
+from .errors import GraphCaptureFailed
+
 # Eager passes before a capture: the first initialises cuBLAS and cuDNN handles and workspaces, which must not
 # happen during a capture; PyTorch's example uses three.
 WARMUP_PASSES = 3
-
-
-class GraphCaptureFailed(RuntimeError):
-    """A forward pass could not be captured into a CUDA graph; the message says which and how to run without."""
 
 
 class Graph(Protocol):
@@ -161,29 +158,20 @@ def graphs_of(module: torch.nn.Module) -> GraphedForward | None:
     return _GRAPHS.get(module)
 
 
-@contextmanager
-def graphed(module: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Have ``module``'s forward replayed from CUDA graphs for the block (``GraphedForward``), when ``enabled``.
+def forward(module: torch.nn.Module, graphed: bool) -> Callable[..., object]:
+    """What a denoising loop calls in place of ``module``: ``module`` itself, or, when ``graphed``, its forward
+    replayed from CUDA graphs (``GraphedForward``, made on first use and kept for the next runs until ``drop``).
 
-    Forward hooks still run around each call: the samplers' input scaling, the prior's step count. The graphs
-    are kept for the next block, until ``drop``.
+    The replay calls ``module.forward`` directly: a graphed module runs with no hooks (its weights stay placed,
+    ``memory.MemoryMode.graphed``, so nothing moves them).
     """
-    if not enabled:
-        yield
-        return
+    if not graphed:
+        return module
     graphs = _GRAPHS.get(module)
     if graphs is None:
         device = next(module.parameters()).device
         graphs = _GRAPHS[module] = GraphedForward(CAPTURE, device, type(module).__name__)
-    own = module.__dict__.get("forward")
-    module.forward = functools.partial(graphs, module.forward)
-    try:
-        yield
-    finally:
-        if own is None:
-            del module.forward
-        else:
-            module.forward = own
+    return functools.partial(graphs, module.forward)
 
 
 def drop_all() -> None:

@@ -29,7 +29,8 @@ from huggingface_hub.errors import (
 )
 from tqdm.auto import tqdm
 
-from .parameters import PINNED_REVISIONS
+from .constants import PINNED_REVISIONS
+from .errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 # A revision's parts never start with a dot: huggingface_hub writes a branch's commit to refs/<revision> in the cache.
@@ -56,10 +57,6 @@ TRANSFORMERS_INDEX = "config.json"
 
 def no_check(folder: Path, source: "Source") -> None:
     """Accept any repo: the check of a model that has no kind to verify."""
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message names the parameter, the model and the reason."""
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-class InputError(ValueError):
-    """An input that a mode needs is missing or unusable; the message names it."""
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -471,3 +469,23 @@ def outpaint_canvas(
     ] = 0
     painted = _percent(float(mask.mean(dtype=np.float64)))
     return Canvas(canvas, mask, f"{size}, placed at left {column}, top {row} of {width}x{height}; {painted} painted")
+
+
+def paste_back(pictures: np.ndarray, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The input put back over the decoder's pictures where nothing is repainted, the pictures blended in over a
+    ramp inside the repainted area: alpha * picture + (1 - alpha) * image, alpha from ``paste_back_ramp`` (0 where
+    kept, rising to 1 at ``PASTE_BACK_FEATHER`` pixels inside the repainted area). diffusers' Kandinsky inpainting
+    pipeline has no such step: it is the task's own, after the decoder, whose pixels it leaves as they are at the
+    full ramp.
+
+    Args:
+        pictures: (num_images, height, width, 3) floats in 0..1, the decoder's output.
+        image: height x width x 3 uint8, the input the decoder was given.
+        mask: height x width float32, 1 where repainted.
+
+    Returns:
+        (num_images, height, width, 3) float32 in 0..1; where kept, exactly image / 255, which rounding to uint8
+        brings back to the input's own values.
+    """
+    alpha = paste_back_ramp(mask)[None, :, :, None]
+    return alpha * pictures + (1 - alpha) * (image.astype(np.float32) / 255)

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -27,9 +27,9 @@ from PIL import Image
 from transformers import CLIPVisionModelWithProjection, DepthEstimationPipeline, pipeline
 
 from . import graphs
-from .hub import ROOT, Check, ModelLoadError, fetch, first_line, no_check, parse_model_name
-from .memory import MEMORY_MODES, MODEL_OFFLOAD, PARKED, PLACED, SEQUENTIAL_OFFLOAD, memory_mode
-from .schedulers import keep_timesteps_on_host
+from .errors import ModelLoadError
+from .hub import ROOT, Check, fetch, first_line, no_check, parse_model_name
+from .memory import CPU, MODEL_OFFLOAD, PARKED, PRIOR_ROLE, SEQUENTIAL_OFFLOAD, memory_mode
 
 logger = logging.getLogger(__name__)
 IMAGE_ENCODER = "image_encoder"
@@ -39,8 +39,9 @@ DEPTH_ESTIMATOR = "depth_estimator"
 class Loader(Protocol):
     """How ``ModelCache.get`` loads a model for a key, and how a run checks the model before any is loaded."""
 
-    def __call__(self, key: "ModelKey") -> tuple[object, "Parking"]:
-        """Load the model ``key`` names, placed as it says; return it and what it keeps parked."""
+    def __call__(self, role: str, key: "ModelKey") -> tuple[object, "Kept"]:
+        """Load the model of ``role`` that ``key`` names, placed as it says (``place``); return it and how it is
+        kept."""
 
     def preflight(self, key: "ModelKey") -> None:
         """Find the model and read its configs, fetching only them; raise ``ModelLoadError`` to refuse it."""
@@ -170,14 +171,23 @@ def _pack(tensors: list[torch.Tensor], pin: bool) -> list[_Chunk]:
     return chunks
 
 
+class Kept(NamedTuple):
+    """How a loaded model is kept (``place``): what it parks in CPU memory, and whether it is a decoder placed
+    whole on the device of a memory mode, uncompiled, which ``ModelCache.set_aside`` may park."""
+
+    parking: Parking
+    settable_aside: bool = False
+
+
 @dataclass
 class Loaded:
-    """A model in the cache (a pipeline, or the ``ImageEncoder``): the key it was loaded for, the models it keeps
-    parked, and, once set aside (``ModelCache.set_aside``), all its models, parked until it is asked for again."""
+    """A model in the cache (a pipeline, the ``ImageEncoder`` or the ``DepthEstimator``): the key it was loaded
+    for, how it is kept, and, once set aside (``ModelCache.set_aside``), all its models, parked until it is asked
+    for again."""
 
     key: ModelKey
     model: object
-    parking: Parking
+    kept: Kept
     aside: Parking | None = None
 
 
@@ -201,8 +211,8 @@ class ModelCache:
             role: the cache slot: "prior", a decoder's role ("decoder", "inpaint_decoder",
                 "controlnet_decoder"), "image_encoder" or "depth_estimator".
             key: what the model must be: repo, device, dtype, memory mode, compile mode.
-            load: a ``PipelineLoader``, ``IMAGE_ENCODER_LOADER`` or ``DepthEstimatorLoader``; called with ``key``,
-                it returns the model placed as ``key`` says and what it keeps parked.
+            load: a ``PipelineLoader``, ``IMAGE_ENCODER_LOADER`` or ``DepthEstimatorLoader``; called with
+                ``role`` and ``key``, it returns the model placed as ``key`` says and how it is kept.
 
         Returns:
             The cached model (a diffusers pipeline, an ``ImageEncoder`` or a ``DepthEstimator``), brought back to
@@ -220,9 +230,9 @@ class ModelCache:
                     cached.aside.hold(*cached.aside.names)
                 return cached.model
             self.release(role)
-            model, parking = load(key)
+            model, kept = load(role, key)
             self.load_counts[role] += 1
-            self._loaded[role] = Loaded(key, model, parking)
+            self._loaded[role] = Loaded(key, model, kept)
             return model
 
     def adopt(self, role: str, key: ModelKey, pipeline: DiffusionPipeline) -> None:
@@ -235,24 +245,20 @@ class ModelCache:
             encoder = getattr(pipeline, IMAGE_ENCODER, None)
             if isinstance(pipeline, KandinskyV22PriorPipeline) and encoder is not None:
                 pipeline.register_modules(image_encoder=None)
-                image_encoder = ImageEncoder(encoder, key)
-                self._loaded[IMAGE_ENCODER] = Loaded(key, image_encoder, image_encoder.parking)
-            self._loaded[role] = Loaded(key, pipeline, _place(pipeline, key))
+                kept = place(IMAGE_ENCODER, encoder, key)
+                self._loaded[IMAGE_ENCODER] = Loaded(key, ImageEncoder(encoder, key.device, kept.parking), kept)
+            self._loaded[role] = Loaded(key, pipeline, place(role, pipeline, key))
 
     def set_aside(self, role: str) -> None:
         """Park every model of the pipeline of ``role`` in CPU memory until it is asked for again.
 
-        For a decoder left on the GPU by a gpu run when another decoder runs in a mode that saves memory.
-        Only a pipeline placed whole on the device (``memory.PLACED``, nothing parked) is set aside, and never
-        one with a compiled UNet, which stays as compiled: CUDA graphs record where the weights are, and record
-        again each time they move. The graphs of its models (``graphs``) are dropped for the same reason.
+        For a decoder left on the GPU by a gpu run when another decoder runs in a mode that saves memory. Only a
+        decoder placed whole (``Kept.settable_aside``) is set aside. The graphs of its models (``graphs``) are
+        dropped: CUDA graphs record where the weights are.
         """
         with self.lock:
             loaded = self._loaded.get(role)
-            is_decoder = loaded is not None and "unet" in getattr(loaded.model, "components", {})
-            # A CPU run's decoder (memory mode "none", not in the table's CUDA modes) is in CPU memory already.
-            mode = MEMORY_MODES.get(loaded.key.memory_mode) if is_decoder else None
-            if mode is None or mode.pipelines != PLACED or loaded.parking.names or loaded.key.compile_unet != "off":
+            if loaded is None or not loaded.kept.settable_aside:
                 return
             graphs.drop(_modules(loaded.model))
             if loaded.aside is not None:
@@ -274,7 +280,7 @@ class ModelCache:
         """What the model of ``role`` keeps parked in CPU memory: a prior's models, as its memory mode's
         ``parked_prior_models`` says; nothing for a decoder."""
         with self.lock:
-            return self._loaded[role].parking
+            return self._loaded[role].kept.parking
 
     def release(self, role: str | None = None) -> None:
         """Drop the model of ``role`` (all of them when None), and its CUDA graphs, and give its memory back."""
@@ -325,9 +331,9 @@ class PipelineLoader:
         source = parse_model_name(key.model_name, self.parameter_name)
         fetch(source, self.parameter_name, _components(self.pipeline_class, self.skip), self.check, weights=False)
 
-    def __call__(self, key: ModelKey) -> tuple[DiffusionPipeline, Parking]:
+    def __call__(self, role: str, key: ModelKey) -> tuple[DiffusionPipeline, Kept]:
         pipeline = load_pipeline(self.pipeline_class, self.parameter_name, key, skip=self.skip, check=self.check)
-        return pipeline, _place(pipeline, key)
+        return pipeline, place(role, pipeline, key)
 
 
 def _components(pipeline_class: type[DiffusionPipeline], skip: tuple[str, ...]) -> list[str]:
@@ -374,7 +380,7 @@ class ImageEncoderLoader:
         """Find the image encoder and read its config, fetching only that; refuse a missing one."""
         fetch(parse_model_name(key.model_name, "prior_model_name"), "prior_model_name", (IMAGE_ENCODER,), weights=False)
 
-    def __call__(self, key: ModelKey) -> tuple["ImageEncoder", Parking]:
+    def __call__(self, role: str, key: ModelKey) -> tuple["ImageEncoder", Kept]:
         source = parse_model_name(key.model_name, "prior_model_name")
         folder = fetch(source, "prior_model_name", (IMAGE_ENCODER,))
         try:
@@ -386,8 +392,8 @@ class ImageEncoderLoader:
                 f"prior_model_name: {source.describe()} has no usable CLIP image encoder ({IMAGE_ENCODER}/), which "
                 f"mix and an empty negative prompt need: {first_line(error)}"
             ) from error
-        encoder = ImageEncoder(model, key)
-        return encoder, encoder.parking
+        kept = place(role, model, key)
+        return ImageEncoder(model, key.device, kept.parking), kept
 
 
 IMAGE_ENCODER_LOADER = ImageEncoderLoader()
@@ -396,25 +402,16 @@ IMAGE_ENCODER_LOADER = ImageEncoderLoader()
 class ImageEncoder:
     """The prior repo's CLIP image encoder, loaded apart from the prior, only when a run needs it.
 
-    It embeds mix's images, and an all-zero image: the negative embedding when the negative prompt is empty,
-    which diffusers' ``KandinskyV22PriorPipeline.get_zero_embed`` recomputes for every generation with its
-    1.8B-parameter encoder; the answer never changes, so it is computed once here. On CUDA the encoder waits
-    in CPU memory and visits the device for these uses only (``Parking``), or moves layer by layer under
-    sequential_offload (accelerate's ``cpu_offload``, as diffusers offloads the prior's other models): the memory
-    mode's ``image_encoder`` says which.
+    It embeds the images of mix and controlnet_img2img, and an all-zero image: the negative embedding when the
+    negative prompt is empty, which diffusers' ``KandinskyV22PriorPipeline.get_zero_embed`` recomputes for every
+    generation with its 1.8B-parameter encoder; the answer never changes, so it is computed once here. Its model
+    is placed as the memory mode says (``place``); ``parking`` holds it when it waits in CPU memory between uses.
     """
 
-    def __init__(self, model: CLIPVisionModelWithProjection, key: ModelKey) -> None:
+    def __init__(self, model: CLIPVisionModelWithProjection, device: str, parking: Parking) -> None:
         self.model = model
-        self.device = key.device
-        self.parking = Parking()
-        kept = memory_mode(key.memory_mode).image_encoder
-        if kept == SEQUENTIAL_OFFLOAD:
-            cpu_offload(model, execution_device=torch.device(key.device))
-        elif kept == PARKED:
-            self.parking = Parking({IMAGE_ENCODER: model}, key.device)
-        else:
-            model.to(key.device)
+        self.device = device
+        self.parking = parking
         self._zero_embedding: torch.Tensor | None = None
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -425,8 +422,7 @@ class ImageEncoder:
 
     def zero_embeds(self, batch_size: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
         """The embedding of an all-zero image, (batch_size, projection_dim) on ``device``: what diffusers'
-        ``KandinskyV22PriorPipeline.get_zero_embed`` returns, with its signature, computed once. It stands in
-        for that method (a patch, see ``generation.load_pipelines``)."""
+        ``KandinskyV22PriorPipeline.get_zero_embed`` returns, computed once."""
         if self._zero_embedding is None:
             size = self.model.config.image_size
             self._zero_embedding = self.embed(torch.zeros(1, 3, size, size))
@@ -448,7 +444,7 @@ class DepthEstimatorLoader:
         refuses."""
         fetch(parse_model_name(key.model_name, "depth_model"), "depth_model", (ROOT,), self.check, weights=False)
 
-    def __call__(self, key: ModelKey) -> tuple["DepthEstimator", Parking]:
+    def __call__(self, role: str, key: ModelKey) -> tuple["DepthEstimator", Kept]:
         source = parse_model_name(key.model_name, "depth_model")
         folder = fetch(source, "depth_model", (ROOT,), self.check)
         try:
@@ -466,23 +462,20 @@ class DepthEstimatorLoader:
                 f"depth_model: {source.describe()} is not a usable depth-estimation model (broken or incomplete): "
                 f"{first_line(error)}"
             ) from error
-        depth_estimator = DepthEstimator(estimator, key)
-        return depth_estimator, depth_estimator.parking
+        kept = place(role, estimator.model, key)
+        return DepthEstimator(estimator, kept.parking), kept
 
 
 class DepthEstimator:
     """A transformers depth-estimation pipeline, loaded once per process, that estimates a photo's depth map.
 
-    Under the memory modes that save GPU memory its model waits in CPU memory and visits the device only while
-    it estimates (``Parking``), as the image encoder does; under gpu it stays on the device, and on the CPU
-    there is nothing to park: the memory mode's ``depth_estimator`` says which.
+    Its model is placed as the memory mode says (``place``); ``parking`` holds it when it waits in CPU memory and
+    visits the device only while it estimates.
     """
 
-    def __init__(self, estimator: DepthEstimationPipeline, key: ModelKey) -> None:
+    def __init__(self, estimator: DepthEstimationPipeline, parking: Parking) -> None:
         self.estimator = estimator
-        # The pipeline placed the model on the device, where it runs; parking moves it to CPU memory until then.
-        parked = memory_mode(key.memory_mode).depth_estimator == PARKED
-        self.parking = Parking({DEPTH_ESTIMATOR: estimator.model} if parked else None, key.device)
+        self.parking = parking
 
     def estimate(self, photo: np.ndarray) -> np.ndarray:
         """The depth map of ``photo`` (height x width x 3 RGB uint8): height x width uint8, near bright.
@@ -496,27 +489,48 @@ class DepthEstimator:
             return np.asarray(self.estimator(Image.fromarray(photo))["depth"])
 
 
-def _place(pipeline: DiffusionPipeline, key: ModelKey) -> Parking:
-    """Place a freshly loaded pipeline as ``key`` says, and return what it keeps parked.
+def place(role: str, model: DiffusionPipeline | torch.nn.Module, key: ModelKey) -> Kept:
+    """Place a freshly loaded model of ``role`` as the key's memory mode says, and say how it is kept: the one
+    reader of the memory table's placement rules (``memory.MemoryMode``).
 
-    The key's memory mode (``memory.MEMORY_MODES``) says how: placed on the device, or offloaded by diffusers;
-    a prior's ``parked_prior_models`` are parked instead of placed. The pipeline's own scheduler (the decoder's
-    DDPM, the prior's UnCLIP) keeps its timesteps on the host (``schedulers.keep_timesteps_on_host``).
+    A pipeline (the prior, a decoder) is placed on the device, or offloaded by diffusers
+    (``enable_model_cpu_offload``, ``enable_sequential_cpu_offload``), as the mode's ``pipelines`` says; the prior's
+    ``parked_prior_models`` are parked instead of placed, and a decoder's UNet is compiled in place when the key
+    asks. The prior repo's image encoder and depth_model's model are placed, parked, or offloaded layer by layer
+    by accelerate's ``cpu_offload``, as the mode's ``image_encoder`` and ``depth_estimator`` say.
+
+    Args:
+        role: the cache role (``ModelCache.get``).
+        model: a diffusers pipeline, or the torch module of the image encoder or of the depth estimator.
+        key: the device, memory mode and compile mode.
+
+    Returns:
+        ``Kept``: the parking, and whether the model is a decoder placed whole on the device of a memory mode,
+        which may be set aside (never on the CPU's, where there is nothing to set aside, nor with a compiled UNet,
+        which stays as compiled).
     """
-    pipeline.set_progress_bar_config(disable=True)
-    keep_timesteps_on_host(pipeline.scheduler)
     mode = memory_mode(key.memory_mode)
-    parked = mode.parked_prior_models if isinstance(pipeline, KandinskyV22PriorPipeline) else ()
-    if mode.pipelines == MODEL_OFFLOAD:
-        pipeline.enable_model_cpu_offload(device=key.device)
-    elif mode.pipelines == SEQUENTIAL_OFFLOAD:
-        pipeline.enable_sequential_cpu_offload(device=key.device)
-    else:
-        for name, component in pipeline.components.items():
+    if isinstance(model, DiffusionPipeline):
+        model.set_progress_bar_config(disable=True)
+        if mode.pipelines == MODEL_OFFLOAD:
+            model.enable_model_cpu_offload(device=key.device)
+            return Kept(Parking())
+        if mode.pipelines == SEQUENTIAL_OFFLOAD:
+            model.enable_sequential_cpu_offload(device=key.device)
+            return Kept(Parking())
+        parked = mode.parked_prior_models if role == PRIOR_ROLE else ()
+        for name, component in model.components.items():
             if isinstance(component, torch.nn.Module) and name not in parked:
                 component.to(key.device)
-    parking = Parking({name: getattr(pipeline, name) for name in parked}, key.device)
-    if key.compile_unet != "off":
-        # In place, so pipelines that share the UNet (img2img over the text2img decoder) share the compiled one.
-        pipeline.unet.compile(mode=key.compile_unet)
-    return parking
+        if key.compile_unet != "off":
+            model.unet.compile(mode=key.compile_unet)
+        parking = Parking({name: getattr(model, name) for name in parked}, key.device)
+        return Kept(parking, role != PRIOR_ROLE and key.compile_unet == "off" and mode is not CPU)
+    kept = mode.image_encoder if role == IMAGE_ENCODER else mode.depth_estimator
+    if kept == SEQUENTIAL_OFFLOAD:
+        cpu_offload(model, execution_device=torch.device(key.device))
+        return Kept(Parking())
+    if kept == PARKED:
+        return Kept(Parking({role: model}, key.device))
+    model.to(key.device)
+    return Kept(Parking())

@@ -14,16 +14,12 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 
 import torch
 
+from .constants import DEFAULT_DECODER, DEFAULT_PRIOR, PINNED_REVISIONS
+from .errors import SettingsError
 from .images import PASTE_BACK_FEATHER
 from .memory import MEMORY_MODES
-from .modes import (
-    DEFAULT_DECODER,
-    DEFAULT_PRIOR,
-    MODES,
-    PINNED_REVISIONS,
-    modes_reading,
-)
-from .schedulers import DEFAULT_SCHEDULER, SAMPLERS, SCHEDULERS
+from .modes import MODES, OUTPAINT_MARGINS, OUTPAINT_MIN_SIDE, modes_reading
+from .schedulers import DEFAULT_SCHEDULER, SAMPLERS, SCHEDULERS, steps_at
 
 # The known repos that fit each mode: its decoder's default.
 MODE_DECODERS = {name: mode.decoder.default_model for name, mode in MODES.items()}
@@ -56,10 +52,6 @@ def _own_decoders() -> str:
         + (f"@{PINNED_REVISIONS[repo]}" if repo in PINNED_REVISIONS else "")
         for repo, names in users.items()
     )
-
-
-class SettingsError(ValueError):
-    """One or more parameters were refused; the message names each one and what it accepts."""
 
 
 @dataclass(frozen=True)
@@ -489,7 +481,13 @@ class Settings:
         for parameter in PARAMETERS:
             parsed = parameter.parse(parameter.to_string(getattr(self, parameter.name)))
             object.__setattr__(self, parameter.name, parsed)
-        MODES[self.mode].check(self)
+        problems = [problem for check in _CHECKS for problem in check(self)]
+        if problems:
+            raise SettingsError("\n".join(problems))
+
+    def reads(self, parameter_name: str) -> bool:
+        """Whether a run in this mode reads ``parameter_name`` (``modes.Mode.parameters``)."""
+        return self.mode in modes_reading(parameter_name)
 
     def mix_item_count(self) -> int:
         """Mixed items: every image input, and the prompt when it is not empty."""
@@ -532,6 +530,63 @@ class Settings:
     def to_strings(self) -> dict[str, str]:
         """Every parameter as the string Ikomia stores."""
         return {parameter.name: parameter.to_string(getattr(self, parameter.name)) for parameter in PARAMETERS}
+
+
+def _no_step(settings: Settings, strength: str, steps: str, stage: str) -> list[str]:
+    """The refusal of a ``strength`` that leaves no step of ``stage``'s ``steps``, if the mode reads it and it
+    does: the decoder would have nothing to run, and diffusers' prior returns no embedding at all then, without an
+    error."""
+    if not settings.reads(strength) or steps_at(getattr(settings, steps), getattr(settings, strength)) >= 1:
+        return []
+    return [
+        f"{strength}: received '{getattr(settings, strength)}' with {steps} {getattr(settings, steps)}; "
+        f"accepted: a {strength} that leaves {settings.mode} at least one {stage} step ({steps} x {strength} >= 1)."
+    ]
+
+
+def _strengths_leave_a_step(settings: Settings) -> list[str]:
+    return _no_step(settings, "strength", "num_inference_steps", "decoder") + _no_step(
+        settings, "prior_strength", "prior_num_inference_steps", "prior"
+    )
+
+
+def _margins_fit(settings: Settings) -> list[str]:
+    """Refuse outpaint margins that paint nothing, and margins that leave the image less than 64 x 64 pixels."""
+    if not settings.reads("outpaint_left"):
+        return []
+    problems = []
+    if not any(getattr(settings, name) for name in OUTPAINT_MARGINS):
+        problems.append(
+            f"outpaint: every margin is 0 ({', '.join(OUTPAINT_MARGINS)}); accepted: at least one margin above 0, "
+            "in pixels of the output to paint beyond the image."
+        )
+    for first, second, side in (
+        ("outpaint_left", "outpaint_right", "width"),
+        ("outpaint_top", "outpaint_bottom", "height"),
+    ):
+        size, margins = getattr(settings, side), (getattr(settings, first), getattr(settings, second))
+        if sum(margins) > size - OUTPAINT_MIN_SIDE:
+            problems.append(
+                f"{first} + {second}: received {margins[0]} + {margins[1]} = {sum(margins)} with {side} {size}; "
+                f"accepted: at most {side} - {OUTPAINT_MIN_SIDE} = {size - OUTPAINT_MIN_SIDE}, so that the image "
+                f"keeps at least {OUTPAINT_MIN_SIDE} pixels of the {side}."
+            )
+    return problems
+
+
+def _mix_weights_fit(settings: Settings) -> list[str]:
+    if not settings.reads("mix_weights"):
+        return []
+    try:
+        settings.mix_weight_values()
+    except SettingsError as error:
+        return [str(error)]
+    return []
+
+
+# The checks of values that are each in range but may not fit together, in the mode the settings run: each
+# returns its problems, and all are refused at once.
+_CHECKS: tuple[Callable[[Settings], list[str]], ...] = (_strengths_leave_a_step, _margins_fit, _mix_weights_fit)
 
 
 def unknown_names(values: Mapping[str, object]) -> list[str]:

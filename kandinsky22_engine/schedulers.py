@@ -10,34 +10,26 @@ scheduler's own default spacing they start at different noise levels (DDIM's "le
 steps), and their results do not approach each other as the steps grow (Lin et al., "Common Diffusion Noise
 Schedules and Sample Steps are Flawed", 2024, section 3.3).
 
-diffusers' Kandinsky 2.2 pipelines were written for DDPM-like schedulers: they pass ``generator=`` to every
-``step`` and never call ``scale_model_input`` (diffusers 0.40.0 to 0.42.1, tests/test_upstream.py). Workaround:
-``sampling`` adapts any scheduler to them in one place: it
-drops the generator for the schedulers whose ``step`` takes none (they are deterministic), and scales the
-UNet's latent input as ``scale_model_input`` says for the schedulers that work on unscaled noisy samples
-(Euler, Heun, LMS, KDPM2: the input is divided by sqrt(sigma^2 + 1)), which is what diffusers' other pipelines do
-before every UNet call. The prior keeps its own ``UnCLIPScheduler``.
+The decoder's loop (``stages.decode``) calls every scheduler as diffusers' other pipelines call theirs:
+``scale_model_input`` before each UNet call, ``step`` with the keywords it takes (``step_options``), and a
+schedule cut at whole steps for image-to-image (``first_step``). The prior keeps its own ``UnCLIPScheduler``.
 """
 
 import copy
 import functools
 import inspect
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from diffusers import (
     DDIMScheduler,
     DEISMultistepScheduler,
-    DiffusionPipeline,
     DPMSolverMultistepScheduler,
     DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
-    KandinskyV22InpaintPipeline,
     KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     UniPCMultistepScheduler,
@@ -61,7 +53,7 @@ class Sampler:
     # Draws fresh noise at every step: the same seed gives the same picture, other seeds other pictures, and
     # more steps do not converge to one result.
     stochastic: bool = False
-    # Its timesteps may be kept on the host (``keep_timesteps_on_host``) without changing a value: its
+    # Its timesteps may be kept on the host (``timesteps_on_host``) without changing a value: its
     # ``set_timesteps`` computes nothing on the device it is given, only copies there.
     host_timesteps: bool = True
 
@@ -162,125 +154,70 @@ def make_scheduler(name: str, config: dict) -> SchedulerMixin | None:
     return copy.deepcopy(_BUILT[key])
 
 
+def scheduler_for(name: str, own: SchedulerMixin) -> SchedulerMixin:
+    """The scheduler a run of sampler ``name`` steps with: a fresh one made from ``own``'s config
+    (``make_scheduler``), or ``own`` itself, the decoder repo's DDPM, for ``DEFAULT_SCHEDULER`` (it keeps no state
+    between runs: ``set_timesteps`` starts each anew)."""
+    return make_scheduler(name, own.config) or own
+
+
+def timesteps_on_host(name: str) -> bool:
+    """Whether a run of sampler ``name`` keeps its schedule in CPU memory (``Sampler.host_timesteps``; the default
+    DDPM computes its schedule on the host).
+
+    diffusers' Kandinsky 2.2 pipelines put the timesteps on the device, and every step then reads the current one
+    on the host: ``DDPMScheduler.previous_timestep`` (``nonzero``), ``alphas_cumprod[t]`` and ``t > 0`` in
+    ``DDPMScheduler`` and ``UnCLIPScheduler``, the other samplers' search for their step index (diffusers 0.40.0 to
+    0.42.1, tests/test_host_syncs.py). On CUDA each such read waits for the GPU to finish all queued work. Kept in
+    CPU memory, the schedule is read there; the UNet and the prior transformer copy the timestep to their device
+    themselves, and ``add_noise`` moves its timesteps to the samples'.
+    """
+    return name == DEFAULT_SCHEDULER or SAMPLERS[name].host_timesteps
+
+
+def steps_at(steps: int, strength: float) -> int:
+    """The denoising steps of a schedule of ``steps`` that an image-to-image run at ``strength`` makes: the last
+    int(steps x strength), as diffusers' image-to-image pipelines count them (``get_timesteps``)."""
+    return min(int(steps * strength), steps)
+
+
+def first_step(scheduler: SchedulerMixin, steps: int, strength: float) -> int:
+    """The index in ``scheduler.timesteps`` at which an image-to-image run of ``steps`` at ``strength`` starts:
+    ``steps - steps_at(steps, strength)`` whole steps in.
+
+    Departure from diffusers (0.40.0 to 0.42.1, tests/test_upstream.py): the Kandinsky 2.2 image-to-image
+    pipelines cut the schedule at that many timesteps whatever the scheduler's order; a second-order scheduler
+    (Heun, DPM2) has two timesteps a step, so it would start from a noise level the strength does not ask for, or
+    inside a step. Here the cut is at whole steps, as diffusers' other image-to-image pipelines make it.
+    """
+    return (steps - steps_at(steps, strength)) * scheduler.order
+
+
+def step_options(scheduler: SchedulerMixin, generator: torch.Generator, steps_taken: int) -> dict:
+    """The keywords of ``scheduler.step`` at a run's ``steps_taken``-th step (0 for the first).
+
+    - ``generator``, only for a ``step`` that takes one: diffusers' Kandinsky pipelines pass it to every ``step``,
+      which the schedulers whose step draws no noise refuse (UniPC, DEIS, Heun, DPM2; diffusers 0.40.0 to
+      0.42.1, tests/test_upstream.py).
+    - ``order`` for LMS: ``LMSDiscreteScheduler.step`` takes its order from its step index (``step_index + 1``),
+      which counts the steps an image-to-image run skipped, so its first step would weight its one derivative as
+      a higher-order formula weights the newest of several. Its order counts the steps this run has taken.
+    """
+    parameters = inspect.signature(scheduler.step).parameters
+    options: dict = {"generator": generator} if "generator" in parameters else {}
+    if isinstance(scheduler, LMSDiscreteScheduler):
+        options["order"] = min(steps_taken + 1, parameters["order"].default)
+    return options
+
+
 @functools.cache
-def model_calls(name: str, steps: int, skipped: int = 0) -> int:
+def model_calls(name: str, steps: int, strength: float = 1.0) -> int:
     """How many times the decoder calls its UNet, and so its step callback, for ``steps`` steps of sampler
-    ``name``, the first ``skipped`` of them left out (image-to-image strength): second-order samplers (Heun,
-    DPM2) evaluate the UNet twice a step but the last, and their schedule is cut at ``skipped`` whole steps
-    (``cut_by_order``). The count depends on the scheduler's kind only, so its default config serves."""
+    ``name`` at image-to-image ``strength`` (1: every step): second-order samplers (Heun, DPM2) evaluate the UNet
+    twice a step but the last (``first_step``). The count depends on the scheduler's kind only, so its default
+    config serves."""
     if name == DEFAULT_SCHEDULER:
-        return steps - skipped
+        return steps_at(steps, strength)
     scheduler = make_scheduler(name, SAMPLERS[name].scheduler_class().config)
     scheduler.set_timesteps(steps)
-    return len(scheduler.timesteps[skipped * scheduler.order :])
-
-
-def keep_timesteps_on_host(scheduler: SchedulerMixin) -> None:
-    """Make ``scheduler`` keep its timesteps in CPU memory, whatever device a pipeline gives ``set_timesteps``.
-
-    diffusers' Kandinsky 2.2 pipelines put the timesteps on the device (``set_timesteps(steps, device=device)``),
-    and every step then reads the current one on the host: ``DDPMScheduler.previous_timestep`` (``nonzero``),
-    ``alphas_cumprod[t]`` and ``t > 0`` in ``DDPMScheduler`` and ``UnCLIPScheduler``, the inpainting pipeline's
-    ``torch.tensor([timestep])``, the other samplers' search for their step index (diffusers 0.40.0 to 0.42.1,
-    tests/test_host_syncs.py). On CUDA each of these waits for the GPU to finish all queued work, several times a
-    step. With the timesteps in CPU memory they read CPU memory; the UNet and the prior transformer copy the
-    timestep to their device themselves, and ``add_noise`` moves its timesteps to the samples'. The schedule's
-    values are the same: the schedulers this is used on compute their schedules on the host and only copy them
-    to the device (``Sampler.host_timesteps``), so no picture changes.
-
-    Raises ``TypeError`` at the first ``set_timesteps`` call that passes the device by position.
-    """
-    scheduler.set_timesteps = functools.partial(_on_host, scheduler.set_timesteps)
-
-
-def _on_host(set_timesteps: Callable[..., None], *arguments: object, **keywords: object) -> None:
-    keywords["device"] = "cpu"
-    set_timesteps(*arguments, **keywords)
-
-
-def cut_by_order(pipeline: DiffusionPipeline) -> None:
-    """Make an image-to-image ``pipeline`` cut its schedule at whole steps of a second-order scheduler.
-
-    Workaround (diffusers 0.40.0 to 0.42.1, tests/test_upstream.py): the Kandinsky 2.2 image-to-image pipelines'
-    ``get_timesteps`` cuts the schedule at ``num_inference_steps - int(num_inference_steps x strength)``
-    timesteps, whatever the scheduler's order; a second-order scheduler (Heun, DPM2) has two timesteps a step,
-    so it then runs from a noise level the strength does not ask for, or starts inside a step and fails. Here,
-    as in diffusers' other image-to-image pipelines, the cut is at that many whole steps and the scheduler
-    starts there (``set_begin_index``). First-order schedulers keep diffusers' own method.
-    """
-    scheduler = pipeline.scheduler
-    if scheduler.order == 1:
-        return
-
-    def get_timesteps(steps: int, strength: float, device: object) -> tuple[torch.Tensor, int]:
-        start = steps - min(int(steps * strength), steps)
-        scheduler.set_begin_index(start * scheduler.order)
-        return scheduler.timesteps[start * scheduler.order :], steps - start
-
-    pipeline.get_timesteps = get_timesteps
-
-
-@contextmanager
-def sampling(decoder: DiffusionPipeline, name: str) -> Iterator[DiffusionPipeline]:
-    """A pipeline of ``decoder``'s class over its components with sampler ``name`` in place of its scheduler,
-    adapted to diffusers' Kandinsky pipelines for the block; ``decoder`` itself as it is for the default.
-
-    The adaptation, removed after the block: the UNet's latent channels are scaled by ``scale_model_input``
-    before every call (the inpainting UNet's extra channels, the masked image's latents and the mask, are
-    not), a ``step`` that takes no generator is called without it, and the timesteps stay on the host
-    (``keep_timesteps_on_host``) where that changes no value.
-    """
-    scheduler = make_scheduler(name, decoder.scheduler.config)
-    if scheduler is None:
-        yield decoder
-        return
-    if SAMPLERS[name].host_timesteps:
-        keep_timesteps_on_host(scheduler)
-    if "generator" not in inspect.signature(scheduler.step).parameters:
-        scheduler.step = functools.partial(_without_generator, scheduler.step)
-    if isinstance(decoder, KandinskyV22InpaintPipeline):
-        # Workaround (diffusers 0.40.0 to 0.42.1, tests/test_upstream.py): the inpainting pipeline noises the
-        # kept area at every step with its starting latents, which it made as noise times init_noise_sigma: a
-        # scheduler whose init_noise_sigma is not 1 (Euler, Heun, LMS, DPM2: about 25) would add that many times
-        # too much noise there. The noise is brought back to unit variance first.
-        scheduler.add_noise = functools.partial(_unit_noise, scheduler, scheduler.add_noise)
-        if hasattr(scheduler, "set_begin_index"):
-            # The inpainting pipeline always starts at the schedule's first step, and after each step noises the
-            # kept area to the next step's level with ``add_noise``. Told where it starts, as diffusers' other
-            # pipelines tell it, a sigma-based scheduler takes that level from the step index it counts on the
-            # host, the same index its search of the timesteps finds, rather than searching them on the device
-            # at every step (``keep_timesteps_on_host``).
-            scheduler.set_timesteps = functools.partial(_from_first_step, scheduler, scheduler.set_timesteps)
-    pipeline = type(decoder)(**{**decoder.components, "scheduler": scheduler})
-    pipeline.set_progress_bar_config(disable=True)
-    latent_channels = decoder.movq.config.latent_channels
-
-    def scale_latents(unet: torch.nn.Module, arguments: tuple, keywords: dict) -> tuple[tuple, dict]:
-        sample, timestep = keywords["sample"], keywords["timestep"]
-        latents = scheduler.scale_model_input(sample[:, :latent_channels], timestep)
-        keywords["sample"] = torch.cat([latents, sample[:, latent_channels:]], dim=1)
-        return arguments, keywords
-
-    handle = decoder.unet.register_forward_pre_hook(scale_latents, with_kwargs=True)
-    try:
-        yield pipeline
-    finally:
-        handle.remove()
-
-
-def _from_first_step(
-    scheduler: SchedulerMixin, set_timesteps: Callable[..., None], *arguments: object, **keywords: object
-) -> None:
-    set_timesteps(*arguments, **keywords)
-    scheduler.set_begin_index(0)
-
-
-def _unit_noise(
-    scheduler: SchedulerMixin, add_noise: object, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-) -> torch.Tensor:
-    return add_noise(original, noise / scheduler.init_noise_sigma, timesteps)
-
-
-def _without_generator(step: object, *arguments: object, generator: object = None, **keywords: object) -> object:
-    # Schedulers whose step takes no generator draw no noise: dropping it changes nothing.
-    return step(*arguments, **keywords)
+    return len(scheduler.timesteps[first_step(scheduler, steps, strength) :])

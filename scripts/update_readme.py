@@ -22,17 +22,11 @@ sys.path.insert(0, str(CHECKOUT))
 from diffusers import KandinskyV22PriorPipeline  # noqa: E402
 
 from kandinsky22_devkit.published import file_sizes  # noqa: E402
+from kandinsky22_engine.constants import DEFAULT_PRIOR, PINNED_REVISIONS  # noqa: E402
 from kandinsky22_engine.hub import needed_files  # noqa: E402
 from kandinsky22_engine.memory import markdown_table as memory_table  # noqa: E402
 from kandinsky22_engine.models import IMAGE_ENCODER, pipeline_components  # noqa: E402
-from kandinsky22_engine.modes import (  # noqa: E402
-    DEFAULT_PRIOR,
-    DRAWING_INPUT,
-    MIX_INPUTS,
-    MODES,
-    PINNED_REVISIONS,
-    input_names,
-)
+from kandinsky22_engine.modes import DRAWING_INPUT, MIX_INPUTS, MODES, input_names  # noqa: E402
 from kandinsky22_engine.parameters import PARAMETERS, Parameter, markdown_table  # noqa: E402
 from kandinsky22_engine.schedulers import DEFAULT_SCHEDULER, SAMPLERS  # noqa: E402
 

@@ -25,9 +25,14 @@ from diffusers import (
     KandinskyV22PriorPipeline,
 )
 from PIL import Image
+from torch.utils import _pytree as pytree
 
 from infer_kandinsky_2_2.kandinsky22_devkit.reference import combine, combined_arguments
+from infer_kandinsky_2_2.kandinsky22_engine.generation import load_models, runtime_for
+from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs
+from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+from infer_kandinsky_2_2.kandinsky22_engine.runtime import Models
 
 TASK_NAME = "infer_kandinsky_2_2"
 # The output size of the quick runs (conftest's TINY_RUN): not square, so that a transposition shows.
@@ -104,6 +109,11 @@ def run_workflow(parameters: dict[str, str], sources: dict[int, np.ndarray] | No
     workflow, task = workflow_with(parameters, sources)
     workflow.run()
     return task.get_output(0).get_image(), task.get_output(1).data
+
+
+def load_for(settings: Settings, cache: ModelCache) -> Models:
+    """The models a run of ``settings`` loads into ``cache``, on the runtime the settings ask for."""
+    return load_models(settings, runtime_for(settings), cache)
 
 
 def model_cache(task):
@@ -293,3 +303,60 @@ def max_difference(first: np.ndarray, second: np.ndarray) -> int:
     """The largest difference between two pictures of the same shape, in levels of 0-255."""
     assert first.shape == second.shape
     return int(np.abs(first.astype(int) - second.astype(int)).max())
+
+
+class EagerGraph:
+    """A "graph" whose replay runs the captured forward again on the static inputs, into the static outputs."""
+
+    def __init__(self, run, outputs) -> None:
+        self.run, self.outputs = run, outputs
+
+    def replay(self) -> None:
+        for static, fresh in zip(pytree.tree_leaves(self.outputs), pytree.tree_leaves(self.run()), strict=True):
+            static.copy_(fresh)
+
+
+class EagerCapture:
+    """Stands in for ``graphs.CudaCapture`` on the CPU, which has no CUDA graphs: a capture runs the forward once,
+    and a replay runs it again on the static inputs (``EagerGraph``)."""
+
+    def pool(self) -> object:
+        return object()
+
+    def __call__(self, run, pool):
+        outputs = run()
+        return EagerGraph(run, outputs), outputs
+
+
+# One input of each kind a mode reads, at the quick runs' size.
+MODE_INPUTS = {
+    "text2img": Inputs(),
+    "img2img": Inputs(image=random_image(1)),
+    "inpaint": Inputs(image=random_image(2), mask=left_half_mask()),
+    "outpaint": Inputs(image=random_image(2)),
+    "controlnet_depth": Inputs(depth=random_image(4)[:, :, 0]),
+    "controlnet_img2img": Inputs(image=random_image(1), depth=random_image(4)[:, :, 0]),
+    "mix": Inputs(mix_images=(random_image(5), random_image(6))),
+}
+
+
+def settings_in_mode(tiny_strings: dict, tiny_repos, mode: str, **changes: str) -> Settings:
+    """A quick run in ``mode`` on its tiny decoder, with guidance, an empty negative prompt (the zero-image
+    embedding), strength 0.5 and a 64-pixel outpaint margin, and ``changes``."""
+    decoder = {"inpaint": "inpaint_decoder", "outpaint": "inpaint_decoder"}.get(mode, "decoder")
+    if mode.startswith("controlnet"):
+        decoder = "controlnet_decoder"
+    return Settings.from_strings(
+        {
+            **tiny_strings,
+            "mode": mode,
+            "model_name": str(getattr(tiny_repos, decoder)),
+            "guidance_scale": "2.0",
+            "negative_prompt": "",
+            "strength": "0.5",
+            "outpaint_left": "64",
+            "outpaint_right": "0",
+            "outpaint_overlap": "8",
+            **changes,
+        }
+    )

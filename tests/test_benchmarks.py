@@ -40,6 +40,7 @@ def test_the_gpu_benchmark_runs_every_case_the_cpu_can_run_without_error(gpu_ben
         *graphs,
         "visits",
         "inpaint_prepare_mask",
+        "inpaint_kept_latents",
         *samplers,
         "gpu_mix",
         "switching_gpu",
@@ -96,7 +97,8 @@ def test_the_script_for_the_next_lent_gpu_asks_for_its_cases_and_logs_the_report
     cases = json.loads((tmp_path / "gpu_benchmark.json").read_text(encoding="utf-8"))["cases"]
     # Only the cases asked for, beside the diffusers baseline; on the CPU the CUDA-only ones are left out.
     graphs = ["gpu_cuda_graphs", "cuda_graphs_switches", "gpu_batch_cuda_graphs"]
-    asked = ["gpu", *graphs, "visits", "inpaint_prepare_mask", "dpmpp_2m_25", "dpmpp_2m_30", "gpu_mix"]
+    asked = ["gpu", *graphs, "visits", "inpaint_prepare_mask", "inpaint_kept_latents", "dpmpp_2m_25", "dpmpp_2m_30"]
+    asked += ["gpu_mix"]
     asked += ["switching_gpu", "classic_attention"]
     assert list(cases) == ["diffusers", *asked]
     assert all(case == {"skipped": "the time budget was spent"} for case in cases.values())

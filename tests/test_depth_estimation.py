@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import KandinskyV22ControlnetPipeline
 from huggingface_hub import constants as hub_constants
 from PIL import Image
 from transformers import DepthAnythingForDepthEstimation, pipeline
@@ -28,15 +27,11 @@ from helpers import (
     workflow_with,
 )
 from helpers import run_workflow as run
-from infer_kandinsky_2_2.kandinsky22_engine import hub
-from infer_kandinsky_2_2.kandinsky22_engine.generation import (
-    DEPTH_MODEL_TYPES,
-    InputError,
-    Inputs,
-    check_depth_model,
-    generate,
-)
+from infer_kandinsky_2_2.kandinsky22_engine import generation, hub
+from infer_kandinsky_2_2.kandinsky22_engine.errors import InputError
+from infer_kandinsky_2_2.kandinsky22_engine.generation import generate
 from infer_kandinsky_2_2.kandinsky22_engine.images import fit
+from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs
 from infer_kandinsky_2_2.kandinsky22_engine.models import (
     DEPTH_ESTIMATOR,
     DepthEstimatorLoader,
@@ -52,6 +47,7 @@ from infer_kandinsky_2_2.kandinsky22_engine.modes import (
     modes_reading,
 )
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+from infer_kandinsky_2_2.kandinsky22_engine.repos import DEPTH_MODEL_TYPES, check_depth_model
 
 ACCEPTED = (
     f"accepted: a depth-estimation model ({', '.join(DEPTH_MODEL_TYPES)}) with config.json, preprocessor_config.json "
@@ -138,13 +134,13 @@ def test_the_decoder_gets_the_guides_hint_of_the_estimated_depth(strings, tiny_d
     photo = random_image(9, (80, 100, 3))
     settings = Settings.from_strings({**strings, "num_images": "2"})
     received = []
-    original = KandinskyV22ControlnetPipeline.__call__
+    original = generation.decode
 
-    def recording(pipeline, *arguments, **options):
-        received.append(options["hint"])
-        return original(pipeline, *arguments, **options)
+    def recording(models, **arguments):
+        received.append(arguments["hint"])
+        return original(models, **arguments)
 
-    monkeypatch.setattr(KandinskyV22ControlnetPipeline, "__call__", recording)
+    monkeypatch.setattr(generation, "decode", recording)
     generate(settings, Inputs(image=photo), cache=warm_cache)
     depth = guide_depth(tiny_depth_model, fit(photo, HEIGHT, WIDTH).array)
     # The guide's make_hint: the depth over three channels, divided by 255, channels first; one per picture.
@@ -281,9 +277,9 @@ def test_a_uniform_estimate_is_refused_naming_depth_model(strings, tiny_depth_mo
 
 def test_under_a_memory_mode_that_saves_memory_the_depth_model_is_parked_and_estimates_the_same(tiny_depth_model):
     loader = DepthEstimatorLoader(check_depth_model)
-    kept, _ = loader(ModelKey(str(tiny_depth_model), "cpu", torch.float32, "gpu"))
-    parked, parking = loader(ModelKey(str(tiny_depth_model), "cpu", torch.float32, "model_offload"))
-    assert (kept.parking.names, parking.names) == ((), (DEPTH_ESTIMATOR,))
+    kept, _ = loader(DEPTH_ESTIMATOR, ModelKey(str(tiny_depth_model), "cpu", torch.float32, "gpu"))
+    parked, how = loader(DEPTH_ESTIMATOR, ModelKey(str(tiny_depth_model), "cpu", torch.float32, "model_offload"))
+    assert (kept.parking.names, how.parking.names) == ((), (DEPTH_ESTIMATOR,))
     assert np.array_equal(parked.estimate(PHOTO), kept.estimate(PHOTO))
     assert np.array_equal(kept.estimate(PHOTO), guide_depth(tiny_depth_model, PHOTO))
 

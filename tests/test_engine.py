@@ -12,15 +12,10 @@ from diffusers import DiffusionPipeline, KandinskyV22Pipeline, KandinskyV22Prior
 from safetensors.torch import load_file
 
 from helpers import diffusers_reference, left_half_mask, max_difference, random_image
-from infer_kandinsky_2_2.kandinsky22_engine import generation, hub, models
-from infer_kandinsky_2_2.kandinsky22_engine.generation import (
-    GenerationStopped,
-    Inputs,
-    Runtime,
-    choose_runtime,
-    generate,
-    load_pipelines,
-)
+from infer_kandinsky_2_2.kandinsky22_engine import hub, models
+from infer_kandinsky_2_2.kandinsky22_engine.errors import GenerationStopped
+from infer_kandinsky_2_2.kandinsky22_engine.generation import generate, load_models, runtime_for
+from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs
 from infer_kandinsky_2_2.kandinsky22_engine.models import (
     IMAGE_ENCODER,
     ModelCache,
@@ -30,6 +25,7 @@ from infer_kandinsky_2_2.kandinsky22_engine.models import (
     PipelineLoader,
 )
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import MAX_RANDOM_SEED, Settings
+from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
 
 DECODER = PipelineLoader(KandinskyV22Pipeline, "model_name")
 
@@ -164,7 +160,7 @@ def test_a_broken_decoder_folder_is_named_and_nothing_half_loaded_stays(
     settings, cache, plain_image, tiny_repos, tmp_path, damage
 ):
     folder = broken_decoder(tiny_repos.decoder, tmp_path, damage)
-    load_pipelines(settings, cache)
+    load_models(settings, runtime_for(settings), cache)
     loaded = cache.loaded_keys()["decoder"]
     with pytest.raises(ModelLoadError) as refused:
         generate(replace(settings, model_name=str(folder)), cache=cache)
@@ -223,11 +219,11 @@ def test_a_hub_id_missing_from_the_cache_while_offline_says_so(settings, cache, 
 def test_the_image_encoder_loads_only_when_a_run_needs_it_and_the_zero_image_embedding_once(settings, cache):
     generate(settings, cache=cache)
     assert IMAGE_ENCODER not in cache.loaded_keys()
-    assert load_pipelines(settings, cache).prior.image_encoder is None
+    assert load_models(settings, runtime_for(settings), cache).prior.image_encoder is None
     no_negative = replace(settings, negative_prompt="")
     first = generate(no_negative, cache=cache).images[0]
     assert cache.load_counts == {"prior": 1, "decoder": 1, IMAGE_ENCODER: 1}
-    encoder = load_pipelines(no_negative, cache).image_encoder.model
+    encoder = load_models(no_negative, runtime_for(no_negative), cache).image_encoder.model
     calls = []
     encoder.register_forward_hook(lambda module, inputs, output: calls.append(1))
     again = generate(no_negative, cache=cache).images[0]
@@ -243,7 +239,7 @@ def test_memory_modes_are_ignored_on_the_cpu_where_offloading_fails(settings, ca
 
     monkeypatch.setattr(DiffusionPipeline, "enable_model_cpu_offload", refuse)
     monkeypatch.setattr(DiffusionPipeline, "enable_sequential_cpu_offload", refuse)
-    load_pipelines(settings, cache)
+    load_models(settings, runtime_for(settings), cache)
     for memory_mode in ("model_offload", "sequential_offload"):
         result = generate(replace(settings, memory_mode=memory_mode, cuda=True), cache=cache)
         assert np.array_equal(result.images[0], plain_image)
@@ -253,30 +249,27 @@ def test_memory_modes_are_ignored_on_the_cpu_where_offloading_fails(settings, ca
 
 def test_on_cuda_the_memory_mode_is_part_of_what_identifies_a_loaded_model(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    runtimes = [choose_runtime(Settings(cuda=True, memory_mode=mode)) for mode in ("gpu", "model_offload")]
+    runtimes = [runtime_for(Settings(cuda=True, memory_mode=mode)) for mode in ("gpu", "model_offload")]
     assert [(runtime.device, runtime.dtype) for runtime in runtimes] == [("cuda", torch.float16)] * 2
     assert runtimes[0].key("m") != runtimes[1].key("m")
-    assert choose_runtime(Settings(cuda=False, memory_mode="model_offload")).key("m").memory_mode == "none"
+    assert runtime_for(Settings(cuda=False, memory_mode="model_offload")).key("m").memory_mode == "none"
 
 
-def test_switching_between_gpu_and_prior_offload_keeps_the_decoder_and_reloads_the_prior(settings, cache, monkeypatch):
-    # The memory modes as on CUDA, with the CPU as the device.
-    monkeypatch.setattr(
-        generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, settings.memory_mode)
-    )
+def test_switching_between_gpu_and_prior_offload_keeps_the_decoder_and_reloads_the_prior(settings, cache):
     for memory_mode in ("gpu", "prior_offload", "gpu"):
-        load_pipelines(replace(settings, memory_mode=memory_mode), cache)
+        # The memory modes as on CUDA, with the CPU as the device.
+        load_models(settings, Runtime("cpu", torch.float32, memory_mode), cache)
     assert cache.load_counts == {"prior": 3, "decoder": 1}
     assert cache.loaded_keys()["decoder"].memory_mode == "gpu"
 
 
 def test_on_cuda_the_compile_mode_identifies_a_decoder_but_not_a_prior(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    plain, compiled = (choose_runtime(Settings(cuda=True, compile_unet=mode)) for mode in ("off", "reduce-overhead"))
+    plain, compiled = (runtime_for(Settings(cuda=True, compile_unet=mode)) for mode in ("off", "reduce-overhead"))
     assert compiled.decoder_key("m").compile_unet == "reduce-overhead"
     assert plain.decoder_key("m") != compiled.decoder_key("m")
     assert plain.key("m") == compiled.key("m")
-    assert choose_runtime(Settings(cuda=False, compile_unet="default")).decoder_key("m").compile_unet == "off"
+    assert runtime_for(Settings(cuda=False, compile_unet="default")).decoder_key("m").compile_unet == "off"
 
 
 def test_compiling_is_ignored_on_the_cpu(settings, warm_cache, plain_image):
@@ -319,9 +312,9 @@ def test_parked_models_are_on_the_device_only_while_the_prior_stage_uses_them_an
     expected = generate(settings, inputs, cache=warm_cache).images[0]
     # The memory mode as on CUDA, with the CPU as the device: the weights are copied in and parked again all the
     # same, packed in small chunks so that each model spans several.
-    monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, memory_mode))
+    runtime = Runtime("cpu", torch.float32, memory_mode)
     monkeypatch.setattr(models, "_CHUNK_BYTES", 2**16)
-    pipelines = load_pipelines(settings, cache)
+    pipelines = load_models(settings, runtime, cache)
     stage = {name: getattr(pipelines.prior, name) for name in ("text_encoder", "prior")}
     if mode == "mix":
         stage[IMAGE_ENCODER] = pipelines.image_encoder.model
@@ -338,7 +331,7 @@ def test_parked_models_are_on_the_device_only_while_the_prior_stage_uses_them_an
     pipelines.decoder.unet.register_forward_pre_hook(
         lambda module, inputs: during_decoder.append({name: first_weight(module) for name, module in stage.items()})
     )
-    result = generate(settings, inputs, cache=cache)
+    result = generate(settings, inputs, runtime=runtime, cache=cache)
     # The copies hold the same bits, but on the CPU the image encoder's kernels round by memory alignment:
     # cloning its weights in place moves mix's pixels by one level too.
     assert max_difference(result.images[0], expected) <= (1 if mode == "mix" else 0)
@@ -366,8 +359,8 @@ def test_prior_offload_keeps_one_decoder_on_the_device_and_brings_another_back_w
     }
     expected = {name: generate(*run, cache=warm_cache).images[0] for name, run in runs.items()}
     # The memory mode as on CUDA, with the CPU as the device.
-    monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cpu", torch.float32, memory_mode))
-    unets = {name: load_pipelines(run[0], cache).decoder.unet for name, run in runs.items()}
+    runtime = Runtime("cpu", torch.float32, memory_mode)
+    unets = {name: load_models(run[0], runtime, cache).decoder.unet for name, run in runs.items()}
     seen = []  # at each UNet step: which decoder ran, and where each decoder's weights were
     for name, unet in unets.items():
         unet.register_forward_pre_hook(
@@ -376,7 +369,8 @@ def test_prior_offload_keeps_one_decoder_on_the_device_and_brings_another_back_w
     for name in ("text2img", "inpaint", "inpaint", "text2img"):
         # The copies hold the same bits, but on the CPU the kernels round by memory alignment: a decoder that
         # came back as a copy moves pixels by one level (cloning its weights in place does the same).
-        assert max_difference(generate(*runs[name], cache=cache).images[0], expected[name]) <= 1, name
+        picture = generate(*runs[name], runtime=runtime, cache=cache).images[0]
+        assert max_difference(picture, expected[name]) <= 1, name
     own = {name: {where[name] for running, where in seen if running == name} for name in unets}
     other = {name: {where[name] for running, where in seen if running != name} for name in unets}
     if memory_mode == "gpu":
@@ -453,9 +447,8 @@ def test_every_mode_but_gpu_sets_the_idle_decoders_aside_before_it_places_its_ow
         def parking(self, role):
             return Parking()
 
-    monkeypatch.setattr(generation, "choose_runtime", lambda settings: Runtime("cuda", torch.float16, memory_mode))
     cache = RecordingCache()
-    load_pipelines(replace(settings, mode="inpaint"), cache)
+    load_models(replace(settings, mode="inpaint"), Runtime("cuda", torch.float16, memory_mode), cache)
     # The decoder first: a repo that cannot serve the mode is refused before the prior is fetched or loaded.
     gets = [("get", "inpaint_decoder"), ("get", "prior")]
     # gpu keeps every decoder on the GPU; a CPU run ("none") leaves the GPU as earlier runs left it.
@@ -540,7 +533,8 @@ def test_parking_falls_back_to_pageable_memory_where_pinned_memory_is_refused_an
 def test_mix_notes_say_how_clip_resized_the_images_whatever_its_processor_does():
     from types import SimpleNamespace
 
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import Prepared, _input_notes
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import _input_notes
+    from infer_kandinsky_2_2.kandinsky22_engine.inputs import Prepared
 
     settings = Settings(mode="mix")
     prepared = Prepared(notes={"image 1": "128x64", "image 2": "32x32"})

@@ -18,16 +18,11 @@ from PIL import Image
 from demo import picture_paths
 from helpers import left_half_mask, random_image
 from ikomia_home import CHECKOUT
-from infer_kandinsky_2_2.kandinsky22_engine import generation
-from infer_kandinsky_2_2.kandinsky22_engine.generation import (
-    CompileFailed,
-    Runtime,
-    check_cuda_graphs,
-    choose_runtime,
-    load_pipelines,
-)
+from infer_kandinsky_2_2.kandinsky22_engine.errors import CompileFailed
+from infer_kandinsky_2_2.kandinsky22_engine.generation import load_models, runtime_for
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime, check_cuda_graphs
 
 REQUIREMENT = re.compile(r"([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+)")
 PIN = re.compile(r"([A-Za-z0-9_.-]+)\s*==\s*([^;\s]+)")
@@ -100,27 +95,26 @@ def test_choosing_the_runtime_refuses_cuda_graphs_in_a_worker_thread_on_an_older
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch, "__version__", "2.12.1+cu124")
     graphs = Settings(cuda=True, compile_unet="reduce-overhead")
-    refused = _in_worker_thread(lambda: choose_runtime(graphs))
+    refused = _in_worker_thread(lambda: runtime_for(graphs))
     assert isinstance(refused, CompileFailed)
     assert "this torch is 2.12.1+cu124" in str(refused)
     # The main thread, another compile mode, or the CPU (where compiling is ignored) run as asked.
-    assert choose_runtime(graphs).compile_unet == "reduce-overhead"
-    compiled = _in_worker_thread(lambda: choose_runtime(Settings(cuda=True, compile_unet="default")))
+    assert runtime_for(graphs).compile_unet == "reduce-overhead"
+    compiled = _in_worker_thread(lambda: runtime_for(Settings(cuda=True, compile_unet="default")))
     assert compiled.compile_unet == "default"
-    on_the_cpu = _in_worker_thread(lambda: choose_runtime(Settings(cuda=False, compile_unet="reduce-overhead")))
+    on_the_cpu = _in_worker_thread(lambda: runtime_for(Settings(cuda=False, compile_unet="reduce-overhead")))
     assert on_the_cpu.device == "cpu"
     monkeypatch.setattr(torch, "__version__", "2.13.0+cu128")
-    assert _in_worker_thread(lambda: choose_runtime(graphs)).compile_unet == "reduce-overhead"
+    assert _in_worker_thread(lambda: runtime_for(graphs)).compile_unet == "reduce-overhead"
 
 
 @pytest.mark.parametrize(
     ("mode", "decoder"),
     [("text2img", "decoder"), ("inpaint", "inpaint_decoder"), ("controlnet_depth", "controlnet_decoder")],
 )
-def test_models_load_in_the_dtype_of_the_runtime(tiny_repos, monkeypatch, mode, decoder):
+def test_models_load_in_the_dtype_of_the_runtime(tiny_repos, mode, decoder):
     # float16 on the CPU: the dtype of a CUDA run, which the tiny repos (saved in float32) do not have.
     runtime = Runtime("cpu", torch.float16)
-    monkeypatch.setattr(generation, "choose_runtime", lambda settings: runtime)
     # An empty negative prompt loads the image encoder as well.
     settings = Settings(
         mode=mode,
@@ -128,7 +122,7 @@ def test_models_load_in_the_dtype_of_the_runtime(tiny_repos, monkeypatch, mode, 
         prior_model_name=str(tiny_repos.prior),
         negative_prompt="",
     )
-    pipelines = load_pipelines(settings, ModelCache())
+    pipelines = load_models(settings, runtime, ModelCache())
     modules = {
         **{f"prior {name}": each for name, each in pipelines.prior.components.items()},
         **{f"decoder {name}": each for name, each in pipelines.decoder.components.items()},

@@ -11,42 +11,17 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils import _pytree as pytree
 
-from helpers import left_half_mask, max_difference, random_image
-from infer_kandinsky_2_2.kandinsky22_engine import generation, graphs
-from infer_kandinsky_2_2.kandinsky22_engine.generation import (
-    GenerationStopped,
-    Runtime,
-    generate,
-    graphed_stages,
-    load_pipelines,
-)
+from helpers import EagerCapture, left_half_mask, max_difference, random_image
+from infer_kandinsky_2_2.kandinsky22_engine import graphs
+from infer_kandinsky_2_2.kandinsky22_engine.errors import GenerationStopped, GraphCaptureFailed
+from infer_kandinsky_2_2.kandinsky22_engine.generation import generate, load_models
 from infer_kandinsky_2_2.kandinsky22_engine.graphs import graphs_of
+from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs
 from infer_kandinsky_2_2.kandinsky22_engine.memory import MEMORY_MODES
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
-from infer_kandinsky_2_2.kandinsky22_engine.modes import Inputs
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
-
-
-class EagerGraph:
-    """A "graph" whose replay runs the captured forward again on the static inputs, into the static outputs."""
-
-    def __init__(self, run, outputs) -> None:
-        self.run, self.outputs = run, outputs
-
-    def replay(self) -> None:
-        for static, fresh in zip(pytree.tree_leaves(self.outputs), pytree.tree_leaves(self.run()), strict=True):
-            static.copy_(fresh)
-
-
-class EagerCapture:
-    def pool(self) -> object:
-        return object()
-
-    def __call__(self, run, pool):
-        outputs = run()
-        return EagerGraph(run, outputs), outputs
+from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime, graph_plan
 
 
 @pytest.fixture
@@ -56,32 +31,36 @@ def settings(tiny_strings) -> Settings:
 
 @pytest.fixture
 def as_on_cuda(monkeypatch):
-    """Runs in a memory mode as on CUDA, with the CPU as the device, and graphs captured by ``EagerCapture``."""
+    """The runtime of a memory mode as on CUDA, with the CPU as the device, and graphs captured by
+    ``EagerCapture``."""
 
-    def use(memory_mode: str, compile_unet: str = "off") -> None:
-        runtime = Runtime("cpu", torch.float32, memory_mode, compile_unet)
-        monkeypatch.setattr(generation, "choose_runtime", lambda settings: runtime)
+    def use(memory_mode: str, compile_unet: str = "off") -> Runtime:
         monkeypatch.setattr(graphs, "CAPTURE", EagerCapture())
+        return Runtime("cpu", torch.float32, memory_mode, compile_unet)
 
     return use
 
 
+def graphed_stages(cuda_graphs: bool, runtime: Runtime) -> tuple[str, ...]:
+    return tuple(stage for stage, why in graph_plan(cuda_graphs, runtime).items() if not why)
+
+
 @pytest.mark.parametrize("memory_mode", [*MEMORY_MODES, "none"])
 @pytest.mark.parametrize("compile_unet", ["off", "reduce-overhead"])
-def test_only_the_stages_whose_weights_stay_in_place_are_graphed(settings, memory_mode, compile_unet):
+def test_only_the_stages_whose_weights_stay_in_place_are_graphed(memory_mode, compile_unet):
     runtime = Runtime("cuda", torch.float16, memory_mode, compile_unet)
     expected = {"gpu": ("prior", "decoder"), "prior_offload": ("decoder",)}.get(memory_mode, ())
     if compile_unet != "off":
         expected = tuple(stage for stage in expected if stage != "decoder")
-    assert graphed_stages(settings, runtime) == expected
-    assert graphed_stages(replace(settings, cuda_graphs=False), runtime) == ()
+    assert graphed_stages(True, runtime) == expected
+    assert graphed_stages(False, runtime) == ()
 
 
 def test_graphed_runs_give_the_eager_pixels_and_capture_once_per_size_batch_and_guidance(settings, as_on_cuda):
-    as_on_cuda("gpu")
+    runtime = as_on_cuda("gpu")
     eager, graphed = ModelCache(), ModelCache()
-    unet = load_pipelines(settings, graphed).decoder.unet
-    prior = load_pipelines(settings, graphed).prior.prior
+    unet = load_models(settings, runtime, graphed).decoder.unet
+    prior = load_models(settings, runtime, graphed).prior.prior
     runs = [
         settings,
         replace(settings, seed=7, prompt="another prompt"),
@@ -92,8 +71,8 @@ def test_graphed_runs_give_the_eager_pixels_and_capture_once_per_size_batch_and_
     ]
     captures = []
     for run in runs:
-        result = generate(run, cache=graphed)
-        expected = generate(replace(run, cuda_graphs=False), cache=eager)
+        result = generate(run, runtime=runtime, cache=graphed)
+        expected = generate(replace(run, cuda_graphs=False), runtime=runtime, cache=eager)
         assert result.metadata["cuda_graphs"] == ["prior", "decoder"]
         assert expected.metadata["cuda_graphs"] == []
         assert all(max_difference(*pair) == 0 for pair in zip(result.images, expected.images, strict=True))
@@ -101,45 +80,43 @@ def test_graphed_runs_give_the_eager_pixels_and_capture_once_per_size_batch_and_
     # The prior's input is the same for one picture whatever the size and the decoder's guidance; a batch of two
     # is new to both.
     assert captures == [(1, 1), (1, 1), (1, 2), (1, 3), (2, 4), (2, 4)]
-    assert "forward" not in vars(unet) and "forward" not in vars(prior)
 
 
-def test_a_stopped_graphed_run_leaves_the_forward_as_it_was_and_the_next_run_replays(settings, as_on_cuda):
-    as_on_cuda("gpu")
+def test_after_a_stopped_graphed_run_the_next_run_replays(settings, as_on_cuda):
+    runtime = as_on_cuda("gpu")
     cache = ModelCache()
-    unet = load_pipelines(settings, cache).decoder.unet
+    unet = load_models(settings, runtime, cache).decoder.unet
 
     def stop() -> bool:
         return graphs_of(unet) is not None
 
     with pytest.raises(GenerationStopped):
-        generate(settings, cache=cache, should_stop=stop)
-    assert "forward" not in vars(unet)
-    expected = generate(replace(settings, cuda_graphs=False), cache=ModelCache()).images[0]
-    assert max_difference(generate(settings, cache=cache).images[0], expected) == 0
+        generate(settings, runtime=runtime, cache=cache, should_stop=stop)
+    expected = generate(replace(settings, cuda_graphs=False), runtime=runtime, cache=ModelCache()).images[0]
+    assert max_difference(generate(settings, runtime=runtime, cache=cache).images[0], expected) == 0
     assert graphs_of(unet).captures == 1
 
 
 def test_graphs_are_forgotten_when_a_decoder_is_set_aside_or_released(settings, tiny_repos, as_on_cuda, caplog):
-    as_on_cuda("prior_offload")
+    runtime = as_on_cuda("prior_offload")
     cache = ModelCache()
     inpaint = replace(settings, mode="inpaint", model_name=str(tiny_repos.inpaint_decoder))
     inputs = Inputs(image=random_image(3), mask=left_half_mask())
-    text2img_unet = load_pipelines(settings, cache).decoder.unet
-    first = generate(settings, cache=cache)
+    text2img_unet = load_models(settings, runtime, cache).decoder.unet
+    first = generate(settings, runtime=runtime, cache=cache)
     assert first.metadata["cuda_graphs"] == ["decoder"]
     said = "infer_kandinsky_2_2: cuda_graphs: the prior stage runs without CUDA graphs: memory_mode prior_offload"
     assert [record.getMessage() for record in caplog.records if "cuda_graphs" in record.getMessage()] == [
         f"{said} moves its weights."
     ]
     assert graphs_of(text2img_unet).captures == 1
-    assert graphs_of(load_pipelines(settings, cache).prior.prior) is None
-    generate(inpaint, inputs, cache=cache)
+    assert graphs_of(load_models(settings, runtime, cache).prior.prior) is None
+    generate(inpaint, inputs, runtime=runtime, cache=cache)
     # The text2img decoder was set aside: its weights moved, and its graphs went.
     assert graphs_of(text2img_unet) is None
-    inpaint_unet = load_pipelines(inpaint, cache).decoder.unet
+    inpaint_unet = load_models(inpaint, runtime, cache).decoder.unet
     assert graphs_of(inpaint_unet).captures == 1
-    again = generate(settings, cache=cache)
+    again = generate(settings, runtime=runtime, cache=cache)
     assert graphs_of(text2img_unet).captures == 1
     # The copies hold the same bits, but on the CPU the kernels round by memory alignment: a decoder that came
     # back as a copy moves pixels by one level.
@@ -152,7 +129,7 @@ def test_a_cpu_run_replays_no_graph(settings):
     cache = ModelCache()
     result = generate(settings, cache=cache)
     assert result.metadata["device"] == "cpu" and result.metadata["cuda_graphs"] == []
-    assert graphs_of(load_pipelines(settings, cache).decoder.unet) is None
+    assert graphs_of(load_models(settings, Runtime("cpu", torch.float32), cache).decoder.unet) is None
 
 
 def test_a_replay_leaves_the_outputs_of_earlier_calls_as_they_were():
@@ -168,7 +145,7 @@ def test_a_replay_leaves_the_outputs_of_earlier_calls_as_they_were():
 def test_a_forward_that_cannot_be_captured_is_refused_with_the_way_out_and_nothing_is_lost(
     settings, as_on_cuda, monkeypatch
 ):
-    as_on_cuda("gpu")
+    runtime = as_on_cuda("gpu")
 
     class Refusing(EagerCapture):
         def __call__(self, run, pool):
@@ -176,24 +153,25 @@ def test_a_forward_that_cannot_be_captured_is_refused_with_the_way_out_and_nothi
 
     monkeypatch.setattr(graphs, "CAPTURE", Refusing())
     cache = ModelCache()
-    with pytest.raises(graphs.GraphCaptureFailed) as refused:
-        generate(settings, cache=cache)
+    with pytest.raises(GraphCaptureFailed) as refused:
+        generate(settings, runtime=runtime, cache=cache)
     message = str(refused.value)
     assert message.startswith("cuda_graphs: the PriorTransformer's forward pass could not be captured into a CUDA")
     assert message.endswith(
         "): RuntimeError: CUDA error: operation not permitted when stream is capturing. Set cuda_graphs to False to "
         "run without them."
     )
-    prior = load_pipelines(settings, cache).prior.prior
-    assert "forward" not in vars(prior) and graphs_of(prior).captures == 0
-    expected = generate(replace(settings, cuda_graphs=False), cache=ModelCache()).images[0]
-    assert max_difference(generate(replace(settings, cuda_graphs=False), cache=cache).images[0], expected) == 0
+    prior = load_models(settings, runtime, cache).prior.prior
+    assert graphs_of(prior).captures == 0
+    eager = replace(settings, cuda_graphs=False)
+    expected = generate(eager, runtime=runtime, cache=ModelCache()).images[0]
+    assert max_difference(generate(eager, runtime=runtime, cache=cache).images[0], expected) == 0
 
 
 def test_a_compiled_unet_is_said_to_replay_graphs_of_its_own(settings, as_on_cuda, monkeypatch, caplog):
-    as_on_cuda("gpu", compile_unet="reduce-overhead")
+    runtime = as_on_cuda("gpu", compile_unet="reduce-overhead")
     monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **options: None)
-    assert generate(settings, cache=ModelCache()).metadata["cuda_graphs"] == ["prior"]
+    assert generate(settings, runtime=runtime, cache=ModelCache()).metadata["cuda_graphs"] == ["prior"]
     said = [record.getMessage() for record in caplog.records if "cuda_graphs" in record.getMessage()]
     assert said == [
         "infer_kandinsky_2_2: cuda_graphs: the decoder stage runs without CUDA graphs: compile_unet reduce-overhead "

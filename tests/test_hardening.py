@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DiffusionPipeline, KandinskyV22Pipeline
+from diffusers import DiffusionPipeline, UNet2DConditionModel
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -188,12 +188,12 @@ def test_out_of_gpu_memory_says_what_to_try_empties_the_cache_and_the_next_run_w
 ):
     emptied = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
-    original = KandinskyV22Pipeline.__call__
+    original = UNet2DConditionModel.forward
 
     def out_of_memory(*arguments, **keywords):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(KandinskyV22Pipeline, "__call__", out_of_memory)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", out_of_memory)
     workflow, task = workflow_with({**tiny_strings, "num_images": "2"})
     message = (
         "Out of GPU memory while generating 2 picture(s) of 128x64 in text2img with memory_mode none. Try fewer "
@@ -202,7 +202,7 @@ def test_out_of_gpu_memory_says_what_to_try_empties_the_cache_and_the_next_run_w
     with pytest.raises(RuntimeError, match=re.escape(message)):
         workflow.run()
     assert emptied
-    monkeypatch.setattr(KandinskyV22Pipeline, "__call__", original)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", original)
     task.set_parameters({"num_images": "1"})
     workflow.run()
     assert max_difference(task.get_output(0).get_image(), expected) <= 1
@@ -219,11 +219,9 @@ def test_out_of_gpu_memory_says_what_to_try_empties_the_cache_and_the_next_run_w
     ],
 )
 def test_out_of_memory_advice_offers_model_offload_from_the_faster_modes_only(memory_mode, advice):
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import (
-        GenerationOutOfMemory,
-        Runtime,
-        _explain_out_of_memory,
-    )
+    from infer_kandinsky_2_2.kandinsky22_engine.errors import GenerationOutOfMemory
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import _explain_out_of_memory
+    from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
 
     runtime = Runtime("cuda", torch.float16, memory_mode)
     with pytest.raises(GenerationOutOfMemory, match=re.escape(advice)), _explain_out_of_memory(Settings(), runtime):
@@ -232,11 +230,9 @@ def test_out_of_memory_advice_offers_model_offload_from_the_faster_modes_only(me
 
 def test_out_of_memory_with_cuda_graphs_drops_every_graph_and_offers_to_turn_them_off(monkeypatch):
     from infer_kandinsky_2_2.kandinsky22_engine import graphs
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import (
-        GenerationOutOfMemory,
-        Runtime,
-        _explain_out_of_memory,
-    )
+    from infer_kandinsky_2_2.kandinsky22_engine.errors import GenerationOutOfMemory
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import _explain_out_of_memory
+    from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
 
     dropped = []
     monkeypatch.setattr(graphs, "drop_all", lambda: dropped.append(True))
@@ -378,7 +374,9 @@ def backend_failure(reason: Exception) -> Exception:
 
 
 def test_a_failed_compile_names_compile_unet_its_reason_and_the_way_out():
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import CompileFailed, Runtime, _explain_compile_failure
+    from infer_kandinsky_2_2.kandinsky22_engine.errors import CompileFailed
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import _explain_compile_failure
+    from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
 
     message = (
         "compile_unet: torch.compile in mode 'reduce-overhead' failed on this machine: RuntimeError: Cannot find "
@@ -391,7 +389,8 @@ def test_a_failed_compile_names_compile_unet_its_reason_and_the_way_out():
 
 
 def test_without_compiling_errors_pass_through_unchanged():
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import Runtime, _explain_compile_failure
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import _explain_compile_failure
+    from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
 
     failure = backend_failure(RuntimeError("not ours"))
     with pytest.raises(type(failure)) as raised, _explain_compile_failure(Runtime("cuda", torch.float16, "gpu")):
@@ -406,11 +405,11 @@ def test_without_compiling_errors_pass_through_unchanged():
 def test_values_that_are_not_finite_are_an_error_never_a_black_picture_and_the_next_run_works(
     tiny_strings, expected, stage
 ):
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import load_pipelines
-
     workflow, task = workflow_with(tiny_strings)
     settings = Settings.from_strings(tiny_strings)
-    pipelines = load_pipelines(settings, model_cache(task))
+    # The engine as Ikomia loaded it with the task (it reloads plugin modules).
+    task_module = sys.modules[type(task).__module__]
+    pipelines = task_module.load_models(settings, task_module.runtime_for(settings), task_module.MODEL_CACHE)
     model = pipelines.prior.prior if stage == "prior" else pipelines.decoder.unet
 
     def overflow(module: torch.nn.Module, inputs: tuple, output: tuple) -> None:
@@ -434,7 +433,9 @@ def test_values_that_are_not_finite_are_an_error_never_a_black_picture_and_the_n
 
 
 def test_on_cuda_values_that_are_not_finite_are_explained_as_a_float16_overflow():
-    from infer_kandinsky_2_2.kandinsky22_engine.generation import NotFinite, Runtime, _refuse_not_finite
+    from infer_kandinsky_2_2.kandinsky22_engine.errors import NotFinite
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import _refuse_not_finite
+    from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
 
     pictures = np.zeros((3, 64, 64, 3), np.float32)
     pictures[1, 5, 5, 0] = np.nan

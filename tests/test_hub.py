@@ -18,17 +18,21 @@ import torch
 from huggingface_hub import constants as hub_constants
 
 from fake_hub import FakeHub, FakeRepo, hub_at
-from helpers import files_of, left_half_mask, random_image
+from helpers import files_of, left_half_mask, load_for, random_image
 from infer_kandinsky_2_2.kandinsky22_engine import hub
-from infer_kandinsky_2_2.kandinsky22_engine.generation import Inputs, generate, load_pipelines
-from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache, ModelLoadError
-from infer_kandinsky_2_2.kandinsky22_engine.modes import (
+from infer_kandinsky_2_2.kandinsky22_engine.constants import (
     DEFAULT_CONTROLNET_DECODER,
     DEFAULT_DECODER,
     DEFAULT_INPAINT_DECODER,
     DEFAULT_PRIOR,
-    MODES,
     PINNED_REVISIONS,
+)
+from infer_kandinsky_2_2.kandinsky22_engine.errors import ModelLoadError
+from infer_kandinsky_2_2.kandinsky22_engine.generation import generate
+from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs
+from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
+from infer_kandinsky_2_2.kandinsky22_engine.modes import (
+    MODES,
 )
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 
@@ -238,16 +242,16 @@ def test_downloads_fetch_only_what_the_run_loads_and_the_log_says_what_and_how_l
 
     # mix then fetches the image encoder alone; a run already cached asks the hub nothing.
     before = len(online.downloaded())
-    load_pipelines(Settings(mode="mix", **RUN), cache)
+    load_for(Settings(mode="mix", **RUN), cache)
     encoder = ["image_encoder/config.json", "image_encoder/model.safetensors"]
     assert sorted(online.downloaded()[before:]) == [f"{DEFAULT_PRIOR}:{path}" for path in encoder]
     requests = len(online.requests)
-    load_pipelines(Settings(mode="mix", **RUN), ModelCache())
+    load_for(Settings(mode="mix", **RUN), ModelCache())
     assert len(online.requests) == requests
 
 
 def test_the_controlnet_repo_downloads_at_its_pinned_commit_without_pickles(online, published):
-    load_pipelines(Settings(mode="controlnet_depth", **RUN), ModelCache())
+    load_for(Settings(mode="controlnet_depth", **RUN), ModelCache())
     files = published[DEFAULT_CONTROLNET_DECODER]
     assert sorted(path for path in online.downloaded() if DEFAULT_CONTROLNET_DECODER in path) == loaded_files(
         DEFAULT_CONTROLNET_DECODER, files, "unet", "scheduler", "movq"
@@ -310,9 +314,9 @@ def test_a_repo_whose_model_weights_are_pickles_only_is_refused_before_downloadi
 
 
 def test_a_cached_repo_loads_without_any_request(online):
-    load_pipelines(Settings(**RUN), ModelCache())
+    load_for(Settings(**RUN), ModelCache())
     requests = len(online.requests)
-    load_pipelines(Settings(**RUN), ModelCache())
+    load_for(Settings(**RUN), ModelCache())
     assert len(online.requests) == requests
 
 

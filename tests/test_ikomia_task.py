@@ -144,7 +144,7 @@ def test_the_first_run_counts_in_its_metadata_the_loading_ikomia_starts_inside_i
     shutil.copytree(tiny_strings["model_name"], decoder)
     workflow, task = workflow_with({**tiny_strings, "model_name": str(decoder)})
     module = sys.modules[type(task).__module__]
-    load, loads = module.load_pipelines, []
+    load, loads = module.load_models, []
 
     def timed(*arguments, **keywords):
         started = time.perf_counter()
@@ -152,7 +152,7 @@ def test_the_first_run_counts_in_its_metadata_the_loading_ikomia_starts_inside_i
         loads.append(time.perf_counter() - started)
         return result
 
-    monkeypatch.setattr(module, "load_pipelines", timed)
+    monkeypatch.setattr(module, "load_models", timed)
     workflow.run()
     # Ikomia calls init_long_process from the first run's begin_task_run: the models load there.
     assert len(loads) == 1

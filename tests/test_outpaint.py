@@ -20,15 +20,16 @@ from helpers import (
     workflow_with,
 )
 from helpers import run_workflow as run
+from infer_kandinsky_2_2.kandinsky22_engine.errors import SettingsError
 from infer_kandinsky_2_2.kandinsky22_engine.generation import to_uint8
 from infer_kandinsky_2_2.kandinsky22_engine.images import (
     PASTE_BACK_FEATHER,
     InputError,
     outpaint_canvas,
+    paste_back,
     paste_back_ramp,
 )
-from infer_kandinsky_2_2.kandinsky22_engine.modes import paste_back
-from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings, SettingsError
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 
 core = pytest.importorskip("ikomia.core")
 

@@ -114,6 +114,7 @@ def test_the_computed_weights_sizes_are_those_the_hub_lists_to_the_byte():
 
 
 def test_the_published_repos_are_the_default_models_of_the_task():
-    from infer_kandinsky_2_2.kandinsky22_engine.modes import DEFAULT_PRIOR, MODES
+    from infer_kandinsky_2_2.kandinsky22_engine.constants import DEFAULT_PRIOR
+    from infer_kandinsky_2_2.kandinsky22_engine.modes import MODES
 
     assert set(REPOS.values()) == {DEFAULT_PRIOR} | {mode.decoder.default_model for mode in MODES.values()}

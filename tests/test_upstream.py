@@ -1,8 +1,7 @@
-"""The diffusers behaviours that the engine patches or works around, checked on diffusers itself.
+"""The diffusers behaviours that the engine's loops depart from, checked on diffusers itself.
 
 Each test states what diffusers does in the releases CI runs (0.40.0 to 0.42.1) and fails when a release
-changes it, naming the engine code to revisit: a patch that no longer takes effect, or a workaround that is
-no longer needed.
+changes it, naming the engine code to revisit: a departure that is no longer needed.
 """
 
 import numpy as np
@@ -17,31 +16,13 @@ from diffusers import (
     KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorEmb2EmbPipeline,
-    KandinskyV22PriorPipeline,
+    LMSDiscreteScheduler,
     UnCLIPScheduler,
     UniPCMultistepScheduler,
 )
 from PIL import Image
 
-from infer_kandinsky_2_2.kandinsky22_engine.models import IMAGE_ENCODER
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import PARAMETERS
-
-
-def test_the_prior_asks_get_zero_embed_for_its_negative_when_there_is_no_negative_prompt(tiny_repos):
-    # generation.load_pipelines answers get_zero_embed with the image encoder loaded apart from the prior.
-    prior = KandinskyV22PriorPipeline.from_pretrained(tiny_repos.prior, **{IMAGE_ENCODER: None})
-    prior.set_progress_bar_config(disable=True)
-    asked = []
-    zero = torch.full((2, prior.prior.config.embedding_dim), 0.5)
-
-    def get_zero_embed(batch_size: int = 1, device: object = None) -> torch.Tensor:
-        asked.append(batch_size)
-        return zero
-
-    prior.get_zero_embed = get_zero_embed
-    output = prior("a red cat", num_inference_steps=2, num_images_per_prompt=2, generator=torch.manual_seed(0))
-    assert asked == [2], "diffusers' prior no longer calls get_zero_embed: revisit generation.load_pipelines"
-    assert output.negative_image_embeds is zero
 
 
 @pytest.mark.parametrize(
@@ -54,7 +35,8 @@ def test_the_prior_asks_get_zero_embed_for_its_negative_when_there_is_no_negativ
 def test_diffusers_image_to_image_pipelines_resize_with_height_and_width_swapped(
     tiny_repos, pipeline_class, decoder_class, repo
 ):
-    # modes.over_components replaces the resizer by one that does not resize, since it is called so.
+    # stages.img2img_pixels does not resize the input (it has the output size already), since this resize is
+    # called so.
     decoder = decoder_class.from_pretrained(getattr(tiny_repos, repo))
     pipeline = pipeline_class(**decoder.components)
     pipeline.set_progress_bar_config(disable=True)
@@ -83,32 +65,18 @@ def test_diffusers_image_to_image_pipelines_resize_with_height_and_width_swapped
     assert asked == [(128, 64)], f"{pipeline_class.__name__} resizes to the asked size now: the workaround can go"
 
 
-def test_the_emb2emb_prior_asks_get_zero_embed_returns_nothing_at_no_step_and_takes_no_callback(tiny_repos):
-    # modes.emb2emb_prior answers get_zero_embed with the run's image encoder, refuses a prior_strength that
-    # leaves no step (modes._check_strengths), and counts steps from the prior transformer's forward passes.
-    prior = KandinskyV22PriorEmb2EmbPipeline.from_pretrained(tiny_repos.prior, **{IMAGE_ENCODER: None})
+def test_the_emb2emb_prior_returns_nothing_at_a_strength_that_leaves_no_step(tiny_repos):
+    # The parameters' check refuses a prior_strength that leaves no step (parameters._strengths_leave_a_step).
+    prior = KandinskyV22PriorEmb2EmbPipeline.from_pretrained(tiny_repos.prior)
     prior.set_progress_bar_config(disable=True)
-    asked = []
-    zero = torch.full((1, prior.prior.config.embedding_dim), 0.5)
-
-    def get_zero_embed(batch_size: int = 1, device: object = None) -> torch.Tensor:
-        asked.append(batch_size)
-        return zero
-
-    prior.get_zero_embed = get_zero_embed
     embedding = torch.ones(1, prior.prior.config.embedding_dim)
-    output = prior("a red cat", image=embedding, strength=0.5, num_inference_steps=4, generator=torch.manual_seed(0))
-    assert asked == [1], "diffusers' emb2emb prior no longer calls get_zero_embed: revisit modes.emb2emb_prior"
-    assert output.negative_image_embeds is zero
     nothing = prior("a red cat", image=embedding, strength=0.2, num_inference_steps=4, generator=torch.manual_seed(0))
     assert nothing.image_embeds.shape[0] == 0, "emb2emb now handles a strength with no step: revisit the check"
-    with pytest.raises(TypeError, match="callback"):
-        prior("a red cat", image=embedding, num_inference_steps=4, callback_on_step_end=lambda *arguments: {})
 
 
 def test_diffusers_decoders_leave_the_embeddings_uncast_without_guidance(tiny_repos):
-    # generation._decode casts the embeddings to the UNet's dtype itself, since with guidance at 1 diffusers
-    # passes them as they come: float32 embeddings then meet a float16 UNet.
+    # stages.decode casts the embeddings to the UNet's dtype itself, since with guidance at 1 diffusers passes
+    # them as they come: float32 embeddings then meet a float16 UNet.
     decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder, dtype=torch.float16)
     decoder.set_progress_bar_config(disable=True)
     embeds = torch.zeros(1, decoder.unet.config.encoder_hid_dim)
@@ -132,8 +100,8 @@ def test_the_prior_scheduler_fails_on_one_step_which_the_steps_minimum_refuses()
 
 
 def test_diffusers_kandinsky_pipelines_give_step_a_generator_and_never_scale_the_model_input(tiny_repos):
-    # schedulers.sampling drops the generator for a step that takes none and scales the UNet's latent input
-    # itself, since the pipelines do neither.
+    # schedulers.step_options passes the generator only to a step that takes one, and stages.decode scales the
+    # UNet's latent input, since the pipelines do neither.
     decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
     embeds = torch.zeros(1, decoder.unet.config.encoder_hid_dim)
     arguments = {"image_embeds": embeds, "negative_image_embeds": embeds, "height": 64, "width": 64}
@@ -146,13 +114,13 @@ def test_diffusers_kandinsky_pipelines_give_step_a_generator_and_never_scale_the
     pipeline = KandinskyV22Pipeline(**{**decoder.components, "scheduler": euler})
     pipeline.set_progress_bar_config(disable=True)
     pipeline(**arguments, num_inference_steps=2, output_type="latent")
-    assert not euler.is_scale_input_called, "the pipelines scale the model input now: revisit schedulers.sampling"
+    assert not euler.is_scale_input_called, "the pipelines scale the model input now: revisit stages.decode"
 
 
 def test_diffusers_img2img_cuts_a_second_order_schedule_by_timesteps_and_inpainting_noises_with_its_latents(
     tiny_repos,
 ):
-    # schedulers.cut_by_order cuts at whole steps; schedulers.sampling brings the inpainting noise to unit variance.
+    # schedulers.first_step cuts at whole steps; stages.decode brings the inpainting noise to unit variance.
     decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
     heun = HeunDiscreteScheduler.from_config(decoder.scheduler.config)
     pipeline = KandinskyV22Img2ImgPipeline(**{**decoder.components, "scheduler": heun})
@@ -183,3 +151,21 @@ def test_diffusers_img2img_cuts_a_second_order_schedule_by_timesteps_and_inpaint
         output_type="latent",
     )
     assert noises and min(noises) > 5, "the inpainting pipeline's noise has unit variance now: revisit"
+
+
+def test_lms_takes_its_order_from_its_step_index_which_counts_the_steps_image_to_image_skips(tiny_repos):
+    # schedulers.step_options gives LMS the order of the steps a run has taken.
+    config = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder).scheduler.config
+    sample, derivative = torch.ones(1, 4, 8, 8), torch.full((1, 4, 8, 8), 0.5)
+    steps = {}
+    for order in (4, 1):
+        lms = LMSDiscreteScheduler.from_config(config)
+        lms.set_timesteps(10)
+        # Half the schedule skipped, as image-to-image at strength 0.5 starts.
+        lms.set_begin_index(5)
+        model_output = (sample - (sample - derivative * lms.sigmas[5])) / lms.sigmas[5]
+        steps[order] = lms.step(model_output, lms.timesteps[5], sample, order=order).prev_sample
+        euler = sample + (lms.sigmas[6] - lms.sigmas[5]) * model_output
+    # With the one derivative it has, its first step is Euler's only at order 1.
+    assert torch.allclose(steps[1], euler)
+    assert not torch.allclose(steps[4], euler), "LMS counts its order from its first step now: revisit step_options"
