@@ -18,5 +18,5 @@ if command -v nvidia-smi > /dev/null; then
 fi
 # The cases run in the script's order; the budget stops new ones after 330 s, the timeout the whole at 450 s.
 PYTHONUNBUFFERED=1 timeout 450 "$python" benchmarks/gpu_benchmark.py --output "$out" --budget 330 "$@" \
-  --only gpu gpu_cuda_graphs cuda_graphs_switches prior_offload_cuda_graphs gpu_batch_cuda_graphs visits inpaint_prepare_mask dpmpp_2m_25 dpmpp_2m_30 gpu_mix prior_offload switching_prior_offload switching_gpu prior_offload_compile_reduce-overhead \
+  --only gpu gpu_cuda_graphs cuda_graphs_switches prior_offload_cuda_graphs gpu_batch_cuda_graphs visits inpaint_prepare_mask inpaint_kept_latents dpmpp_2m_25 dpmpp_2m_30 gpu_mix prior_offload switching_prior_offload switching_gpu prior_offload_compile_reduce-overhead \
   model_offload classic_attention compile_prior_and_unet 2>&1 | tee "$out/log"

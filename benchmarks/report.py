@@ -26,6 +26,7 @@ CASES = {
     "dpmpp_2m_30": "engine, gpu, `scheduler` DPM++ 2M at 30 decoder steps",
     "model_offload": "engine, `memory_mode` model_offload",
     "inpaint_prepare_mask": "diffusers' inpainting `prepare_mask` alone, once per inpaint run (a host loop per pixel)",
+    "inpaint_kept_latents": "the engine's `kept_latents`, the same mask in tensor operations, once per inpaint run",
     "sequential_offload": "engine, `memory_mode` sequential_offload (1 timed run)",
     "bfloat16": "lever not kept: the models in bfloat16",
     "channels_last": "lever not kept: UNet and MoVQ in channels_last",
