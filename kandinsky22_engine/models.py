@@ -29,7 +29,7 @@ from transformers import CLIPVisionModelWithProjection, DepthEstimationPipeline,
 from . import graphs
 from .errors import ModelLoadError
 from .hub import ROOT, Check, fetch, first_line, no_check, parse_model_name
-from .memory import CPU, MODEL_OFFLOAD, PARKED, PRIOR_ROLE, SEQUENTIAL_OFFLOAD, memory_mode
+from .memory import CPU, MODEL_OFFLOAD, PARKED, PLACED, PRIOR_ROLE, SEQUENTIAL_OFFLOAD, memory_mode
 
 logger = logging.getLogger(__name__)
 IMAGE_ENCODER = "image_encoder"
@@ -511,21 +511,20 @@ def place(role: str, model: DiffusionPipeline | torch.nn.Module, key: ModelKey) 
     """
     mode = memory_mode(key.memory_mode)
     if isinstance(model, DiffusionPipeline):
-        model.set_progress_bar_config(disable=True)
+        parked = mode.parked_prior_models if role == PRIOR_ROLE else ()
         if mode.pipelines == MODEL_OFFLOAD:
             model.enable_model_cpu_offload(device=key.device)
-            return Kept(Parking())
-        if mode.pipelines == SEQUENTIAL_OFFLOAD:
+        elif mode.pipelines == SEQUENTIAL_OFFLOAD:
             model.enable_sequential_cpu_offload(device=key.device)
-            return Kept(Parking())
-        parked = mode.parked_prior_models if role == PRIOR_ROLE else ()
-        for name, component in model.components.items():
-            if isinstance(component, torch.nn.Module) and name not in parked:
-                component.to(key.device)
+        else:
+            for name, component in model.components.items():
+                if isinstance(component, torch.nn.Module) and name not in parked:
+                    component.to(key.device)
         if key.compile_unet != "off":
             model.unet.compile(mode=key.compile_unet)
+        whole = mode.pipelines == PLACED and mode is not CPU and not parked and key.compile_unet == "off"
         parking = Parking({name: getattr(model, name) for name in parked}, key.device)
-        return Kept(parking, role != PRIOR_ROLE and key.compile_unet == "off" and mode is not CPU)
+        return Kept(parking, whole and role != PRIOR_ROLE)
     kept = mode.image_encoder if role == IMAGE_ENCODER else mode.depth_estimator
     if kept == SEQUENTIAL_OFFLOAD:
         cpu_offload(model, execution_device=torch.device(key.device))

@@ -281,13 +281,14 @@ def test_compiling_is_ignored_on_the_cpu(settings, warm_cache, plain_image):
     assert warm_cache.load_counts == loads
 
 
-def test_a_decoder_key_with_a_compile_mode_compiles_its_unet_in_place(tiny_repos, cache, monkeypatch):
+@pytest.mark.parametrize("memory_mode", ["none", "gpu", "model_offload"])
+def test_a_decoder_key_with_a_compile_mode_compiles_its_unet_in_place(tiny_repos, cache, monkeypatch, memory_mode):
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **options: compiled.append((module, options)))
-    key = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, compile_unet="reduce-overhead")
+    key = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, memory_mode, compile_unet="reduce-overhead")
     decoder = cache.get("decoder", key, DECODER)
     assert compiled == [(decoder.unet, {"mode": "reduce-overhead"})]
-    plain = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32)
+    plain = ModelKey(str(tiny_repos.decoder), "cpu", torch.float32, memory_mode)
     cache.get("decoder", plain, DECODER)
     assert len(compiled) == 1
 
