@@ -33,6 +33,7 @@ from .kandinsky22_engine.inputs import Inputs, prepare_inputs
 from .kandinsky22_engine.models import MODEL_CACHE
 from .kandinsky22_engine.modes import DEPTH_INPUT, DRAWING_INPUT, IMAGE_INPUT, MASK_INPUT, input_names
 from .kandinsky22_engine.parameters import PARAMETERS, Settings, unknown_names
+from .kandinsky22_engine.runtime import Runtime
 
 PARAMETER = {parameter.name: parameter for parameter in PARAMETERS}
 
@@ -107,6 +108,8 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         self.set_param_object(parameters)
         self._stop_requested = threading.Event()
         self._seconds_loading = 0.0
+        # The runtime of the run in progress, chosen once when it starts; None between runs.
+        self._runtime: Runtime | None = None
         self._input_names: tuple[str, ...] = ()
         self._update_io()
         parameters.values_changed = _call_while_alive(weakref.WeakMethod(self._update_io))
@@ -181,11 +184,11 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         """Load the models now, so that the first run does not wait for them.
 
         Ikomia also calls this from the first run's ``begin_task_run``: the time it takes is kept, so that
-        this run's metadata counts it as loading.
+        this run's metadata counts it as loading, and the models load for that run's runtime.
         """
         started = time.perf_counter()
         settings = self.get_param_object().settings()
-        load_models(settings, runtime_for(settings), MODEL_CACHE)
+        load_models(settings, self._runtime or runtime_for(settings), MODEL_CACHE)
         self._seconds_loading += time.perf_counter() - started
         dataprocess.CWorkflowTask.init_long_process(self)
 
@@ -202,17 +205,21 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         # Checked before Ikomia's own check of the inputs, whose message does not say which input is empty.
         prepared = prepare_inputs(settings, self._read_inputs(settings), runtime)
         self._seconds_loading = 0.0
-        self.begin_task_run()
-        with openmp_teams_as_on_the_main_thread():
-            result = generate(
-                settings,
-                prepared,
-                runtime=runtime,
-                cache=MODEL_CACHE,
-                on_step=self.emit_step_progress,
-                should_stop=self._stop_requested.is_set,
-                seconds_loading_before=self._seconds_loading,
-            )
+        self._runtime = runtime
+        try:
+            self.begin_task_run()
+            with openmp_teams_as_on_the_main_thread():
+                result = generate(
+                    settings,
+                    prepared,
+                    runtime=runtime,
+                    cache=MODEL_CACHE,
+                    on_step=self.emit_step_progress,
+                    should_stop=self._stop_requested.is_set,
+                    seconds_loading_before=self._seconds_loading,
+                )
+        finally:
+            self._runtime = None
         for output, image in zip(self._picture_outputs(), result.images, strict=True):
             output.set_image(image)
         self.get_output(1).data = result.metadata

@@ -144,18 +144,24 @@ def test_the_first_run_counts_in_its_metadata_the_loading_ikomia_starts_inside_i
     shutil.copytree(tiny_strings["model_name"], decoder)
     workflow, task = workflow_with({**tiny_strings, "model_name": str(decoder)})
     module = sys.modules[type(task).__module__]
-    load, loads = module.load_models, []
+    load, loads, choose, chosen = module.load_models, [], module.runtime_for, []
 
-    def timed(*arguments, **keywords):
+    def timed(settings, runtime, cache):
         started = time.perf_counter()
-        result = load(*arguments, **keywords)
+        result = load(settings, runtime, cache)
         loads.append(time.perf_counter() - started)
+        chosen.append(("loaded on", runtime))
         return result
 
     monkeypatch.setattr(module, "load_models", timed)
+    monkeypatch.setattr(
+        module, "runtime_for", lambda settings: chosen.append(("chose", choose(settings))) or chosen[-1][1]
+    )
     workflow.run()
-    # Ikomia calls init_long_process from the first run's begin_task_run: the models load there.
+    # Ikomia calls init_long_process from the first run's begin_task_run: the models load there, on the runtime
+    # the run chose once.
     assert len(loads) == 1
+    assert [what for what, _ in chosen] == ["chose", "loaded on"] and chosen[0][1] is chosen[1][1]
     seconds = task.get_output(1).data["seconds"]
     assert seconds["load"] >= loads[0]
     assert seconds["total"] >= seconds["load"] + seconds["prior"] + seconds["decoder"] - 0.001
