@@ -3,7 +3,7 @@ it suggests when the GPU runs out of memory.
 
 ``MEMORY_MODES`` holds the four the ``memory_mode`` parameter offers on CUDA; ``CPU`` is the one a run on the
 CPU has, where there is nothing to offload. The parameter's choices and help, the placement of every model
-(``models``), which decoders are set aside (``generation.load_pipelines``), what an out-of-memory error
+(``models``), which decoders are set aside (``generation.load_models``), what an out-of-memory error
 suggests, which stages may replay CUDA graphs (``graphs``) and the README's table all read this table.
 
 The words used:

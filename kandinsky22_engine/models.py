@@ -390,7 +390,7 @@ class ImageEncoderLoader:
         except Exception as error:
             raise ModelLoadError(
                 f"prior_model_name: {source.describe()} has no usable CLIP image encoder ({IMAGE_ENCODER}/), which "
-                f"mix and an empty negative prompt need: {first_line(error)}"
+                f"mix, controlnet_img2img and an empty negative prompt need: {first_line(error)}"
             ) from error
         kept = place(role, model, key)
         return ImageEncoder(model, key.device, kept.parking), kept
@@ -414,6 +414,7 @@ class ImageEncoder:
         self.parking = parking
         self._zero_embedding: torch.Tensor | None = None
 
+    @torch.no_grad()
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """The CLIP image embeddings, (batch, projection_dim) on the device in the model's dtype, of ``pixels``:
         (batch, 3, image_size, image_size) as CLIP's image processor gives them (resized, cropped, normalised)."""

@@ -19,6 +19,7 @@ import copy
 import functools
 import inspect
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -197,17 +198,22 @@ def step_options(scheduler: SchedulerMixin, generator: torch.Generator, steps_ta
     """The keywords of ``scheduler.step`` at a run's ``steps_taken``-th step (0 for the first).
 
     - ``generator``, only for a ``step`` that takes one: diffusers' Kandinsky pipelines pass it to every ``step``,
-      which the schedulers whose step draws no noise refuse (UniPC, DEIS, Heun, DPM2; diffusers 0.40.0 to
+      which the schedulers whose step draws no noise refuse (UniPC, DEIS, Heun, LMS, DPM2; diffusers 0.40.0 to
       0.42.1, tests/test_upstream.py).
     - ``order`` for LMS: ``LMSDiscreteScheduler.step`` takes its order from its step index (``step_index + 1``),
       which counts the steps an image-to-image run skipped, so its first step would weight its one derivative as
       a higher-order formula weights the newest of several. Its order counts the steps this run has taken.
     """
-    parameters = inspect.signature(scheduler.step).parameters
+    parameters = _step_parameters(type(scheduler))
     options: dict = {"generator": generator} if "generator" in parameters else {}
     if isinstance(scheduler, LMSDiscreteScheduler):
         options["order"] = min(steps_taken + 1, parameters["order"].default)
     return options
+
+
+@functools.cache
+def _step_parameters(scheduler_class: type[SchedulerMixin]) -> Mapping[str, inspect.Parameter]:
+    return inspect.signature(scheduler_class.step).parameters
 
 
 @functools.cache

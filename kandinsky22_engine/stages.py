@@ -10,7 +10,7 @@ The loops follow diffusers' Kandinsky 2.2 pipelines (``KandinskyV22PriorPipeline
 ``KandinskyV22Pipeline`` and its img2img, inpaint and ControlNet siblings, diffusers 0.40.0 to 0.42.1) operation
 for operation, and draw from the generator in the same order, so that the same seed gives the same picture; the
 tests compare them with those pipelines. Where a loop departs from them on purpose, a comment says why and names
-the test that shows it.
+the test that shows it. The models run without autograd (``torch.no_grad``), as in those pipelines.
 """
 
 from collections.abc import Callable
@@ -88,6 +88,7 @@ class PriorRun(NamedTuple):
     negative_embeds: torch.Tensor | None
 
 
+@torch.no_grad()
 def encode_text(
     models: PriorModels, texts: list[str], num_images: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -107,6 +108,7 @@ def encode_text(
     )
 
 
+@torch.no_grad()
 def prior_loop(
     models: PriorModels,
     request: PriorRequest,
@@ -122,8 +124,9 @@ def prior_loop(
     As ``KandinskyV22PriorPipeline.__call__`` (``KandinskyV22PriorEmb2EmbPipeline.__call__`` when ``start`` is
     given): with a negative text, the batch holds the prompt and the negative both, each guided away from the
     negative, and the negative's embedding is returned too; without one, the prompt is guided away from the empty
-    text. With ``start``, the loop begins ``strength`` of the way through the schedule, from ``start`` noised to
-    that level, as diffusers noises it (the embedding as it comes, not normalised).
+    text. With ``start``, the loop runs the last ``strength`` of the schedule (its first 1 - strength skipped),
+    from ``start`` noised to the level it begins at, as diffusers noises it (the embedding as it comes, not
+    normalised).
 
     Args:
         models: the prior's models.
@@ -189,6 +192,7 @@ def zero_embeds(models: PriorModels, num_images: int) -> torch.Tensor:
     return models.image_encoder.zero_embeds(num_images, models.device)
 
 
+@torch.no_grad()
 def image_embedding(models: PriorModels, image: Image.Image) -> torch.Tensor:
     """The CLIP image embedding, (1, embedding size) on the device, of ``image``, brought to CLIP's input size by
     the prior's image processor, as diffusers' prior pipelines embed images (``_encode_image``, ``interpolate``)."""
@@ -365,6 +369,7 @@ def latent_size(movq: VQModel, height: int, width: int) -> tuple[int, int]:
     return -(-height // factor**2) * factor, -(-width // factor**2) * factor
 
 
+@torch.no_grad()
 def decode(
     models: DecoderModels,
     *,
@@ -380,7 +385,6 @@ def decode(
     strength: float = 1.0,
     mask: np.ndarray | None = None,
     hint: torch.Tensor | None = None,
-    output_latents: bool = False,
 ) -> torch.Tensor:
     """The decoder's pictures from the prior's embeddings, in every decoder kind, as diffusers' decoder pipelines
     make them (``KandinskyV22Pipeline``, and its Img2Img, Inpaint, Controlnet and ControlnetImg2Img siblings).
@@ -399,8 +403,6 @@ def decode(
         strength: image-to-image: the part of the schedule run from the noised input, in (0, 1].
         mask: inpaint: height x width float32, 1 where to repaint; the rest is kept from ``image``.
         hint: ControlNet: (num_images, 3, height, width) in 0..1 on the device, the depth map.
-        output_latents: return the final latents, (num_images, 4, height / 8, width / 8), instead of decoding them
-            (diffusers' ``output_type="latent"``).
 
     Returns:
         (num_images, 3, height, width) on the device in the UNet's dtype: the MoVQ's output, about -1 to 1.
@@ -484,8 +486,6 @@ def decode(
         callback(index, len(timesteps))
     if inpaint:
         latents = kept * image_latents + (1 - kept) * latents
-    if output_latents:
-        return latents
     return movq.decode(latents, force_not_quantize=True)["sample"]
 
 

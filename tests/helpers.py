@@ -123,7 +123,9 @@ def model_cache(task):
 
 @functools.cache
 def _loaded(pipeline_class: type[DiffusionPipeline], folder: str) -> DiffusionPipeline:
-    pipeline = pipeline_class.from_pretrained(folder)
+    # float32 as the engine's CPU runs: the prior repo's image encoder config asks for float16, which transformers
+    # would load it in.
+    pipeline = pipeline_class.from_pretrained(folder, dtype=torch.float32)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

@@ -1,6 +1,6 @@
 """The engine owns its denoising loops: no diffusers Kandinsky pipeline runs during a generation, no library object
-is patched or hooked, the engine's modules import one another without a cycle, and inpainting's mask at the
-latents' size is diffusers' own."""
+is patched or hooked, the engine's modules import one another without a cycle, inpainting's mask at the latents'
+size is diffusers' own, and every mode gives diffusers' pictures to the bit on the CPU."""
 
 import ast
 import functools
@@ -18,11 +18,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hypothesis_numpy
 
-from helpers import MODE_INPUTS, EagerCapture, settings_in_mode
+from helpers import (
+    MODE_INPUTS,
+    EagerCapture,
+    authors_negative_prior_reference,
+    controlnet_img2img_reference,
+    controlnet_reference,
+    diffusers_reference,
+    img2img_reference,
+    inpaint_reference,
+    max_difference,
+    mix_reference,
+    settings_in_mode,
+)
 from infer_kandinsky_2_2.kandinsky22_engine import generation, graphs
 from infer_kandinsky_2_2.kandinsky22_engine.generation import generate, load_models
+from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs, prepare_inputs
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
 from infer_kandinsky_2_2.kandinsky22_engine.modes import MODES
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
 from infer_kandinsky_2_2.kandinsky22_engine.stages import kept_latents
 
@@ -76,19 +90,28 @@ def attached(objects: dict[str, object]) -> dict[tuple[str, str], object]:
     }
 
 
+def offloading(held: object) -> bool:
+    """Whether ``held`` is the forward wrapper of accelerate's offload hooks, which diffusers'
+    ``enable_model_cpu_offload`` and ``enable_sequential_cpu_offload`` install (and ``maybe_free_model_hooks``
+    installs again) on the models: the library's own offloading, through its API."""
+    return isinstance(held, functools.partial) and getattr(held.func, "__module__", "").startswith("accelerate.")
+
+
 def patches(objects: dict[str, object], before: dict[tuple[str, str], object]) -> list[str]:
     """What looks like a patch of ``objects``: a hook registered on one of their modules; a callable assigned to
     an attribute since ``before``; and at any time, a callable attribute that comes from this project, wraps
-    another (``functools.partial``) or is a method of another object."""
+    another (``functools.partial``) or is a method of another object. Offloading's own wrappers aside."""
     found = []
     for name, value in objects.items():
         if isinstance(value, torch.nn.Module):
             hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
             found += [f"{name}: {kind}" for kind in hooks if getattr(value, kind)]
     for (name, attribute), held in attached(objects).items():
+        if offloading(held):
+            continue
         owner = held.__self__ if isinstance(held, types.MethodType) else objects[name]
         ours = "kandinsky22" in (getattr(held, "__module__", "") or "")
-        changed = (name, attribute) in before and before[(name, attribute)] is not held
+        changed = (name, attribute) in before and before[(name, attribute)] != held
         if ours or changed or isinstance(held, functools.partial) or owner is not objects[name]:
             found.append(f"{name}.{attribute} = {held!r}")
         elif (name, attribute) not in before:
@@ -107,6 +130,8 @@ def patches(objects: dict[str, object], before: dict[tuple[str, str], object]) -
         ("controlnet_img2img", "UniPC", "none", "False"),
         ("text2img", "DPM2", "gpu", "True"),
         ("inpaint", "Euler", "prior_offload", "True"),
+        ("text2img", "default", "model_offload", "False"),
+        ("controlnet_img2img", "LMS", "model_offload", "False"),
     ],
 )
 def test_no_library_object_is_patched_or_hooked_at_any_step(
@@ -149,13 +174,13 @@ def global_hooks() -> list[str]:
     return [kind for kind in kinds if getattr(module, kind)]
 
 
-def engine_imports() -> dict[str, set[str]]:
-    """For each module of the engine, the engine modules it imports: at module level, inside functions and under
-    ``TYPE_CHECKING`` alike, relative or absolute."""
-    names = {path.stem for path in ENGINE.glob("*.py")} - {"__init__"}
+def engine_imports(folder: Path = ENGINE) -> dict[str, set[str]]:
+    """For each module of the engine package in ``folder``, the package's modules it imports: at module level,
+    inside functions and under ``TYPE_CHECKING`` alike, relative or absolute."""
+    names = {path.stem for path in folder.glob("*.py")} - {"__init__"}
     graph: dict[str, set[str]] = {}
     for name in names:
-        tree = ast.parse((ENGINE / f"{name}.py").read_text(encoding="utf-8"))
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
         imported = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
@@ -206,14 +231,22 @@ def test_the_engines_modules_import_one_another_without_a_cycle_in_layers():
     assert {"modes", "parameters", "stages", "runtime", "models"} <= graph["generation"]
 
 
-def test_the_cycle_finder_finds_an_import_inside_a_function_and_one_for_type_checking():
-    graph = {"a": {"b"}, "b": {"c"}, "c": set(), "d": set()}
-    assert cycles(graph) == []
-    assert cycles({**graph, "c": {"a"}}) == [["a", "b", "c", "a"]]
-    source = "def f():\n    from .generation import x\nif TYPE_CHECKING:\n    from .parameters import Settings\n"
-    tree = ast.parse(source)
-    found = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert found == {"generation", "parameters"}
+def test_the_cycle_finder_finds_an_import_inside_a_function_and_one_for_type_checking(tmp_path):
+    package = tmp_path / "kandinsky22_engine"
+    package.mkdir()
+    modules = {
+        "a": "def f():\n    from .b import x\n",
+        "b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .c import Settings\n",
+        "c": "import infer_kandinsky_2_2.kandinsky22_engine.d\nfrom . import e\n",
+        "d": "",
+        "e": "from infer_kandinsky_2_2.kandinsky22_engine.a import f\n",
+    }
+    for name, source in modules.items():
+        (package / f"{name}.py").write_text(source, encoding="utf-8")
+    graph = engine_imports(package)
+    assert graph == {"a": {"b"}, "b": {"c"}, "c": {"d", "e"}, "d": set(), "e": {"a"}}
+    assert cycles(graph) == [["a", "b", "c", "e", "a"]]
+    assert cycles({**graph, "e": set()}) == []
 
 
 @given(
@@ -228,3 +261,55 @@ def test_inpaintings_mask_at_the_latents_size_is_diffusers_own(mask, size):
     kept = 1 - torch.from_numpy((mask >= 0.5).astype(np.float32))[None, None]
     expected = prepare_mask(F.interpolate(kept, (rows, columns), mode="nearest"))
     assert torch.equal(kept_latents(mask, (rows, columns), "cpu", torch.float32), expected)
+
+
+def reference(settings: Settings, inputs: Inputs) -> tuple[np.ndarray, ...]:
+    """diffusers' own pipelines' pictures for ``settings`` and ``inputs`` (tests/helpers.py), loaded in float32."""
+    seed, mode = settings.seed, settings.mode
+    if mode == "text2img":
+        if settings.negative_prior_prompt:
+            return authors_negative_prior_reference(settings, seed)
+        return diffusers_reference(settings, seed)
+    if mode == "img2img":
+        return img2img_reference(settings, seed, inputs.image, swap_sizes=True)
+    if mode == "inpaint":
+        return inpaint_reference(settings, seed, inputs.image, (inputs.mask > 0).astype(np.float32))
+    if mode == "outpaint":
+        prepared = prepare_inputs(settings, inputs, Runtime("cpu", torch.float32))
+        return inpaint_reference(settings, seed, prepared.image, prepared.mask)
+    if mode == "controlnet_depth":
+        return controlnet_reference(settings, seed, inputs.depth)
+    if mode == "controlnet_img2img":
+        return controlnet_img2img_reference(settings, seed, inputs.image, inputs.depth)
+    return mix_reference(settings, seed, list(inputs.mix_images))
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"guidance_scale": "1.0", "negative_prompt": ""},
+        {"guidance_scale": "3.0", "prior_guidance_scale": "1.0", "num_images": "2", "negative_prompt": "blurry"},
+        {"guidance_scale": "3.0", "negative_prompt": ""},
+    ],
+    ids=["unguided", "guided-batch", "guided-zero-embedding"],
+)
+def test_every_mode_gives_diffusers_pictures_to_the_bit_on_the_cpu(tiny_strings, tiny_repos, warm_cache, mode, changes):
+    settings = settings_in_mode(tiny_strings, tiny_repos, mode, negative_prior_prompt=PRIOR_GUIDE[mode], **changes)
+    pictures = generate(settings, MODE_INPUTS[mode], cache=warm_cache).images
+    expected = reference(settings, MODE_INPUTS[mode])
+    assert [max_difference(mine, theirs) for mine, theirs in zip(pictures, expected, strict=True)] == [0] * len(
+        pictures
+    )
+
+
+def test_the_stages_run_without_autograd_wherever_they_are_called_from(tiny_strings, tiny_repos, warm_cache):
+    settings = settings_in_mode(tiny_strings, tiny_repos, "inpaint")
+    runtime = Runtime("cpu", torch.float32)
+    models = load_models(settings, runtime, warm_cache)
+    prepared = prepare_inputs(settings, MODE_INPUTS["inpaint"], runtime)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.is_grad_enabled()
+    embeds = generation.run_prior(models, settings, prepared, runtime, generator, lambda index, total: None)
+    decoded = generation.run_decoder(models, settings, prepared, runtime, embeds, generator, lambda index, total: None)
+    assert not any(tensor.requires_grad for tensor in (*embeds, decoded))
