@@ -57,8 +57,8 @@ class PriorRequest:
     Attributes:
         prompt: the text to embed (mix: the last item, when not empty).
         negative_prompt: the decoder's negative text; empty for the zero-image embedding.
-        negative_prior_prompt: what the prompt's embedding is guided away from; empty for the negative prompt
-            (text_prior) or nothing (the other stages).
+        negative_prior_prompt: what the prompt's embedding is guided away from; empty: the negative prompt in
+            text_prior, the empty text in the other stages.
         num_images: pictures in the batch, 1 or more.
         num_inference_steps: the prior's schedule, 2 or more steps.
         guidance_scale: classifier-free guidance, on above 1.
