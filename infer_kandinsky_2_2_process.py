@@ -168,11 +168,17 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         )
 
     def set_parameters(self, params: dict) -> None:
-        """Set parameters from Python; an unknown name is refused here, where Ikomia would drop it silently."""
+        """Set parameters from Python; an unknown name is refused here, where Ikomia would drop it silently.
+
+        Ikomia stores strings, and its own ``set_parameters`` fails on anything else (Boost.Python's "No
+        registered converter"): a number or a boolean is taken as its string, ``{"num_images": 2}`` as
+        ``{"num_images": "2"}``, and checked with the others when the task runs.
+        """
         problems = unknown_names(params)
         if problems:
             raise SettingsError("\n".join(problems))
-        dataprocess.CWorkflowTask.set_parameters(self, params)
+        as_strings = {name: value if isinstance(value, str) else str(value) for name, value in params.items()}
+        dataprocess.CWorkflowTask.set_parameters(self, as_strings)
 
     def get_progress_steps(self) -> int:
         try:

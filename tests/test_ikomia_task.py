@@ -124,6 +124,22 @@ def test_a_bad_value_is_refused_before_any_model_work_and_nothing_is_lost(tiny_s
     assert max_difference(task.get_output(0).get_image(), reference) <= 1
 
 
+def test_numbers_and_booleans_from_python_are_taken_as_their_strings(tiny_strings):
+    workflow, task = workflow_with(tiny_strings)
+    task.set_parameters({"num_images": 2, "cuda": False, "guidance_scale": 1.0, "height": 64, "seed": 1234})
+    assert {name: task.get_parameters()[name] for name in ("num_images", "cuda", "guidance_scale")} == {
+        "num_images": "2",
+        "cuda": "False",
+        "guidance_scale": "1.0",
+    }
+    workflow.run()
+    settings = Settings.from_strings({**tiny_strings, "num_images": "2"})
+    assert max_difference(task.get_output(2).get_image(), diffusers_reference(settings, settings.seed)[1]) <= 1
+    task.set_parameters({"num_images": 2.5})
+    with pytest.raises(RuntimeError, match=re.escape("num_images: received '2.5'; accepted: a whole number")):
+        workflow.run()
+
+
 def test_a_model_that_cannot_load_names_its_parameter(tiny_strings, tmp_path):
     workflow, _task = workflow_with({**tiny_strings, "prior_model_name": str(tmp_path / "absent")})
     with pytest.raises(RuntimeError, match=re.escape(f"prior_model_name: folder '{tmp_path / 'absent'}' not found;")):
