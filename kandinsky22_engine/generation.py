@@ -324,10 +324,11 @@ def generate(
         decoded = run_decoder(
             models, settings, prepared, runtime, embeds, generator, decoder_callback, DECODER_ROLE in graphed
         )
+        # Checked before the pictures are clamped to 0..1, which would turn infinity into white or black.
+        _refuse_not_finite((decoded,), "decoder", settings, runtime)
         pictures = to_pictures(decoded)
         if settings.reads("paste_back") and settings.paste_back:
             pictures = paste_back(pictures, prepared.image, prepared.mask)
-        _refuse_not_finite(pictures, "decoder", settings, runtime)
         decoded_at = time.perf_counter()
     metadata = {
         "mode": settings.mode,
@@ -376,19 +377,15 @@ def _input_notes(settings: Settings, prepared: Prepared, prior: KandinskyV22Prio
     return notes
 
 
-def _refuse_not_finite(values: Embeddings | np.ndarray, stage: str, settings: Settings, runtime: Runtime) -> None:
-    """Raise ``NotFinite`` when a stage's output holds NaN or infinity, which would make a black picture.
+def _refuse_not_finite(values: tuple[torch.Tensor, ...], stage: str, settings: Settings, runtime: Runtime) -> None:
+    """Raise ``NotFinite`` when a stage's output holds NaN or infinity, which would make a black or white picture.
 
-    ``values``: the prior's (image, negative) embeddings, or the decoder's pictures (batch, height, width, 3).
+    ``values``: the prior's (image, negative) embeddings, or the decoder's output as the MoVQ gives it, before
+    any clamp, (``decoded``,); the first axis of each is the picture.
     """
-    if stage == "prior":
-        bad = [
-            index
-            for index in range(settings.num_images)
-            if not all(torch.isfinite(each[index]).all() for each in values)
-        ]
-    else:
-        bad = [index for index, picture in enumerate(values) if not np.isfinite(picture).all()]
+    bad = [
+        index for index in range(settings.num_images) if not all(torch.isfinite(each[index]).all() for each in values)
+    ]
     if not bad:
         return
     pictures = ", ".join(str(index + 1) for index in bad)
@@ -403,7 +400,7 @@ def _refuse_not_finite(values: Embeddings | np.ndarray, stage: str, settings: Se
         advice = f"In float32 this points at broken weights: check {parameter} {model!r}."
     raise NotFinite(
         f"The {stage} gave values that are not finite (NaN or infinity) for picture(s) {pictures} of "
-        f"{settings.num_images}, so no picture is returned (it would be black). {advice}"
+        f"{settings.num_images}, so no picture is returned (it would be black or white). {advice}"
     )
 
 

@@ -401,27 +401,37 @@ def test_without_compiling_errors_pass_through_unchanged():
         raise ValueError("other")
 
 
-@pytest.mark.parametrize("stage", ["prior", "decoder"])
+@pytest.mark.parametrize(("stage", "model"), [("prior", "prior"), ("decoder", "unet"), ("decoder", "movq")])
 def test_values_that_are_not_finite_are_an_error_never_a_black_picture_and_the_next_run_works(
-    tiny_strings, expected, stage
+    tiny_strings, expected, stage, model
 ):
     workflow, task = workflow_with(tiny_strings)
     settings = Settings.from_strings(tiny_strings)
     # The engine as Ikomia loaded it with the task (it reloads plugin modules).
     task_module = sys.modules[type(task).__module__]
     pipelines = task_module.load_models(settings, task_module.runtime_for(settings), task_module.MODEL_CACHE)
-    model = pipelines.prior.prior if stage == "prior" else pipelines.decoder.unet
+    module = {
+        "prior": pipelines.prior.prior,
+        "unet": pipelines.decoder.unet,
+        # The MoVQ's decoder, the last model of a run: infinity there would be clamped to white.
+        "movq": pipelines.decoder.movq.decoder,
+    }[model]
 
-    def overflow(module: torch.nn.Module, inputs: tuple, output: tuple) -> None:
-        """What a float16 overflow does: the model's output turns to NaN (in place; the output is kept)."""
-        output[0].mul_(float("nan"))
+    def overflow(module: torch.nn.Module, inputs: tuple, output: tuple | torch.Tensor) -> None:
+        """What a float16 overflow does: the model's output turns to NaN, or its last layer's to infinity (in
+        place; the output is kept)."""
+        if isinstance(output, torch.Tensor):
+            output[..., :4, :4] = float("inf")
+        else:
+            output[0].mul_(float("nan"))
 
-    hook = model.register_forward_hook(overflow)
+    hook = module.register_forward_hook(overflow)
     model_name = settings.prior_model_name if stage == "prior" else settings.model_name
     parameter = "prior_model_name" if stage == "prior" else "model_name"
     message = (
         f"The {stage} gave values that are not finite (NaN or infinity) for picture(s) 1 of 1, so no picture is "
-        f"returned (it would be black). In float32 this points at broken weights: check {parameter} {model_name!r}."
+        f"returned (it would be black or white). In float32 this points at broken weights: check {parameter} "
+        f"{model_name!r}."
     )
     try:
         with pytest.raises(RuntimeError, match=re.escape(message)):
@@ -437,13 +447,13 @@ def test_on_cuda_values_that_are_not_finite_are_explained_as_a_float16_overflow(
     from infer_kandinsky_2_2.kandinsky22_engine.generation import _refuse_not_finite
     from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
 
-    pictures = np.zeros((3, 64, 64, 3), np.float32)
-    pictures[1, 5, 5, 0] = np.nan
-    pictures[2, 0, 0, 2] = np.inf
+    decoded = torch.zeros(3, 3, 64, 64)
+    decoded[1, 0, 5, 5] = float("nan")
+    decoded[2, 2, 0, 0] = float("inf")
     with pytest.raises(NotFinite) as refused:
-        _refuse_not_finite(pictures, "decoder", Settings(num_images=3), Runtime("cuda", torch.float16, "gpu"))
+        _refuse_not_finite((decoded,), "decoder", Settings(num_images=3), Runtime("cuda", torch.float16, "gpu"))
     assert str(refused.value) == (
         "The decoder gave values that are not finite (NaN or infinity) for picture(s) 2, 3 of 3, so no picture is "
-        "returned (it would be black). In float16 this is an overflow (a value past 65504). Try another seed or a "
-        "lower guidance scale, or set cuda to False to run in float32 on the CPU."
+        "returned (it would be black or white). In float16 this is an overflow (a value past 65504). Try another "
+        "seed or a lower guidance scale, or set cuda to False to run in float32 on the CPU."
     )
