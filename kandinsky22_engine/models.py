@@ -11,24 +11,34 @@ the models. Where the files come from, and what is fetched, is ``hub.py``'s part
 
 import gc
 import inspect
+import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
+import transformers
 from accelerate import cpu_offload
-from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
+from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline, ModelMixin
 from PIL import Image
-from transformers import CLIPVisionModelWithProjection, DepthEstimationPipeline, pipeline
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForDepthEstimation,
+    CLIPVisionModelWithProjection,
+    DepthEstimationPipeline,
+    PreTrainedModel,
+    pipeline,
+)
 
 from . import graphs
 from .errors import ModelLoadError
-from .hub import ROOT, Check, fetch, first_line, no_check, parse_model_name
+from .hub import DIFFUSERS_INDEX, ROOT, Check, Source, fetch, first_line, no_check, parse_model_name
 from .memory import CPU, MODEL_OFFLOAD, PARKED, PLACED, PRIOR_ROLE, SEQUENTIAL_OFFLOAD, memory_mode
 
 logger = logging.getLogger(__name__)
@@ -358,19 +368,71 @@ def load_pipeline(
             diffusers' ``from_pretrained`` leaves out a component passed as ``None``.
         check: reads the repo's configs before any weight is fetched or loaded, and raises to refuse it.
 
-    Raises ``ModelLoadError`` saying whether the model was not found, could not be fetched, or is broken.
+    Raises ``ModelLoadError`` saying whether the model was not found, could not be fetched, or is broken; a
+    model whose files lack some of its weights is broken (``refuse_missing_weights``).
     """
     source = parse_model_name(key.model_name, parameter_name)
     folder = fetch(source, parameter_name, _components(pipeline_class, skip), check)
+    what = f"{pipeline_class.__name__} repo"
     try:
-        return pipeline_class.from_pretrained(
-            folder, dtype=key.dtype, use_safetensors=True, local_files_only=True, **dict.fromkeys(skip)
+        # transformers initialises the weights its files lack at random, and says so only in its log: its models
+        # are loaded here, with their loading information, and handed to the pipeline.
+        preloaded = {}
+        for name, model_class in _transformers_models(folder, skip).items():
+            preloaded[name], loading = model_class.from_pretrained(
+                folder / name, dtype=key.dtype, use_safetensors=True, local_files_only=True, output_loading_info=True
+            )
+            refuse_missing_weights(parameter_name, source, what, name, loading["missing_keys"])
+        pipeline = pipeline_class.from_pretrained(
+            folder, dtype=key.dtype, use_safetensors=True, local_files_only=True, **dict.fromkeys(skip), **preloaded
         )
+    except ModelLoadError:
+        raise
     except Exception as error:
         raise ModelLoadError(
-            f"{parameter_name}: {source.describe()} is not a usable {pipeline_class.__name__} repo "
-            f"(broken or incomplete): {first_line(error)}"
+            f"{parameter_name}: {source.describe()} is not a usable {what} (broken or incomplete): {first_line(error)}"
         ) from error
+    for name, component in pipeline.components.items():
+        if isinstance(component, ModelMixin):
+            # diffusers leaves the weights a model's files lack on the meta device, where a run fails.
+            tensors = (*component.named_parameters(), *component.named_buffers())
+            refuse_missing_weights(
+                parameter_name, source, what, name, [label for label, tensor in tensors if tensor.is_meta]
+            )
+    return pipeline
+
+
+def _transformers_models(folder: Path, skip: tuple[str, ...]) -> dict[str, type[PreTrainedModel]]:
+    """The transformers models among a diffusers repo's components (``model_index.json``), by component."""
+    try:
+        index = json.loads((folder / DIFFUSERS_INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    found = {}
+    for name, entry in index.items():
+        if name in skip or not isinstance(entry, list) or len(entry) != 2 or entry[0] != "transformers":
+            continue
+        model_class = getattr(transformers, str(entry[1]), None)
+        if isinstance(model_class, type) and issubclass(model_class, PreTrainedModel):
+            found[name] = model_class
+    return found
+
+
+def refuse_missing_weights(
+    parameter_name: str, source: Source, what: str, component: str, missing: Iterable[str]
+) -> None:
+    """Raise ``ModelLoadError`` naming ``parameter_name``, the model and the first tensors its ``component``'s
+    files lack, when ``missing`` is not empty: a pruned or partly saved model would otherwise run on random or
+    absent weights (diffusers fails at the first step with "Cannot copy out of meta tensor")."""
+    missing = sorted(missing)
+    if not missing:
+        return
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    folder = f"{component}/" if component else "its root folder"
+    raise ModelLoadError(
+        f"{parameter_name}: {source.describe()} is not a usable {what} (broken or incomplete): the weights in "
+        f"{folder} lack {len(missing)} tensor(s) of its model ({shown}); accepted: safetensors holding every weight."
+    )
 
 
 class ImageEncoderLoader:
@@ -384,14 +446,19 @@ class ImageEncoderLoader:
         source = parse_model_name(key.model_name, "prior_model_name")
         folder = fetch(source, "prior_model_name", (IMAGE_ENCODER,))
         try:
-            model = CLIPVisionModelWithProjection.from_pretrained(
-                folder / IMAGE_ENCODER, dtype=key.dtype, use_safetensors=True, local_files_only=True
+            model, loading = CLIPVisionModelWithProjection.from_pretrained(
+                folder / IMAGE_ENCODER,
+                dtype=key.dtype,
+                use_safetensors=True,
+                local_files_only=True,
+                output_loading_info=True,
             )
         except Exception as error:
             raise ModelLoadError(
                 f"prior_model_name: {source.describe()} has no usable CLIP image encoder ({IMAGE_ENCODER}/), which "
                 f"mix, controlnet_img2img and an empty negative prompt need: {first_line(error)}"
             ) from error
+        refuse_missing_weights("prior_model_name", source, "CLIP image encoder", IMAGE_ENCODER, loading["missing_keys"])
         kept = place(role, model, key)
         return ImageEncoder(model, key.device, kept.parking), kept
 
@@ -448,20 +515,21 @@ class DepthEstimatorLoader:
     def __call__(self, role: str, key: ModelKey) -> tuple["DepthEstimator", Kept]:
         source = parse_model_name(key.model_name, "depth_model")
         folder = fetch(source, "depth_model", (ROOT,), self.check)
+        what = "depth-estimation model"
         try:
-            # The pipeline diffusers' Kandinsky ControlNet guide uses: it picks the model and image processor
-            # classes from the folder's configs, whichever transformers release is installed.
-            estimator = pipeline(
-                "depth-estimation",
-                model=str(folder),
-                dtype=key.dtype,
-                device=key.device,
-                model_kwargs={"use_safetensors": True},
+            # The pipeline diffusers' Kandinsky ControlNet guide uses, over the model and image processor classes
+            # the folder's configs name; the model loaded first, with its loading information.
+            model, loading = AutoModelForDepthEstimation.from_pretrained(
+                folder, dtype=key.dtype, use_safetensors=True, local_files_only=True, output_loading_info=True
             )
+            refuse_missing_weights("depth_model", source, what, ROOT, loading["missing_keys"])
+            processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+            estimator = pipeline("depth-estimation", model=model, image_processor=processor, device=key.device)
+        except ModelLoadError:
+            raise
         except Exception as error:
             raise ModelLoadError(
-                f"depth_model: {source.describe()} is not a usable depth-estimation model (broken or incomplete): "
-                f"{first_line(error)}"
+                f"depth_model: {source.describe()} is not a usable {what} (broken or incomplete): {first_line(error)}"
             ) from error
         kept = place(role, estimator.model, key)
         return DepthEstimator(estimator, kept.parking), kept

@@ -13,6 +13,7 @@ import pytest
 import torch
 from huggingface_hub import constants as hub_constants
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from transformers import DepthAnythingForDepthEstimation, pipeline
 
 from fake_hub import FakeHub, FakeRepo, hub_at
@@ -252,6 +253,23 @@ def test_a_depth_model_that_cannot_estimate_depth_is_refused_before_any_model_lo
     message_received, cache = refusal(Settings.from_strings({**strings, "depth_model": depth_model}))
     assert message_received == message
     assert cache.load_counts == {}
+
+
+def test_a_depth_model_whose_weights_lack_tensors_is_refused_naming_them(strings, tiny_depth_model, tmp_path):
+    pruned = tmp_path / "pruned-depth"
+    shutil.copytree(tiny_depth_model, pruned)
+    tensors = load_file(pruned / "model.safetensors")
+    missing = sorted(tensors)[:2]
+    save_file({name: tensor for name, tensor in tensors.items() if name not in missing}, pruned / "model.safetensors")
+    with pytest.raises(ModelLoadError) as refused:
+        generate(
+            Settings.from_strings({**strings, "depth_model": str(pruned)}), Inputs(image=PHOTO), cache=ModelCache()
+        )
+    assert str(refused.value) == (
+        f"depth_model: folder {str(pruned)!r} is not a usable depth-estimation model (broken or incomplete): the "
+        f"weights in its root folder lack 2 tensor(s) of its model ({', '.join(missing)}); accepted: safetensors "
+        "holding every weight."
+    )
 
 
 def test_a_uniform_estimate_is_refused_naming_depth_model(strings, tiny_depth_model, tmp_path):

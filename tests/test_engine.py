@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from helpers import diffusers_reference, left_half_mask, max_difference, random_image
 from infer_kandinsky_2_2.kandinsky22_engine import hub, models
@@ -156,6 +156,61 @@ def broken_decoder(source: Path, folder: Path, damage: str) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["missing-unet", "corrupted", "pickle-only"])
+def without_tensors(source: Path, folder: Path, weights: str, count: int) -> Path:
+    """A copy of the repo ``source`` whose ``weights`` file (a path in the repo) lacks its first ``count``
+    tensors, as a pruned or partly saved model's does; returns the copy."""
+    target = folder / f"{source.name}-pruned"
+    shutil.copytree(source, target)
+    tensors = load_file(target / weights)
+    for name in sorted(tensors)[:count]:
+        del tensors[name]
+    save_file(tensors, target / weights, metadata={"format": "pt"})
+    return target
+
+
+@pytest.mark.parametrize(
+    ("role", "weights", "parameter", "what", "component"),
+    [
+        ("decoder", "unet/diffusion_pytorch_model.safetensors", "model_name", "KandinskyV22Pipeline repo", "unet/"),
+        (
+            "prior",
+            "prior/diffusion_pytorch_model.safetensors",
+            "prior_model_name",
+            "KandinskyV22PriorPipeline repo",
+            "prior/",
+        ),
+        (
+            "prior",
+            "text_encoder/model.safetensors",
+            "prior_model_name",
+            "KandinskyV22PriorPipeline repo",
+            "text_encoder/",
+        ),
+        ("prior", "image_encoder/model.safetensors", "prior_model_name", "CLIP image encoder", "image_encoder/"),
+    ],
+)
+def test_a_model_whose_weights_lack_tensors_is_refused_naming_them_before_any_step(
+    settings, cache, plain_image, tiny_repos, tmp_path, role, weights, parameter, what, component
+):
+    pruned = without_tensors(getattr(tiny_repos, role), tmp_path, weights, 4)
+    missing = sorted(load_file(getattr(tiny_repos, role) / weights))[:4]
+    steps = []
+    with pytest.raises(ModelLoadError) as refused:
+        # An empty negative prompt loads the image encoder too.
+        generate(
+            replace(settings, **{parameter: str(pruned)}, negative_prompt=""),
+            cache=cache,
+            on_step=lambda: steps.append(1),
+        )
+    assert str(refused.value) == (
+        f"{parameter}: folder {str(pruned)!r} is not a usable {what} (broken or incomplete): the weights in "
+        f"{component} lack 4 tensor(s) of its model ({', '.join(missing[:3])} and 1 more); accepted: safetensors "
+        "holding every weight."
+    )
+    assert steps == []
+    assert np.array_equal(generate(settings, cache=cache).images[0], plain_image)
+
+
 def test_a_broken_decoder_folder_is_named_and_nothing_half_loaded_stays(
     settings, cache, plain_image, tiny_repos, tmp_path, damage
 ):
