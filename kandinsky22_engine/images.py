@@ -36,19 +36,49 @@ def _channels(array: np.ndarray | None, name: str) -> np.ndarray:
     return array
 
 
-def as_rgb(array: np.ndarray | None, name: str) -> np.ndarray:
-    """An H x W x 3 uint8 RGB copy of an Ikomia image (grayscale, RGB or RGBA, 8 or 16 bits, or float in [0, 1])."""
-    array = _to_uint8(_channels(array, name), name)
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return np.ascontiguousarray(array[:, :, :3])
+def as_rgb(array: np.ndarray | None, name: str) -> Fitted:
+    """An H x W x 3 uint8 RGB copy of an Ikomia image, and what was done to it ("" when nothing was).
+
+    Gray images are repeated over the three channels. RGBA images lose their alpha: the colours under transparent
+    pixels reach the model as they are, and the note says how much of the image was transparent. 16-bit images
+    are read by the bits their values use (``_sixteen_bits``), floats from 0 to 1 brought to 8 bits.
+
+    Raises ``InputError`` naming ``name`` for a missing or empty array, another shape, or values it cannot read.
+    """
+    channels = _channels(array, name)
+    converted, how = _to_uint8(channels, name)
+    notes = [how] if how else []
+    if channels.shape[2] == 1:
+        converted = np.repeat(converted, 3, axis=2)
+        notes.append("gray, repeated to RGB")
+    elif channels.shape[2] == 4:
+        transparent = float((converted[:, :, 3] < 128).mean(dtype=np.float64))
+        notes.append(f"RGBA, alpha dropped ({_percent(transparent)} of the pixels transparent, their colours kept)")
+    return Fitted(np.ascontiguousarray(converted[:, :, :3]), ", ".join(notes))
 
 
-def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+# The bits a 16-bit image's values may use: 8-bit values in a 16-bit file, the 10-, 12- and 14-bit values of raw
+# converters, scientific and medical cameras, or all 16.
+_SIXTEEN_BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def _sixteen_bits(array: np.ndarray) -> tuple[np.ndarray, str]:
+    """A uint16 image at 8 bits: its values read as the fewest bits of ``_SIXTEEN_BIT_DEPTHS`` that hold its
+    largest value (12 bits for 0 to 4080), then their top 8 bits kept, as 16-bit images are brought to 8."""
+    high = int(array.max())
+    bits = next(depth for depth in _SIXTEEN_BIT_DEPTHS if high < 2**depth)
+    converted = (array >> (bits - 8)).astype(np.uint8)
+    if bits == 16:
+        return converted, "16-bit, brought to 8 bits"
+    return converted, f"16-bit holding {bits}-bit values (0 to {high}), brought to 8 bits"
+
+
+def _to_uint8(array: np.ndarray, name: str) -> tuple[np.ndarray, str]:
+    """``array`` as uint8, and how it was converted ("" when it was uint8 already)."""
     if array.dtype == np.uint8:
-        return array
+        return array, ""
     if array.dtype == np.uint16:
-        return (array >> 8).astype(np.uint8)
+        return _sixteen_bits(array)
     accepted = "accepted: uint8, uint16, or floats from 0 to 1."
     if not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"{name}: received {array.dtype} values; {accepted}")
@@ -57,19 +87,35 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     low, high = array.min(), array.max()
     if not 0 <= low <= high <= 1:
         raise InputError(f"{name}: received {array.dtype} values from {low:g} to {high:g}; {accepted}")
-    return (array * 255).round().astype(np.uint8)
+    return (array * 255).round().astype(np.uint8), f"{array.dtype} values from 0 to 1, brought to 8 bits"
+
+
+# The most pixels ``fit`` scales a whole input to before it cuts the centre out (16.8 million, 48 MB in RGB): an
+# input of another aspect than the output is scaled only over the part kept when its whole would be larger.
+MAX_SCALED_PIXELS = 2**24
 
 
 def fit(array: np.ndarray, height: int, width: int, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Fitted:
-    """Scale ``array`` to cover height x width, keeping its aspect, and cut out the centre."""
+    """Scale ``array`` to cover height x width, keeping its aspect, and cut out the centre.
+
+    Where the whole input, scaled, would hold more than ``MAX_SCALED_PIXELS`` (a thin strip: 4 x 4000 pixels to
+    cover 2048 x 2048 would be 2,048,000 x 2,048), only the part that survives the cut is scaled (PIL's resize
+    ``box``), to the same geometry; its pixels may then differ by a few levels from a whole scaling's.
+    """
     rows, columns = array.shape[:2]
     if (rows, columns) == (height, width):
         return Fitted(array, f"{columns}x{rows}, used as it is")
     scale = max(height / rows, width / columns)
     scaled_rows, scaled_columns = max(height, round(rows * scale)), max(width, round(columns * scale))
-    image = Image.fromarray(array).resize((scaled_columns, scaled_rows), resample=resample, reducing_gap=1)
     top, left = (scaled_rows - height) // 2, (scaled_columns - width) // 2
-    cropped = np.asarray(image.crop((left, top, left + width, top + height)))
+    if scaled_rows * scaled_columns > MAX_SCALED_PIXELS:
+        row_step, column_step = rows / scaled_rows, columns / scaled_columns
+        kept = (left * column_step, top * row_step, (left + width) * column_step, (top + height) * row_step)
+        image = Image.fromarray(array).resize((width, height), resample=resample, box=kept, reducing_gap=1)
+        cropped = np.asarray(image)
+    else:
+        image = Image.fromarray(array).resize((scaled_columns, scaled_rows), resample=resample, reducing_gap=1)
+        cropped = np.asarray(image.crop((left, top, left + width, top + height)))
     cut = f"centre cut, {scaled_columns - width} x {scaled_rows - height} pixels left out" if top or left else ""
     if (scaled_rows, scaled_columns) == (rows, columns):
         return Fitted(cropped, f"{columns}x{rows}, {cut}")

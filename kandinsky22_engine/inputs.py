@@ -12,11 +12,25 @@ import torch
 from PIL import Image
 
 from .errors import InputError
-from .images import PASTE_BACK_FEATHER, as_rgb, depth_hint, fit, kept_inverted, mask_from, outpaint_canvas
+from .images import (
+    MAX_SCALED_PIXELS,
+    PASTE_BACK_FEATHER,
+    as_rgb,
+    depth_hint,
+    fit,
+    kept_inverted,
+    mask_from,
+    outpaint_canvas,
+)
 from .models import DepthEstimator
 from .modes import DEPTH_INPUT, DRAWING_INPUT, IMAGE_INPUT, MASK_INPUT, MODES, estimates_depth, input_names
 from .parameters import Settings
 from .runtime import Runtime
+
+# A mix picture longer than this many times its width (or the reverse) is cut to its centre before CLIP's image
+# processor, which would scale the whole of it until its shorter side is 224 pixels (Kandinsky 2.2's) and then keep
+# only the centre square: past this ratio the scaled picture would hold more than ``images.MAX_SCALED_PIXELS``.
+MIX_LONGEST_SIDE_RATIO = MAX_SCALED_PIXELS // 224**2
 
 
 @dataclass(frozen=True)
@@ -90,10 +104,10 @@ def prepare_inputs(settings: Settings, inputs: Inputs, runtime: Runtime) -> Prep
         )
     if IMAGE_INPUT in names:
         name = f"{settings.mode} input '{IMAGE_INPUT}'"
-        image = as_rgb(inputs.image, name)
+        rgb = as_rgb(inputs.image, name)
         if mode.canvas:
             canvas = outpaint_canvas(
-                image,
+                rgb.array,
                 name,
                 settings.height,
                 settings.width,
@@ -103,12 +117,13 @@ def prepare_inputs(settings: Settings, inputs: Inputs, runtime: Runtime) -> Prep
                 right=settings.outpaint_right,
                 overlap=settings.outpaint_overlap,
             )
-            prepared.image, prepared.mask, prepared.notes[IMAGE_INPUT] = canvas.image, canvas.mask, canvas.note
+            prepared.image, prepared.mask, note = canvas.image, canvas.mask, canvas.note
         else:
-            fitted = fit(image, settings.height, settings.width)
-            prepared.image, prepared.notes[IMAGE_INPUT] = fitted.array, fitted.note
+            fitted = fit(rgb.array, settings.height, settings.width)
+            prepared.image, note = fitted.array, fitted.note
+        prepared.notes[IMAGE_INPUT] = _with(note, rgb.note)
         if MASK_INPUT in names:
-            _prepare_masks(settings, inputs, prepared, image.shape[:2])
+            _prepare_masks(settings, inputs, prepared, rgb.array.shape[:2])
     if DEPTH_INPUT in names:
         prepared.hint, prepared.notes[DEPTH_INPUT] = depth_hint(
             inputs.depth,
@@ -119,17 +134,38 @@ def prepare_inputs(settings: Settings, inputs: Inputs, runtime: Runtime) -> Prep
             runtime.dtype,
         )
     if settings.reads("mix_images"):
-        mixed = names
-        given = (*inputs.mix_images, *[None] * len(mixed))[: len(mixed)]
-        arrays = [as_rgb(array, f"mix input '{name}'") for name, array in zip(mixed, given, strict=True)]
-        prepared.mix_images = tuple(Image.fromarray(array) for array in arrays)
-        for name, array in zip(mixed, arrays, strict=True):
-            prepared.notes[name] = f"{array.shape[1]}x{array.shape[0]}"
+        if len(inputs.mix_images) > len(names):
+            raise InputError(
+                f"mix: received {len(inputs.mix_images)} images with mix_images {settings.mix_images}; accepted: at "
+                f"most {settings.mix_images}, one per input ('{names[0]}' to '{names[-1]}'), or a larger mix_images."
+            )
+        given = (*inputs.mix_images, *[None] * len(names))[: len(names)]
+        pictures = []
+        for name, array in zip(names, given, strict=True):
+            rgb = as_rgb(array, f"mix input '{name}'")
+            picture, (rows, columns) = rgb.array, rgb.array.shape[:2]
+            prepared.notes[name] = _with(f"{columns}x{rows}", rgb.note)
+            side = min(rows, columns)
+            if max(rows, columns) > MIX_LONGEST_SIDE_RATIO * side:
+                # CLIP's image processor scales the whole picture before it cuts the centre square out: the square
+                # is kept, with half a side more on each end for the scaling filter to read.
+                length = side + 2 * (side // 2 + 2)
+                top, left = max(0, (rows - length) // 2), max(0, (columns - length) // 2)
+                picture = picture[top : top + length, left : left + length]
+                kept = f"{picture.shape[1]}x{picture.shape[0]}"
+                prepared.notes[name] += f"; its centre {kept} kept (all that CLIP reads of it)"
+            pictures.append(Image.fromarray(picture))
+        prepared.mix_images = tuple(pictures)
     if settings.reads("paste_back") and settings.paste_back:
         prepared.notes[IMAGE_INPUT] += (
             f"; paste_back: kept exactly outside the repainted area, blended over {PASTE_BACK_FEATHER} pixels inside"
         )
     return prepared
+
+
+def _with(note: str, conversion: str) -> str:
+    """An input's note with what was done to its values, when anything was (``images.as_rgb``)."""
+    return f"{note}; {conversion}" if conversion else note
 
 
 def _prepare_masks(settings: Settings, inputs: Inputs, prepared: Prepared, image_shape: tuple[int, int]) -> None:

@@ -42,13 +42,57 @@ def test_a_tall_image_is_cut_top_and_bottom():
         (np.full((2, 3), 7, np.uint8), np.full((2, 3, 3), 7, np.uint8)),
         (np.full((2, 3, 1), 7, np.uint8), np.full((2, 3, 3), 7, np.uint8)),
         (np.dstack([np.full((2, 3, 3), 9, np.uint8), np.zeros((2, 3), np.uint8)]), np.full((2, 3, 3), 9, np.uint8)),
-        (np.full((2, 3, 3), 0x1234, np.uint16), np.full((2, 3, 3), 0x12, np.uint8)),
+        (np.full((2, 3, 3), 0xC234, np.uint16), np.full((2, 3, 3), 0xC2, np.uint8)),
         (np.full((2, 3, 3), 0.5, np.float32), np.full((2, 3, 3), 128, np.uint8)),
     ],
     ids=["gray", "gray-channel", "rgba", "16-bit", "float"],
 )
 def test_usual_image_forms_become_rgb_uint8(array, expected):
-    assert np.array_equal(as_rgb(array, "img2img input 'image'"), expected)
+    assert np.array_equal(as_rgb(array, "img2img input 'image'").array, expected)
+
+
+@pytest.mark.parametrize(
+    ("array", "first", "note"),
+    [
+        (np.full((2, 4, 3), 9, np.uint8), 9, ""),
+        (np.full((2, 4), 7, np.uint8), 7, "gray, repeated to RGB"),
+        (
+            np.dstack([np.full((2, 4, 3), 9, np.uint8), np.array([[0, 0, 255, 255], [255] * 4], np.uint8)]),
+            9,
+            "RGBA, alpha dropped (25% of the pixels transparent, their colours kept)",
+        ),
+        (np.full((2, 4, 3), 0xC234, np.uint16), 0xC2, "16-bit, brought to 8 bits"),
+        # 12-bit values, as raw converters and scientific cameras write them into 16-bit files: 4080 is bright.
+        (
+            np.linspace(0, 4080, 24).astype(np.uint16).reshape(2, 4, 3),
+            0,
+            "16-bit holding 12-bit values (0 to 4080), brought to 8 bits",
+        ),
+        (np.full((2, 4, 3), 200, np.uint16), 200, "16-bit holding 8-bit values (0 to 200), brought to 8 bits"),
+        (np.full((2, 4, 3), 0.5, np.float32), 128, "float32 values from 0 to 1, brought to 8 bits"),
+        (np.full((2, 4), 0.5, np.float64), 128, "float64 values from 0 to 1, brought to 8 bits, gray, repeated to RGB"),
+    ],
+    ids=["rgb", "gray", "rgba", "16-bit", "12-bit-in-16", "8-bit-in-16", "float", "float-gray"],
+)
+def test_every_conversion_of_an_image_is_said(array, first, note):
+    rgb = as_rgb(array, "img2img input 'image'")
+    assert (rgb.array[0, 0, 0], rgb.note) == (first, note)
+    if "12-bit" in note:
+        assert rgb.array.max() == 255
+
+
+@pytest.mark.parametrize("mode", ["img2img", "inpaint", "outpaint", "mix"])
+def test_the_metadata_says_how_an_image_was_converted_in_every_mode_that_reads_one(mode, tiny_strings, tiny_repos):
+    from helpers import settings_in_mode
+    from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs, prepare_inputs
+    from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
+
+    settings = settings_in_mode(tiny_strings, tiny_repos, mode)
+    twelve_bits = (random_image(2).astype(np.uint16) * 16).astype(np.uint16)
+    inputs = Inputs(image=twelve_bits, mask=left_half_mask(), mix_images=(twelve_bits, random_image(3)))
+    notes = prepare_inputs(settings, inputs, Runtime("cpu", torch.float32)).notes
+    name = "image 1" if mode == "mix" else "image"
+    assert "16-bit holding 12-bit values (0 to 4080), brought to 8 bits" in notes[name]
 
 
 @pytest.mark.parametrize(
@@ -483,3 +527,46 @@ def test_a_depth_map_that_varies_only_where_the_centre_cut_drops_it_is_refused()
     )
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
         depth_hint(depth, "controlnet_depth input 'depth map'", 128, 128, "cpu", torch.float32)
+
+
+THIN_STRIP_FIT = """
+import resource, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+# 6 GB of address space: the strip scaled whole would take 12.6 GB.
+resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+from kandinsky22_engine.images import fit
+strip = np.zeros((4, 4000, 3), np.uint8)
+strip[:, 2000:] = 255
+fitted = fit(strip, 2048, 2048)
+print(fitted.array.shape, int(fitted.array[:, :768].max()), int(fitted.array[:, 1280:].min()), fitted.note)
+"""
+
+
+def test_a_thin_strip_is_scaled_only_where_it_is_kept():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parent.parent
+    ran = subprocess.run(
+        [sys.executable, "-c", THIN_STRIP_FIT, str(checkout)], capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    # The centre 4 columns of the strip, two dark then two bright, cover the 2048 x 2048 output.
+    assert ran.stdout.strip() == (
+        "(2048, 2048, 3) 0 255 4000x4 scaled to 2048000x2048, centre cut, 2045952 x 0 pixels left out"
+    )
+
+
+@pytest.mark.parametrize("shape", [(4, 400), (400, 4), (3, 1000), (9, 700)])
+def test_a_strip_scaled_only_where_kept_has_the_geometry_of_a_whole_scaling(shape, monkeypatch):
+    from infer_kandinsky_2_2.kandinsky22_engine import images
+
+    strip = random_image(3, (*shape, 3))
+    whole = fit(strip, 256, 256)
+    monkeypatch.setattr(images, "MAX_SCALED_PIXELS", 0)
+    kept = fit(strip, 256, 256)
+    assert kept.note == whole.note
+    # The same part of the input, at the same scale: bicubic's filter reads it slightly differently.
+    assert np.abs(kept.array.astype(int) - whole.array.astype(int)).mean() < 2

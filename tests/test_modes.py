@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import (
     HEIGHT,
@@ -219,6 +220,28 @@ def test_mix_equals_diffusers_interpolate_then_decoder(strings, negative_prompt)
         "image 1": "128x64, embedded by CLIP at 224x224 (shorter side scaled to 224, centre cut)",
         "image 2": "32x32, embedded by CLIP at 224x224 (shorter side scaled to 224, centre cut)",
     }
+
+
+def test_a_mix_picture_far_longer_than_wide_gives_clip_only_its_centre_square(strings, tiny_repos):
+    from transformers import CLIPImageProcessor
+
+    from infer_kandinsky_2_2.kandinsky22_engine.errors import InputError
+    from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs, prepare_inputs
+    from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
+
+    settings = Settings.from_strings(strings["mix"])
+    strip, square = random_image(8, (4, 2000, 3)), random_image(9, (64, 64, 3))
+    prepared = prepare_inputs(settings, Inputs(mix_images=(strip, square)), Runtime("cpu", np.float32))
+    assert prepared.notes == {"image 1": "2000x4; its centre 12x4 kept (all that CLIP reads of it)", "image 2": "64x64"}
+    assert np.array_equal(np.asarray(prepared.mix_images[0]), strip[:, 994:1006])
+    # What CLIP's processor reads of the centre is what it reads of the whole strip, which it scales to 224 x
+    # 112,000 pixels first.
+    processor = CLIPImageProcessor.from_pretrained(tiny_repos.prior / "image_processor")
+    whole = processor(Image.fromarray(strip), return_tensors="np").pixel_values
+    kept = processor(prepared.mix_images[0], return_tensors="np").pixel_values
+    assert np.array_equal(whole, kept)
+    with pytest.raises(InputError, match=re.escape("mix: received 3 images with mix_images 2; accepted: at most 2")):
+        prepare_inputs(settings, Inputs(mix_images=(square, square, square)), Runtime("cpu", np.float32))
 
 
 def test_mix_weights_are_counted_against_the_items(strings):
