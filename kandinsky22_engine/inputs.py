@@ -200,7 +200,8 @@ def _prepare_masks(settings: Settings, inputs: Inputs, prepared: Prepared, image
 def estimate_depth(estimator: DepthEstimator, settings: Settings, prepared: Prepared, runtime: Runtime) -> Prepared:
     """``prepared`` with the ControlNet hint estimated from its photo by depth_model, as diffusers' Kandinsky
     ControlNet guide makes it (``make_hint``): the depth-estimation pipeline's ``depth`` (uint8, near bright,
-    stretched to 0..255 per image) over three channels, divided by 255 (``images.depth_hint``).
+    stretched to 0..255 per image; turned over for a model that predicts distance, ``models.predicts_distance``)
+    over three channels, divided by 255 (``images.depth_hint``).
 
     Args:
         estimator: depth_model, loaded (``models.DepthEstimator``).
@@ -229,4 +230,6 @@ def estimate_depth(estimator: DepthEstimator, settings: Settings, prepared: Prep
             f"(input '{DEPTH_INPUT}') with depth_model empty."
         ) from error
     note = f"{prepared.notes[IMAGE_INPUT]}; depth estimated by {settings.depth_model}"
+    if estimator.distance:
+        note += ", which predicts distance: turned over, near bright"
     return replace(prepared, hint=hint, notes={**prepared.notes, IMAGE_INPUT: note})

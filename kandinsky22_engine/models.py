@@ -535,27 +535,45 @@ class DepthEstimatorLoader:
         return DepthEstimator(estimator, kept.parking), kept
 
 
+# The transformers depth-estimation models that predict distance (far is large) whatever their config says; other
+# models that do say so in their config (``depth_estimation_type`` "metric": Depth Anything V2 Metric, Prompt Depth
+# Anything), and the rest predict relative inverse depth (near is large), which the ControlNet hint wants.
+DISTANCE_MODEL_TYPES = ("depth_pro", "glpn", "zoedepth")
+
+
+def predicts_distance(config: object) -> bool:
+    """Whether a depth-estimation model of ``config`` (its ``config.json``) predicts distance, far large."""
+    return getattr(config, "model_type", "") in DISTANCE_MODEL_TYPES or (
+        getattr(config, "depth_estimation_type", None) == "metric"
+    )
+
+
 class DepthEstimator:
     """A transformers depth-estimation pipeline, loaded once per process, that estimates a photo's depth map.
 
     Its model is placed as the memory mode says (``place``); ``parking`` holds it when it waits in CPU memory and
-    visits the device only while it estimates.
+    visits the device only while it estimates. ``distance``: the model predicts distance (``predicts_distance``),
+    whose map is turned over.
     """
 
     def __init__(self, estimator: DepthEstimationPipeline, parking: Parking) -> None:
         self.estimator = estimator
         self.parking = parking
+        self.distance = predicts_distance(estimator.model.config)
 
     def estimate(self, photo: np.ndarray) -> np.ndarray:
         """The depth map of ``photo`` (height x width x 3 RGB uint8): height x width uint8, near bright.
 
         It is the pipeline's ``depth`` output: its ``predicted_depth`` scaled back to the photo's size and
         stretched from its minimum (0) to its maximum (255), per image, by transformers (identically in
-        transformers 5.0.0 and 5.24). A uniform prediction gives a uniform map, which ``generation`` refuses.
+        transformers 5.0.0 and 5.24); for a model that predicts distance, turned over (255 - depth), as the
+        ControlNet annotators turn metric depth over (controlnet_aux's ZoeDetector). A uniform prediction gives
+        a uniform map, which ``inputs.estimate_depth`` refuses.
         """
         # A uniform prediction makes that stretch divide 0 by 0: numpy's warnings would say less than the refusal.
         with self.parking.visit(DEPTH_ESTIMATOR), np.errstate(invalid="ignore"):
-            return np.asarray(self.estimator(Image.fromarray(photo))["depth"])
+            depth = np.asarray(self.estimator(Image.fromarray(photo))["depth"])
+        return 255 - depth if self.distance else depth
 
 
 def place(role: str, model: DiffusionPipeline | torch.nn.Module, key: ModelKey) -> Kept:

@@ -3,6 +3,7 @@ diffusers' Kandinsky ControlNet guide does it; its inputs, loading once, refusal
 
 import functools
 import io
+import json
 import logging
 import re
 import shutil
@@ -148,6 +149,52 @@ def test_the_decoder_gets_the_guides_hint_of_the_estimated_depth(strings, tiny_d
     guide_hint = torch.from_numpy(np.stack([depth] * 3, axis=2)).float().div(255).permute(2, 0, 1)
     assert len(received) == 1
     assert torch.equal(received[0], guide_hint.unsqueeze(0).repeat(2, 1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("changes", "distance"),
+    [
+        ({"depth_estimation_type": "metric", "max_depth": 10}, True),
+        ({"depth_estimation_type": "relative"}, False),
+        ({"model_type": "zoedepth"}, True),
+    ],
+    ids=["metric", "relative", "distance-only-model-type"],
+)
+def test_a_model_that_predicts_distance_gives_its_map_turned_over_and_says_so(
+    strings, tiny_depth_model, tmp_path, monkeypatch, changes, distance
+):
+    from transformers import AutoConfig
+
+    from infer_kandinsky_2_2.kandinsky22_engine.models import predicts_distance
+
+    folder = tmp_path / "depth"
+    shutil.copytree(tiny_depth_model, folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    (folder / "config.json").write_text(json.dumps({**config, **changes}), encoding="utf-8")
+    if "model_type" in changes:
+        # Only the kind is read; a ZoeDepth repo's weights are not at hand.
+        assert predicts_distance(type("Config", (), changes)) is distance
+        return
+    assert predicts_distance(AutoConfig.from_pretrained(folder)) is distance
+    photo = random_image(9, (80, 100, 3))
+    received = []
+    original = generation.decode
+
+    def recording(models, **arguments):
+        received.append(arguments["hint"])
+        return original(models, **arguments)
+
+    monkeypatch.setattr(generation, "decode", recording)
+    result = generate(
+        Settings.from_strings({**strings, "depth_model": str(folder)}), Inputs(image=photo), cache=ModelCache()
+    )
+    depth = guide_depth(folder, fit(photo, HEIGHT, WIDTH).array)
+    expected = 255 - depth if distance else depth
+    assert torch.equal(received[0][0, 0], torch.from_numpy(expected).float().div(255))
+    turned = ", which predicts distance: turned over, near bright"
+    assert result.metadata["inputs"][IMAGE_INPUT].endswith(
+        f"depth estimated by {folder}" + (turned if distance else "")
+    )
 
 
 def test_the_depth_model_loads_once_for_every_run_of_every_task(strings):
