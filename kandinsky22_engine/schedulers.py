@@ -176,6 +176,21 @@ def timesteps_on_host(name: str) -> bool:
     return name == DEFAULT_SCHEDULER or SAMPLERS[name].host_timesteps
 
 
+def set_schedule(scheduler: SchedulerMixin, steps: int, device: str) -> None:
+    """Set ``scheduler``'s schedule of ``steps`` steps on ``device``, shifted down where it would reach past the
+    last trained timestep.
+
+    The Kandinsky 2.2 decoders' DDPM config has "leading" spacing with ``steps_offset`` 1, so at 1000 steps its
+    schedule is timesteps 1000 to 1, and its first step fails in diffusers (``IndexError: index 1000 is out of
+    bounds``, 0.40.0 to 0.42.1, tests/test_schedulers.py): that schedule is every trained timestep, 999 to 0.
+    """
+    scheduler.set_timesteps(steps, device=device)
+    last = scheduler.config.num_train_timesteps - 1
+    overshoot = int(scheduler.timesteps.max()) - last
+    if overshoot > 0:
+        scheduler.set_timesteps(timesteps=(scheduler.timesteps - overshoot).tolist(), device=device)
+
+
 def steps_at(steps: int, strength: float) -> int:
     """The denoising steps of a schedule of ``steps`` that an image-to-image run at ``strength`` makes: the last
     int(steps x strength), as diffusers' image-to-image pipelines count them (``get_timesteps``)."""

@@ -27,7 +27,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .models import ImageEncoder
-from .schedulers import first_step, step_options, steps_at
+from .schedulers import first_step, set_schedule, step_options, steps_at
 
 # Called after every step of a loop with the step's index (0 for the first) and the loop's count of steps.
 StepCallback = Callable[[int, int], None]
@@ -421,7 +421,7 @@ def decode(
         condition["hint"] = torch.cat([hint, hint]).to(dtype=unet.dtype, device=models.device) if guided else hint
     batch, dtype = image_embeds.shape[0], unet.dtype
     channels = movq.config.latent_channels
-    scheduler.set_timesteps(num_inference_steps, device=models.timesteps_device)
+    set_schedule(scheduler, num_inference_steps, models.timesteps_device)
     inpaint, from_image = mask is not None, image is not None and mask is None
     first = first_step(scheduler, num_inference_steps, strength) if from_image else 0
     timesteps = scheduler.timesteps[first:]

@@ -35,7 +35,7 @@ from infer_kandinsky_2_2.kandinsky22_engine.errors import GenerationStopped
 from infer_kandinsky_2_2.kandinsky22_engine.generation import generate, progress_steps
 from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
-from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import MAX_STEPS, Settings
 from infer_kandinsky_2_2.kandinsky22_engine.schedulers import (
     SAMPLERS,
     SCHEDULERS,
@@ -399,3 +399,33 @@ def test_a_drop_in_sampler_inpaints_as_diffusers_does_with_its_scheduler_swapped
     labels = (mask > 0).astype(np.float32)
     reference = combined(**combined_arguments(settings), image=[image], mask_image=[labels]).images[0]
     assert max_difference(mine, np.asarray(reference)) <= 1
+
+
+def zero_noise(sample: torch.Tensor, **conditions: object) -> tuple[torch.Tensor]:
+    """A UNet forward that predicts no noise (and no variance): cheap, for schedules of many steps."""
+    return (torch.zeros(sample.shape[0], 8, *sample.shape[2:]),)
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("steps", [1, MAX_STEPS])
+@pytest.mark.parametrize("start", ["noise", "image"])
+def test_every_sampler_runs_at_both_ends_of_the_step_range(tiny_repos, name, steps, start):
+    # The default DDPM's leading schedule with steps_offset 1 reached timestep 1000 at 1000 steps, past the last
+    # trained one, and diffusers failed at its first step (schedulers.set_schedule).
+    decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
+    calls = []
+    models = replace(decoder_models(decoder, name, zero_noise), movq=LatentsOut(decoder.movq))
+    inputs = {"image": random_image(1, (64, 64, 3)), "strength": 1.0} if start == "image" else {}
+    latents = decode(models, **fixed_arguments(steps), callback=lambda index, total: calls.append(total), **inputs)
+    assert torch.isfinite(latents).all()
+    assert len(calls) == model_calls(name, steps) and int(models.scheduler.timesteps.max()) < 1000
+
+
+@pytest.mark.slow
+def test_a_run_at_the_top_of_both_step_ranges_gives_its_pictures(tiny_strings, warm_cache):
+    settings = Settings.from_strings(
+        {**tiny_strings, "prior_num_inference_steps": str(MAX_STEPS), "num_inference_steps": str(MAX_STEPS)}
+    )
+    steps = []
+    result = generate(settings, cache=warm_cache, on_step=lambda: steps.append(1))
+    assert len(steps) == 2 * MAX_STEPS and np.isfinite(result.images[0]).all()
