@@ -4,6 +4,10 @@ Each parameter of ``PARAMETERS`` gets the control its definition calls for (mult
 model combo with a folder picker, bounded spin box, seed field, check box), labelled, limited to
 its accepted range and explained by its help text, inside a box per group. A new parameter shows up
 here without widget code.
+
+Apply hands back every value the widget was opened with, as it was, unless the user edited its control: a
+value set from Python that a control cannot show as it is (a refused height, more decimals than it shows) is
+shown as near as the control can, and kept.
 """
 
 import math
@@ -59,10 +63,26 @@ class MultipleSpinBox(QSpinBox):
         return str(min(max(value, self.minimum()), self.maximum()))
 
 
+# The decimals a float control accepts; it shows as few as a value needs.
+FLOAT_DECIMALS = 6
+
+
+class PreciseSpinBox(QDoubleSpinBox):
+    """A spin box of ``FLOAT_DECIMALS`` decimals that shows a value with the decimals it needs: 0.125, 7.255, 4.0."""
+
+    def textFromValue(self, value: float) -> str:
+        text = super().textFromValue(value)
+        point = self.locale().decimalPoint()
+        if point not in text:
+            return text
+        whole, decimals = text.split(point, 1)
+        return f"{whole}{point}{decimals.rstrip('0') or '0'}"
+
+
 class Control:
-    """One parameter's editor: the widget to place, how to read it back as Ikomia's string, what it does
-    when the mode changes (the model lists offer only the known repos that fit the mode), and, for a free text,
-    the signal its edits emit."""
+    """One parameter's editor: the widget to place, how to read what it shows as Ikomia's string, what it does
+    when the mode changes (the model lists offer only the known repos that fit the mode), the signals its edits
+    emit, and the value it was opened with, which ``value`` gives back until one of them fires (``watch``)."""
 
     def __init__(
         self,
@@ -70,11 +90,27 @@ class Control:
         read: Callable[[], str],
         show_mode: Callable[[str], None] = lambda mode: None,
         edited: pyqtBoundSignal | None = None,
+        changes: tuple[pyqtBoundSignal, ...] = (),
     ) -> None:
         self.widget = widget
         self.read = read
         self.show_mode = show_mode
         self.edited = edited
+        self.changes = (edited,) if edited is not None and not changes else changes
+        self.given: str | None = None
+
+    def watch(self, given: str) -> None:
+        """Give back ``given`` from now on, until the control is edited."""
+        self.given = given
+        for signal in self.changes:
+            signal.connect(self._edited)
+
+    def _edited(self, *arguments: object) -> None:
+        self.given = None
+
+    def value(self) -> str:
+        """The parameter's value: the one the widget was opened with, unless the control was edited since."""
+        return self.read() if self.given is None else self.given
 
 
 def text_control(parameter: Parameter, value: str) -> Control:
@@ -84,14 +120,14 @@ def text_control(parameter: Parameter, value: str) -> Control:
         for choice, meaning in parameter.choice_help:
             combo.setItemData(parameter.choices.index(choice), meaning, Qt.ItemDataRole.ToolTipRole)
         combo.setCurrentText(value if value in parameter.choices else str(parameter.default))
-        return Control(combo, combo.currentText)
+        return Control(combo, combo.currentText, changes=(combo.currentTextChanged,))
     if parameter.suggestions:
         return model_control(parameter, value)
     if parameter.multiline:
         editor = QPlainTextEdit(value)
         editor.setTabChangesFocus(True)
         editor.setFixedHeight(editor.fontMetrics().lineSpacing() * PROMPT_LINES + 12)
-        return Control(editor, editor.toPlainText)
+        return Control(editor, editor.toPlainText, changes=(editor.textChanged,))
     editor = QLineEdit(value)
     if parameter.pattern:
         editor.setValidator(QRegularExpressionValidator(QRegularExpression(parameter.pattern)))
@@ -124,22 +160,32 @@ def folder_row(parameter: Parameter, editor: QWidget, set_text: Callable[[str], 
 
 def model_control(parameter: Parameter, value: str) -> Control:
     """Editable list of the known repos that fit the mode plus the current value, and a button to pick a local
-    folder. A known repo that does not fit the mode (say the text-to-image decoder in inpaint, where the default
-    means the inpainting decoder) gives way to the mode's own; any other value is kept."""
+    folder. The default shows as the mode's own repo, which it stands for (say the inpainting decoder in inpaint).
+    When the mode changes, a known repo that does not fit the new mode gives way to the mode's own; any other
+    value is kept, and so is the value the widget opens with."""
     combo = QComboBox()
     combo.setEditable(True)
     combo.addItem(value)
     combo.setCurrentText(value)
+    modes: list[str] = []
 
     def show_mode(mode: str) -> None:
         fitting = parameter.suggestions_in(mode)
         current = combo.currentText()
-        shown = fitting[0] if current in parameter.suggestions and current not in fitting else current
+        # The default stands for the mode's own repo (the engine's decoder_model_name), so it shows as that one.
+        changed = (bool(modes) and modes[-1] != mode) or current == parameter.default
+        shown = fitting[0] if changed and current in parameter.suggestions and current not in fitting else current
+        modes.append(mode)
         combo.clear()
         combo.addItems(list(dict.fromkeys([*fitting, shown])))
         combo.setCurrentText(shown)
 
-    return Control(folder_row(parameter, combo, combo.setCurrentText), combo.currentText, show_mode)
+    return Control(
+        folder_row(parameter, combo, combo.setCurrentText),
+        combo.currentText,
+        show_mode,
+        changes=(combo.currentTextChanged,),
+    )
 
 
 def shown_number(parameter: Parameter, value: str) -> float:
@@ -170,16 +216,16 @@ def integer_control(parameter: Parameter, value: str) -> Control:
     spin.setRange(int(parameter.minimum), int(parameter.maximum))
     spin.setSingleStep(int(parameter.step))
     spin.setValue(round(shown_number(parameter, value) / parameter.step) * int(parameter.step))
-    return Control(spin, lambda: str(spin.value()))
+    return Control(spin, lambda: str(spin.value()), changes=(spin.valueChanged,))
 
 
 def float_control(parameter: Parameter, value: str) -> Control:
-    spin = QDoubleSpinBox()
-    spin.setDecimals(2)
+    spin = PreciseSpinBox()
+    spin.setDecimals(FLOAT_DECIMALS)
     spin.setRange(parameter.minimum, parameter.maximum)
     spin.setSingleStep(parameter.step)
     spin.setValue(shown_number(parameter, value))
-    return Control(spin, lambda: str(spin.value()))
+    return Control(spin, lambda: str(spin.value()), changes=(spin.valueChanged,))
 
 
 def bool_control(parameter: Parameter, value: str) -> Control:
@@ -188,7 +234,7 @@ def bool_control(parameter: Parameter, value: str) -> Control:
     if parameter.name == "cuda" and not torch.cuda.is_available():
         check.setEnabled(False)
         check.setToolTip(NO_CUDA_TOOLTIP)
-    return Control(check, lambda: str(check.isChecked()))
+    return Control(check, lambda: str(check.isChecked()), changes=(check.toggled,))
 
 
 def seed_control(parameter: Parameter, value: str, last_seed: Callable[[], int | None]) -> Control:
@@ -222,7 +268,7 @@ def seed_control(parameter: Parameter, value: str, last_seed: Callable[[], int |
     def read() -> str:
         return str(RANDOM_SEED) if random.isChecked() or not field.text() else field.text()
 
-    return Control(row, read)
+    return Control(row, read, changes=(field.textChanged, random.toggled))
 
 
 def make_control(parameter: Parameter, value: str, last_seed: Callable[[], int | None]) -> Control:
@@ -277,6 +323,8 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
         self.controls["cuda"].widget.toggled.connect(self.enable_cuda_controls)
         self.show_mode()
         self.enable_cuda_controls()
+        for name, control in self.controls.items():
+            control.watch(self.parameters.values[name])
         self.set_layout(qtconversion.PyQtToQt(self.main_layout))
 
     def show_mode(self) -> None:
@@ -341,8 +389,9 @@ class InferKandinsky22Widget(core.CWorkflowTaskWidget):
         return self.labels[name]
 
     def control_values(self) -> dict[str, str]:
-        """What the controls show, as the strings the parameters keep."""
-        return {name: control.read() for name, control in self.controls.items()}
+        """The parameters' values: what the edited controls show, as the strings the parameters keep, and the
+        values the widget was opened with for the others."""
+        return {name: control.value() for name, control in self.controls.items()}
 
     def on_apply(self) -> None:
         self.parameters.set_values(self.control_values())

@@ -231,14 +231,44 @@ def test_values_outside_the_accepted_range_cannot_be_entered(plugin):
     assert not mode.isEditable()
 
 
-def test_a_refused_value_set_from_python_is_shown_as_the_nearest_accepted_one(plugin):
-    _, widget = open_widget(plugin, {"height": "100", "num_inference_steps": "5000", "guidance_scale": "nan"})
-    values = widget.control_values()
-    assert (values["height"], values["num_inference_steps"], values["guidance_scale"]) == ("128", "1000", "1.0")
+def test_a_refused_value_set_from_python_is_shown_as_the_nearest_accepted_one_and_kept_until_edited(plugin):
+    given = {"height": "100", "num_inference_steps": "5000", "guidance_scale": "nan", "mode": "foo", "cuda": "maybe"}
+    parameters, widget = open_widget(plugin, given)
+    shown = {name: widget.controls[name].read() for name in given}
+    assert shown == {
+        "height": "128",
+        "num_inference_steps": "1000",
+        "guidance_scale": "1.0",
+        "mode": "text2img",
+        "cuda": "False",
+    }
+    # Apply changes nothing the user did not edit: the task refuses the values when it runs, naming each.
+    widget.on_apply()
+    assert {name: parameters.get_values()[name] for name in given} == given
+    widget.controls["height"].widget.setValue(192)
+    assert widget.control_values()["height"] == "192"
     _, widget = open_widget(plugin, {"width": "1e300", "prior_num_inference_steps": "-1e300", "seed": "1e300"})
-    values = widget.control_values()
-    assert (values["width"], values["prior_num_inference_steps"]) == ("2048", "2")
-    assert values["seed"] == str(2**63 - 1)
+    shown = {name: widget.controls[name].read() for name in ("width", "prior_num_inference_steps", "seed")}
+    assert shown == {"width": "2048", "prior_num_inference_steps": "2", "seed": str(2**63 - 1)}
+
+
+@pytest.mark.parametrize("name", ["strength", "guidance_scale", "prior_guidance_scale", "prior_strength"])
+def test_a_float_keeps_every_decimal_it_was_given_and_takes_six(plugin, name):
+    value = {
+        "strength": "0.125",
+        "guidance_scale": "7.255",
+        "prior_guidance_scale": "4.125",
+        "prior_strength": "0.3333333",
+    }[name]
+    parameters, widget = open_widget(plugin, {name: value})
+    spin = widget.controls[name].widget
+    widget.on_apply()
+    assert parameters.get_values()[name] == value
+    # Shown with the decimals it needs (six at most), and six may be typed.
+    assert spin.text() == {"0.3333333": "0.333333"}.get(value, value)
+    typed = "0.654321" if "strength" in name else "1.654321"
+    spin.setValue(float(typed))
+    assert spin.text() == typed and widget.control_values()[name] == typed
 
 
 def test_the_cuda_box_is_disabled_and_says_why_without_cuda(plugin, monkeypatch):
@@ -371,9 +401,17 @@ def test_the_decoder_list_offers_only_the_known_repo_that_fits_the_mode_and_keep
     assert widget.control_values()["model_name"] == "/models/my-inpainting-decoder"
 
 
-def test_a_known_decoder_of_another_mode_set_from_python_opens_as_the_modes_own(plugin):
+def test_a_known_decoder_of_another_mode_set_from_python_opens_as_given_and_gives_way_to_a_new_modes(plugin):
     _, widget = open_widget(plugin, {"mode": "inpaint", "model_name": DEFAULT_CONTROLNET_DECODER})
-    assert widget.control_values()["model_name"] == DEFAULT_INPAINT_DECODER
+    decoders = inner(widget, "model_name", QtWidgets.QComboBox)
+    assert decoders.currentText() == widget.control_values()["model_name"] == DEFAULT_CONTROLNET_DECODER
+    assert items(decoders) == [DEFAULT_INPAINT_DECODER, DEFAULT_CONTROLNET_DECODER]
+    widget.controls["mode"].widget.setCurrentText("text2img")
+    assert widget.control_values()["model_name"] == DEFAULT_DECODER
+    # The default stands for the mode's own decoder: it shows as that one, and is kept as the default.
+    _, widget = open_widget(plugin, {"mode": "inpaint"})
+    assert inner(widget, "model_name", QtWidgets.QComboBox).currentText() == DEFAULT_INPAINT_DECODER
+    assert widget.control_values()["model_name"] == DEFAULT_DECODER
     priors = inner(widget, "prior_model_name", QtWidgets.QComboBox)
     assert items(priors) == list(KNOWN_PRIORS)
 
