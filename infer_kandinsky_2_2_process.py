@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import torch
 from ikomia import core, dataprocess, utils
 from ikomia.dataprocess.io import DataDictIO
 
@@ -228,7 +229,10 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
             self._runtime = None
         for output, image in zip(self._picture_outputs(), result.images, strict=True):
             output.set_image(image)
-        self.get_output(1).data = result.metadata
+        metadata = result.metadata
+        if metadata["device"] == "cpu":
+            metadata = {**metadata, "cpu_threads": cpu_threads()}
+        self.get_output(1).data = metadata
         self.get_param_object().last_seed = result.metadata["seed"]
         self.end_task_run()
 
@@ -269,6 +273,21 @@ def openmp_teams_as_on_the_main_thread() -> Iterator[None]:
         yield
     finally:
         runtime.omp_set_dynamic(before)
+
+
+def cpu_threads() -> dict:
+    """What sets the size of a CPU run's thread teams, for the metadata: torch's threads, whether OpenMP's teams
+    follow the load (GNU libgomp's dynamic teams, which ``openmp_teams_as_on_the_main_thread`` turns on), and the
+    15-minute load average they follow (libgomp gives a team the threads less that load, one at least).
+
+    Pixels repeat exactly for the same seed and team size; a team of another size moves some by a grey level
+    (README, "Limits and errors"), which is why a run says what set its teams.
+    """
+    return {
+        "threads": torch.get_num_threads(),
+        "teams_follow_load": _gnu_openmp() is not None,
+        "load_average_15min": round(os.getloadavg()[2], 2),
+    }
 
 
 def _call_while_alive(method: weakref.WeakMethod) -> Callable[[], None]:

@@ -196,3 +196,23 @@ def test_the_engines_log_lines_reach_ikomias_log_once(tiny_strings):
         handler.flush()
     log = Path(config.main_cfg["root_folder"]) / "log.txt"
     assert log.read_text(encoding="utf-8").count(line) == 1
+
+
+def test_a_cpu_run_says_what_sizes_its_thread_teams_and_repeats_with_the_same_teams(tiny_strings):
+    import torch
+
+    workflow, task = workflow_with(tiny_strings)
+    threads = torch.get_num_threads()
+    pictures = []
+    try:
+        # One thread: a team cannot be smaller, whatever the load.
+        torch.set_num_threads(1)
+        for _ in range(2):
+            workflow.run()
+            pictures.append(task.get_output(0).get_image())
+    finally:
+        torch.set_num_threads(threads)
+    said = task.get_output(1).data["cpu_threads"]
+    assert said["threads"] == 1 and isinstance(said["teams_follow_load"], bool)
+    assert 0 <= said["load_average_15min"] < 1000
+    assert np.array_equal(*pictures)
