@@ -155,7 +155,6 @@ def broken_decoder(source: Path, folder: Path, damage: str) -> Path:
     return target
 
 
-@pytest.mark.parametrize("damage", ["missing-unet", "corrupted", "pickle-only"])
 def without_tensors(source: Path, folder: Path, weights: str, count: int) -> Path:
     """A copy of the repo ``source`` whose ``weights`` file (a path in the repo) lacks its first ``count``
     tensors, as a pruned or partly saved model's does; returns the copy."""
@@ -211,6 +210,7 @@ def test_a_model_whose_weights_lack_tensors_is_refused_naming_them_before_any_st
     assert np.array_equal(generate(settings, cache=cache).images[0], plain_image)
 
 
+@pytest.mark.parametrize("damage", ["missing-unet", "corrupted", "pickle-only"])
 def test_a_broken_decoder_folder_is_named_and_nothing_half_loaded_stays(
     settings, cache, plain_image, tiny_repos, tmp_path, damage
 ):

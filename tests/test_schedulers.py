@@ -421,6 +421,13 @@ def test_every_sampler_runs_at_both_ends_of_the_step_range(tiny_repos, name, ste
     assert len(calls) == model_calls(name, steps) and int(models.scheduler.timesteps.max()) < 1000
 
 
+def test_a_run_at_the_bottom_of_both_step_ranges_gives_its_pictures(tiny_strings, warm_cache):
+    settings = Settings.from_strings({**tiny_strings, "prior_num_inference_steps": "2", "num_inference_steps": "1"})
+    steps = []
+    result = generate(settings, cache=warm_cache, on_step=lambda: steps.append(1))
+    assert len(steps) == 3 and np.isfinite(result.images[0]).all()
+
+
 @pytest.mark.slow
 def test_a_run_at_the_top_of_both_step_ranges_gives_its_pictures(tiny_strings, warm_cache):
     settings = Settings.from_strings(
