@@ -213,6 +213,7 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         prepared = prepare_inputs(settings, self._read_inputs(settings), runtime)
         self._seconds_loading = 0.0
         self._runtime = runtime
+        load_before = os.getloadavg()[2]
         try:
             self.begin_task_run()
             with openmp_teams_as_on_the_main_thread():
@@ -231,7 +232,7 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
             output.set_image(image)
         metadata = result.metadata
         if metadata["device"] == "cpu":
-            metadata = {**metadata, "cpu_threads": cpu_threads()}
+            metadata = {**metadata, "cpu_threads": cpu_threads(load_before)}
         self.get_output(1).data = metadata
         self.get_param_object().last_seed = result.metadata["seed"]
         self.end_task_run()
@@ -275,10 +276,11 @@ def openmp_teams_as_on_the_main_thread() -> Iterator[None]:
         runtime.omp_set_dynamic(before)
 
 
-def cpu_threads() -> dict:
+def cpu_threads(load_before: float) -> dict:
     """What sets the size of a CPU run's thread teams, for the metadata: torch's threads, whether OpenMP's teams
     follow the load (GNU libgomp's dynamic teams, which ``openmp_teams_as_on_the_main_thread`` turns on), and the
-    15-minute load average they follow (libgomp gives a team the threads less that load, one at least).
+    15-minute load average they follow (libgomp gives a team the threads less that load, one at least, at every
+    parallel region), ``load_before`` the run and now, after it.
 
     Pixels repeat exactly for the same seed and team size; a team of another size moves some by a grey level
     (README, "Limits and errors"), which is why a run says what set its teams.
@@ -286,7 +288,7 @@ def cpu_threads() -> dict:
     return {
         "threads": torch.get_num_threads(),
         "teams_follow_load": _gnu_openmp() is not None,
-        "load_average_15min": round(os.getloadavg()[2], 2),
+        "load_average_15min": {"start": round(load_before, 2), "end": round(os.getloadavg()[2], 2)},
     }
 
 

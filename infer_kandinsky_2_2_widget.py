@@ -119,8 +119,10 @@ def text_control(parameter: Parameter, value: str) -> Control:
         combo.addItems(list(parameter.choices))
         for choice, meaning in parameter.choice_help:
             combo.setItemData(parameter.choices.index(choice), meaning, Qt.ItemDataRole.ToolTipRole)
-        combo.setCurrentText(value if value in parameter.choices else str(parameter.default))
-        return Control(combo, combo.currentText, changes=(combo.currentTextChanged,))
+        # Shown as the task reads it (surrounding spaces do not count), or the default where it reads none.
+        combo.setCurrentText(value.strip() if value.strip() in parameter.choices else str(parameter.default))
+        # ``activated``: picking the choice shown counts as an edit too, which keeps it over a value it stood for.
+        return Control(combo, combo.currentText, changes=(combo.currentTextChanged, combo.activated))
     if parameter.suggestions:
         return model_control(parameter, value)
     if parameter.multiline:
@@ -240,7 +242,7 @@ def bool_control(parameter: Parameter, value: str) -> Control:
 def seed_control(parameter: Parameter, value: str, last_seed: Callable[[], int | None]) -> Control:
     """A seed field, a "Random" box (-1) and a button that takes the seed of the task's last run."""
     field = QLineEdit()
-    field.setValidator(QRegularExpressionValidator(QRegularExpression(r"\d{1,18}")))
+    field.setValidator(QRegularExpressionValidator(QRegularExpression(r"\d{1,19}")))
     field.setPlaceholderText("random")
     random = QCheckBox("Random")
     reuse = QPushButton("Reuse last seed")

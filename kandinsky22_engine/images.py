@@ -46,15 +46,15 @@ def as_rgb(array: np.ndarray | None, name: str) -> Fitted:
     Raises ``InputError`` naming ``name`` for a missing or empty array, another shape, or values it cannot read.
     """
     channels = _channels(array, name)
-    converted, how = _to_uint8(channels, name)
+    converted, how = _to_uint8(channels[:, :, :3] if channels.shape[2] == 4 else channels, name)
     notes = [how] if how else []
     if channels.shape[2] == 1:
         converted = np.repeat(converted, 3, axis=2)
         notes.append("gray, repeated to RGB")
     elif channels.shape[2] == 4:
-        transparent = float((converted[:, :, 3] < 128).mean(dtype=np.float64))
+        transparent = float(_transparent(channels[:, :, 3]).mean(dtype=np.float64))
         notes.append(f"RGBA, alpha dropped ({_percent(transparent)} of the pixels transparent, their colours kept)")
-    return Fitted(np.ascontiguousarray(converted[:, :, :3]), ", ".join(notes))
+    return Fitted(np.ascontiguousarray(converted), ", ".join(notes))
 
 
 # The bits a 16-bit image's values may use: 8-bit values in a 16-bit file, the 10-, 12- and 14-bit values of raw
@@ -62,11 +62,28 @@ def as_rgb(array: np.ndarray | None, name: str) -> Fitted:
 _SIXTEEN_BIT_DEPTHS = (8, 10, 12, 14, 16)
 
 
+def _bits_used(values: np.ndarray) -> int:
+    """The fewest bits of ``_SIXTEEN_BIT_DEPTHS`` that hold the largest of ``values`` (uint16): 12 for 0 to 4080."""
+    high = int(values.max())
+    return next(depth for depth in _SIXTEEN_BIT_DEPTHS if high < 2**depth)
+
+
+def _transparent(alpha: np.ndarray) -> np.ndarray:
+    """The pixels an alpha channel makes transparent: below half its scale (128 in uint8, 0.5 in floats, False in
+    bool; in uint16, half the range of the bits its values use, ``_bits_used``, so that 4095 is opaque in a
+    12-bit image)."""
+    if alpha.dtype == np.bool_:
+        return ~alpha
+    if alpha.dtype == np.uint16:
+        return alpha < 2 ** (_bits_used(alpha) - 1)
+    return alpha < (128 if alpha.dtype == np.uint8 else 0.5)
+
+
 def _sixteen_bits(array: np.ndarray) -> tuple[np.ndarray, str]:
-    """A uint16 image at 8 bits: its values read as the fewest bits of ``_SIXTEEN_BIT_DEPTHS`` that hold its
-    largest value (12 bits for 0 to 4080), then their top 8 bits kept, as 16-bit images are brought to 8."""
+    """A uint16 image at 8 bits: its values read as the bits they use (``_bits_used``), then their top 8 bits
+    kept, as 16-bit images are brought to 8. An RGBA image's colours are read apart from its alpha."""
+    bits = _bits_used(array)
     high = int(array.max())
-    bits = next(depth for depth in _SIXTEEN_BIT_DEPTHS if high < 2**depth)
     converted = (array >> (bits - 8)).astype(np.uint8)
     if bits == 16:
         return converted, "16-bit, brought to 8 bits"
@@ -154,7 +171,12 @@ def _read_colours(channels: np.ndarray, name: str) -> _Reading:
     if dtype == np.bool_:
         return _Reading(colours, "bool: True repaints", "read as bool: no pixel is True", "True")
     if dtype in (np.uint8, np.uint16):
-        half, bits = (128, "8-bit") if dtype == np.uint8 else (32768, "16-bit")
+        # 16-bit masks are read by the bits their values use, as 16-bit images are (``as_rgb``).
+        depth = 8 if dtype == np.uint8 else _bits_used(colours)
+        half, bits = (
+            2 ** (depth - 1),
+            "8-bit" if dtype == np.uint8 else "16-bit" + (f" (as {depth}-bit)" if depth < 16 else ""),
+        )
         empty = f"read as a label map, no {bits} value reaching {half}: every pixel is 0"
         # A label map (0 and 1, or class indices) holds no light value; a picture of a mask does.
         if colours.max() < half:
@@ -195,29 +217,24 @@ def _read_colours(channels: np.ndarray, name: str) -> _Reading:
     )
 
 
-def _alpha_scale(dtype: np.dtype) -> tuple[bool | float, bool | float, str] | None:
-    """A mask alpha channel's fully opaque value, the value it is transparent below, and the words for that.
-
-    None for integers other than uint8 and uint16: they have no opacity scale, so their alpha is not read.
-    """
-    if dtype == np.bool_:
-        return True, True, "False"
-    if dtype == np.uint8:
-        return 255, 128, "below 128"
-    if dtype == np.uint16:
-        return 65535, 32768, "below 32768"
-    if np.issubdtype(dtype, np.floating):
-        return 1.0, 0.5, "below 0.5"
+def _alpha_words(alpha: np.ndarray) -> str | None:
+    """How a mask alpha channel's transparent values read (``_transparent``), or None for integers other than
+    uint8 and uint16: they have no opacity scale, so their alpha is not read."""
+    if alpha.dtype == np.bool_:
+        return "False"
+    if alpha.dtype in (np.uint8, np.uint16):
+        return f"below {128 if alpha.dtype == np.uint8 else 2 ** (_bits_used(alpha) - 1)}"
+    if np.issubdtype(alpha.dtype, np.floating):
+        return "below 0.5"
     return None
 
 
 def _read_mask(channels: np.ndarray, name: str) -> tuple[np.ndarray, str]:
     """The pixels a mask repaints (bool, height x width) and how it was read; ``InputError`` when there are none."""
     reading = _read_colours(channels, name)
-    scale = _alpha_scale(channels.dtype) if channels.shape[2] == 4 else None
-    if scale is not None:
-        _, half, transparent_words = scale
-        transparent = channels[:, :, 3] < half
+    transparent_words = _alpha_words(channels[:, :, 3]) if channels.shape[2] == 4 else None
+    if transparent_words is not None:
+        transparent = _transparent(channels[:, :, 3])
         if transparent.any():
             kept = ~transparent
             colours = channels[:, :, :3][kept]
@@ -231,14 +248,14 @@ def _read_mask(channels: np.ndarray, name: str) -> tuple[np.ndarray, str]:
     nothing = f"{name}: the mask repaints nothing"
     if channels.shape[2] != 4:
         raise InputError(f"{nothing} ({reading.empty}); accepted: {reading.accepted} where to repaint.")
-    if scale is None:
+    if transparent_words is None:
         raise InputError(
             f"{nothing} ({reading.empty}; the alpha channel is not read for {channels.dtype} values); "
             f"accepted: {reading.accepted} where to repaint."
         )
     raise InputError(
-        f"{nothing} ({reading.empty}; no pixel is transparent, alpha {scale[2]}); accepted: {reading.accepted}, "
-        f"or transparent (alpha {scale[2]}), where to repaint."
+        f"{nothing} ({reading.empty}; no pixel is transparent, alpha {transparent_words}); accepted: "
+        f"{reading.accepted}, or transparent (alpha {transparent_words}), where to repaint."
     )
 
 
@@ -336,10 +353,11 @@ def depth_hint(
             f"{name}: received {kind} values that are not finite (NaN or infinite); accepted: finite values."
         )
     colours = channels[:, :, :3]
-    gray, note = colours[:, :, 0], ""
+    gray, note = colours[:, :, 0], ", alpha dropped" if channels.shape[2] == 4 else ""
     if not (colours == colours[:, :, :1]).all():
         luma = colours @ np.array([0.299, 0.587, 0.114])
-        gray, note = (luma.round().astype(np.uint8) if kind == np.uint8 else luma), ", colours turned to gray by luma"
+        gray = luma.round().astype(np.uint8) if kind == np.uint8 else luma
+        note += ", colours turned to gray by luma"
     low, high = gray.min(), gray.max()
     if low == high:
         after = " once its colours are turned to gray by luma" if note else ""

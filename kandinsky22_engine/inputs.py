@@ -153,7 +153,7 @@ def prepare_inputs(settings: Settings, inputs: Inputs, runtime: Runtime) -> Prep
                 top, left = max(0, (rows - length) // 2), max(0, (columns - length) // 2)
                 picture = picture[top : top + length, left : left + length]
                 kept = f"{picture.shape[1]}x{picture.shape[0]}"
-                prepared.notes[name] += f"; its centre {kept} kept (all that CLIP reads of it)"
+                prepared.notes[name] += f"; its centre {kept} kept (all that CLIP reads of it, within half a pixel)"
             pictures.append(Image.fromarray(picture))
         prepared.mix_images = tuple(pictures)
     if settings.reads("paste_back") and settings.paste_back:

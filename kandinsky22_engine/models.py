@@ -37,7 +37,7 @@ from transformers import (
 )
 
 from . import graphs
-from .errors import ModelLoadError
+from .errors import ModelLoadError, NotFinite
 from .hub import DIFFUSERS_INDEX, ROOT, Check, Source, fetch, first_line, no_check, parse_model_name
 from .memory import CPU, MODEL_OFFLOAD, PARKED, PLACED, PRIOR_ROLE, SEQUENTIAL_OFFLOAD, memory_mode
 
@@ -535,10 +535,11 @@ class DepthEstimatorLoader:
         return DepthEstimator(estimator, kept.parking), kept
 
 
-# The transformers depth-estimation models that predict distance (far is large) whatever their config says; other
-# models that do say so in their config (``depth_estimation_type`` "metric": Depth Anything V2 Metric, Prompt Depth
-# Anything), and the rest predict relative inverse depth (near is large), which the ControlNet hint wants.
-DISTANCE_MODEL_TYPES = ("depth_pro", "glpn", "zoedepth")
+# The transformers depth-estimation models that predict distance (far is large) whatever their config says (TIPSv2
+# DPT: in meters, transformers 5.2x); other models that do say so in their config (``depth_estimation_type``
+# "metric": Depth Anything V2 Metric, Prompt Depth Anything), and the rest predict relative inverse depth (near is
+# large), which the ControlNet hint wants.
+DISTANCE_MODEL_TYPES = ("depth_pro", "glpn", "tipsv2_dpt", "zoedepth")
 
 
 def predicts_distance(config: object) -> bool:
@@ -562,7 +563,8 @@ class DepthEstimator:
         self.distance = predicts_distance(estimator.model.config)
 
     def estimate(self, photo: np.ndarray) -> np.ndarray:
-        """The depth map of ``photo`` (height x width x 3 RGB uint8): height x width uint8, near bright.
+        """The depth map of ``photo`` (height x width x 3 RGB uint8): height x width uint8, near bright. Raises
+        ``NotFinite`` when the model's prediction holds NaN or infinity.
 
         It is the pipeline's ``depth`` output: its ``predicted_depth`` scaled back to the photo's size and
         stretched from its minimum (0) to its maximum (255), per image, by transformers (identically in
@@ -572,7 +574,15 @@ class DepthEstimator:
         """
         # A uniform prediction makes that stretch divide 0 by 0: numpy's warnings would say less than the refusal.
         with self.parking.visit(DEPTH_ESTIMATOR), np.errstate(invalid="ignore"):
-            depth = np.asarray(self.estimator(Image.fromarray(photo))["depth"])
+            estimate = self.estimator(Image.fromarray(photo))
+        if not torch.isfinite(estimate["predicted_depth"]).all():
+            # The stretch would turn NaN or infinity into a map of zeros, refused as uniform for the wrong reason.
+            overflow = "a float16 overflow: set cuda to False" if self.estimator.model.dtype == torch.float16 else ""
+            raise NotFinite(
+                "depth_model: the model's estimate holds values that are not finite (NaN or infinity), so no depth map "
+                f"is made; {overflow or 'in float32 this points at broken weights: check depth_model'}."
+            )
+        depth = np.asarray(estimate["depth"])
         return 255 - depth if self.distance else depth
 
 

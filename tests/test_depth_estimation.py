@@ -32,7 +32,7 @@ from helpers import run_workflow as run
 from infer_kandinsky_2_2.kandinsky22_engine import generation, hub
 from infer_kandinsky_2_2.kandinsky22_engine.errors import InputError
 from infer_kandinsky_2_2.kandinsky22_engine.generation import generate
-from infer_kandinsky_2_2.kandinsky22_engine.images import fit
+from infer_kandinsky_2_2.kandinsky22_engine.images import depth_hint, fit
 from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs
 from infer_kandinsky_2_2.kandinsky22_engine.models import (
     DEPTH_ESTIMATOR,
@@ -398,3 +398,35 @@ def test_from_the_hub_a_repo_that_cannot_serve_is_refused_from_its_configs(
             generate(settings, Inputs(image=PHOTO), cache=ModelCache())
         assert fake.downloaded() and all(path.endswith(".json") for path in fake.downloaded())
     assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_an_estimate_that_is_not_finite_is_refused_as_such_and_the_next_run_works(strings, tiny_depth_model, value):
+    from infer_kandinsky_2_2.kandinsky22_engine.errors import NotFinite
+    from infer_kandinsky_2_2.kandinsky22_engine.generation import load_models, runtime_for
+
+    settings = Settings.from_strings(strings)
+    cache = ModelCache()
+    model = load_models(settings, runtime_for(settings), cache).depth_estimator.estimator.model
+
+    def overflow(module, inputs, output) -> None:
+        output.predicted_depth[..., :2, :2] = value
+
+    hook = model.register_forward_hook(overflow)
+    with pytest.raises(NotFinite) as refused:
+        generate(settings, Inputs(image=PHOTO), cache=cache)
+    hook.remove()
+    assert str(refused.value) == (
+        "depth_model: the model's estimate holds values that are not finite (NaN or infinity), so no depth map is "
+        "made; in float32 this points at broken weights: check depth_model."
+    )
+    assert np.isfinite(generate(settings, Inputs(image=PHOTO), cache=cache).images[0]).all()
+
+
+def test_a_depth_map_with_alpha_says_it_was_dropped():
+    depth = np.dstack([np.tile(np.arange(128, dtype=np.uint8), (64, 1))] * 3 + [np.full((64, 128), 255, np.uint8)])
+    _, note = depth_hint(depth, "controlnet_depth input 'depth map'", 64, 128, "cpu", torch.float32)
+    assert note == "128x64, used as it is, alpha dropped"
+    depth[:, :, 0] = 0
+    _, note = depth_hint(depth, "controlnet_depth input 'depth map'", 64, 128, "cpu", torch.float32)
+    assert note == "128x64, used as it is, alpha dropped, colours turned to gray by luma"

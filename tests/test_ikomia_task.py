@@ -214,5 +214,6 @@ def test_a_cpu_run_says_what_sizes_its_thread_teams_and_repeats_with_the_same_te
         torch.set_num_threads(threads)
     said = task.get_output(1).data["cpu_threads"]
     assert said["threads"] == 1 and isinstance(said["teams_follow_load"], bool)
-    assert 0 <= said["load_average_15min"] < 1000
+    assert set(said["load_average_15min"]) == {"start", "end"}
+    assert all(0 <= load < 1000 for load in said["load_average_15min"].values())
     assert np.array_equal(*pictures)

@@ -304,7 +304,7 @@ WHITE_OR_LABELS = "white (or, in a label map, non-zero)"
         ),
         (
             np.zeros((64, 128, 3), np.uint16),
-            f"{NOTHING} (read as a label map, no 16-bit value reaching 32768: every pixel is 0); accepted: "
+            f"{NOTHING} (read as a label map, no 16-bit (as 8-bit) value reaching 128: every pixel is 0); accepted: "
             f"{WHITE_OR_LABELS} where to repaint.",
         ),
         (
@@ -570,3 +570,33 @@ def test_a_strip_scaled_only_where_kept_has_the_geometry_of_a_whole_scaling(shap
     assert kept.note == whole.note
     # The same part of the input, at the same scale: bicubic's filter reads it slightly differently.
     assert np.abs(kept.array.astype(int) - whole.array.astype(int)).mean() < 2
+
+
+def test_a_sixteen_bit_mask_is_read_by_the_bits_its_values_use_as_an_image_is():
+    eight = left_half_mask(np.uint8, 200)
+    eight[:, :32] = 255
+    in_sixteen = eight.astype(np.uint16)
+    # The same values repaint the same pixels in 8 and in 16 bits; 12-bit values are read on their own scale.
+    assert np.array_equal(
+        mask_from(in_sixteen, MASK, (64, 128), 64, 128).array, mask_from(eight, MASK, (64, 128), 64, 128).array
+    )
+    twelve = in_sixteen * 16
+    fitted = mask_from(twelve, MASK, (64, 128), 64, 128)
+    assert (
+        fitted.note
+        == "128x64, used as it is; picture: white repaints (16-bit (as 12-bit) values from 2048); 50% repainted"
+    )
+    # A 12-bit RGBA mask with an opaque alpha (4095) is not transparent.
+    opaque = rgba(twelve, np.full((64, 128), 4095, np.uint16))
+    assert np.array_equal(mask_from(opaque, MASK, (64, 128), 64, 128).array, fitted.array)
+
+
+def test_a_sixteen_bit_rgba_image_reads_its_colours_and_its_alpha_apart():
+    colours = np.full((2, 4, 3), 4095, np.uint16)
+    for alpha, transparent in ((65535, "0%"), (4095, "0%"), (0, "100%")):
+        rgb = as_rgb(np.dstack([colours, np.full((2, 4), alpha, np.uint16)]), "img2img input 'image'")
+        assert rgb.array.max() == 255
+        assert rgb.note == (
+            "16-bit holding 12-bit values (0 to 4095), brought to 8 bits, RGBA, alpha dropped "
+            f"({transparent} of the pixels transparent, their colours kept)"
+        )

@@ -232,14 +232,24 @@ def test_a_mix_picture_far_longer_than_wide_gives_clip_only_its_centre_square(st
     settings = Settings.from_strings(strings["mix"])
     strip, square = random_image(8, (4, 2000, 3)), random_image(9, (64, 64, 3))
     prepared = prepare_inputs(settings, Inputs(mix_images=(strip, square)), Runtime("cpu", np.float32))
-    assert prepared.notes == {"image 1": "2000x4; its centre 12x4 kept (all that CLIP reads of it)", "image 2": "64x64"}
+    assert prepared.notes == {
+        "image 1": "2000x4; its centre 12x4 kept (all that CLIP reads of it, within half a pixel)",
+        "image 2": "64x64",
+    }
     assert np.array_equal(np.asarray(prepared.mix_images[0]), strip[:, 994:1006])
     # What CLIP's processor reads of the centre is what it reads of the whole strip, which it scales to 224 x
-    # 112,000 pixels first.
+    # 112,000 pixels first: the same, or, where its centre falls between two source pixels, within half a
+    # source pixel of it (under half a grey level on a smooth picture).
     processor = CLIPImageProcessor.from_pretrained(tiny_repos.prior / "image_processor")
-    whole = processor(Image.fromarray(strip), return_tensors="np").pixel_values
-    kept = processor(prepared.mix_images[0], return_tensors="np").pixel_values
-    assert np.array_equal(whole, kept)
+    for shape in ((4, 2000), (4, 4001), (3, 4000), (10, 3501), (4001, 4)):
+        rows, columns = np.mgrid[0 : shape[0], 0 : shape[1]]
+        phase = (rows + columns) / max(shape) * 6 * np.pi
+        smooth = np.stack([127 + 100 * np.sin(phase + shift) for shift in (0, 2, 4)], axis=-1).round()
+        smooth = smooth.astype(np.uint8)
+        kept = prepare_inputs(settings, Inputs(mix_images=(smooth, square)), Runtime("cpu", np.float32)).mix_images[0]
+        whole = processor(Image.fromarray(smooth), return_tensors="np").pixel_values
+        difference = np.abs(whole - processor(kept, return_tensors="np").pixel_values)
+        assert difference.mean() < 0.01 and difference.max() < 0.05, shape
     with pytest.raises(InputError, match=re.escape("mix: received 3 images with mix_images 2; accepted: at most 2")):
         prepare_inputs(settings, Inputs(mix_images=(square, square, square)), Runtime("cpu", np.float32))
 

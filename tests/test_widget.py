@@ -220,7 +220,7 @@ def test_values_outside_the_accepted_range_cannot_be_entered(plugin):
     guidance.setValue(0.2)
     assert guidance.value() == 1.0
     seed = inner(widget, "seed", QtWidgets.QLineEdit)
-    for text in ("-5", "abc", "1.5", "1234567890123456789"):
+    for text in ("-5", "abc", "1.5", "12345678901234567890"):
         assert seed.validator().validate(text, len(text))[0] == QValidator.State.Invalid, text
     weights = widget.controls["mix_weights"].widget
     for text in ("__import__('os')", "-1", "0.5 x"):
@@ -425,3 +425,19 @@ def test_the_sampler_list_explains_each_sampler(plugin):
     assert tips["DPM++ 2M"] == SAMPLERS["DPM++ 2M"].help
     assert tips["default"].startswith("the repo's own DDPMScheduler")
     assert all(tips.values())
+
+
+def test_a_choice_with_spaces_around_it_shows_as_the_task_reads_it_and_picking_it_keeps_it(plugin):
+    given = {"mode": " inpaint ", "scheduler": "DDIM ", "mask_mode": " keep", "memory_mode": "model_offload "}
+    parameters, widget = open_widget(plugin, given)
+    shown = {name: widget.controls[name].read() for name in given}
+    assert shown == {name: value.strip() for name, value in given.items()}
+    assert widget.inputs_label.text() == "0: image, 1: mask drawing, 2: mask"
+    widget.on_apply()
+    assert {name: parameters.get_values()[name] for name in given} == given
+    # A value the control cannot show (mode "foo", shown as text2img) is kept until the user picks a choice, the
+    # one shown included.
+    _, widget = open_widget(plugin, {"mode": "foo"})
+    mode = widget.controls["mode"].widget
+    mode.activated.emit(mode.currentIndex())
+    assert widget.control_values()["mode"] == "text2img"
