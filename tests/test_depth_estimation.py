@@ -130,11 +130,8 @@ def test_controlnet_depth_from_a_photo_equals_diffusers_guide(strings, tiny_dept
     assert metadata["inputs"] == {IMAGE_INPUT: f"{fitted.note}; depth estimated by {tiny_depth_model}"}
 
 
-def test_the_decoder_gets_the_guides_hint_of_the_estimated_depth(strings, tiny_depth_model, warm_cache, monkeypatch):
-    """The tiny ControlNet decoder's pictures move by at most one grey level from one hint to another, so the
-    pixels alone cannot tell a wrong estimate: the hint the decoder receives is compared with the guide's."""
-    photo = random_image(9, (80, 100, 3))
-    settings = Settings.from_strings({**strings, "num_images": "2"})
+def hints_received(monkeypatch) -> list[torch.Tensor]:
+    """The ControlNet hints the decoder's loop is given from now on, one per run, in a list that grows."""
     received = []
     original = generation.decode
 
@@ -143,6 +140,15 @@ def test_the_decoder_gets_the_guides_hint_of_the_estimated_depth(strings, tiny_d
         return original(models, **arguments)
 
     monkeypatch.setattr(generation, "decode", recording)
+    return received
+
+
+def test_the_decoder_gets_the_guides_hint_of_the_estimated_depth(strings, tiny_depth_model, warm_cache, monkeypatch):
+    """The tiny ControlNet decoder's pictures move by at most one grey level from one hint to another, so the
+    pixels alone cannot tell a wrong estimate: the hint the decoder receives is compared with the guide's."""
+    photo = random_image(9, (80, 100, 3))
+    settings = Settings.from_strings({**strings, "num_images": "2"})
+    received = hints_received(monkeypatch)
     generate(settings, Inputs(image=photo), cache=warm_cache)
     depth = guide_depth(tiny_depth_model, fit(photo, HEIGHT, WIDTH).array)
     # The guide's make_hint: the depth over three channels, divided by 255, channels first; one per picture.
@@ -177,14 +183,7 @@ def test_a_model_that_predicts_distance_gives_its_map_turned_over_and_says_so(
         return
     assert predicts_distance(AutoConfig.from_pretrained(folder)) is distance
     photo = random_image(9, (80, 100, 3))
-    received = []
-    original = generation.decode
-
-    def recording(models, **arguments):
-        received.append(arguments["hint"])
-        return original(models, **arguments)
-
-    monkeypatch.setattr(generation, "decode", recording)
+    received = hints_received(monkeypatch)
     result = generate(
         Settings.from_strings({**strings, "depth_model": str(folder)}), Inputs(image=photo), cache=ModelCache()
     )
