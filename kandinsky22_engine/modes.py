@@ -138,7 +138,7 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "mix",
-            "blend images and the prompt",
+            "blend images and the prompt, or make variations of one image",
             TEXT2IMG_DECODER,
             (MIX_INPUTS,),
             parameters=("mix_images", "mix_weights"),

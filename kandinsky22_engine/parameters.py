@@ -380,8 +380,11 @@ class Settings:
         2,
         label="Images to mix",
         group="Mix",
-        help="mix: how many image inputs the task offers; each must be given an image.",
-        minimum=2,
+        help=(
+            "mix: how many image inputs the task offers; each must be given an image. One image with an empty "
+            "prompt gives variations of it; with a prompt, the image and the prompt are mixed."
+        ),
+        minimum=1,
         maximum=MAX_MIX_IMAGES,
     )
     mix_weights: str = _setting(

@@ -222,6 +222,24 @@ def test_mix_equals_diffusers_interpolate_then_decoder(strings, negative_prompt)
     }
 
 
+@pytest.mark.parametrize(("prompt", "weights", "prior_runs"), [("", "", 1), ("a red house", "0.4, 0.6", 2)])
+def test_mix_of_one_image_equals_diffusers_interpolate_then_decoder(strings, prompt, weights, prior_runs):
+    # Without a prompt: variations of the image (interpolate([image], [1.0])); with one: the image and the prompt.
+    parameters = {**strings["mix"], "mix_images": "1", "prompt": prompt, "mix_weights": weights}
+    image = random_image(5)
+    workflow, task = workflow_with(parameters, {0: image})
+    assert task.get_input_count() == 1
+    steps = []
+    task.emit_step_progress = lambda: steps.append(1)
+    workflow.run()
+    settings = Settings.from_strings(parameters)
+    assert len(steps) == task.get_progress_steps() == 3 * prior_runs + 4
+    picture = task.get_output(0).get_image()
+    assert max_difference(picture, mix_reference(settings, settings.seed, [image])[0]) <= 1
+    other = mix_reference(settings, settings.seed, [random_image(6)])[0]
+    assert max_difference(picture, other) > 1, "the image must matter"
+
+
 def test_a_mix_picture_far_longer_than_wide_gives_clip_only_its_centre_square(strings, tiny_repos):
     from transformers import CLIPImageProcessor
 
