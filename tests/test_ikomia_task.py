@@ -1,5 +1,6 @@
 """The plugin through the real Ikomia API (ikomia 0.16.1), loaded by name from a throwaway root."""
 
+import json
 import logging
 import re
 import shutil
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from helpers import TASK_NAME, diffusers_reference, max_difference, model_cache, workflow_with
+from helpers import TASK_NAME, diffusers_reference, max_difference, model_cache, random_image, workflow_with
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 
 pytest.importorskip("ikomia.dataprocess.workflow")
@@ -217,3 +219,31 @@ def test_a_cpu_run_says_what_sizes_its_thread_teams_and_repeats_with_the_same_te
     assert set(said["load_average_15min"]) == {"start", "end"}
     assert all(0 <= load < 1000 for load in said["load_average_15min"].values())
     assert np.array_equal(*pictures)
+
+
+def test_a_folder_of_images_runs_through_img2img_and_each_picture_and_its_metadata_are_saved(tiny_strings, tmp_path):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for seed, name in enumerate(("beach", "forest", "street")):
+        Image.fromarray(random_image(seed, (48 + 16 * seed, 96, 3))).save(pictures / f"{name}.png")
+    parameters = {**tiny_strings, "mode": "img2img", "strength": "0.5"}
+    workflow, task = workflow_with(parameters)
+    workflow.connect_tasks(workflow.root(), task, [(0, 0)])
+    workflow.set_output_folder(str(tmp_path / "out"))
+    workflow.run_on(folder=str(pictures))
+
+    # Ikomia writes a run's outputs in a new timestamped folder under the output folder: output 0 as
+    # <task name><file name>.png and output 1, the metadata, as JSON in <task name><file name>, no extension.
+    run_folder = Path(workflow.get_last_run_folder())
+    assert run_folder.parent == tmp_path / "out"
+    saved = sorted(path.name for path in run_folder.glob("*.png"))
+    assert saved == [f"{TASK_NAME}{name}.png" for name in ("beach", "forest", "street")]
+    single_workflow, single = workflow_with(parameters)
+    single_workflow.connect_tasks(single_workflow.root(), single, [(0, 0)])
+    for name in ("beach", "forest", "street"):
+        single_workflow.run_on(path=str(pictures / f"{name}.png"))
+        picture = np.asarray(Image.open(run_folder / f"{TASK_NAME}{name}.png"))
+        assert np.array_equal(picture, single.get_output(0).get_image())
+        metadata = json.loads((run_folder / f"{TASK_NAME}{name}").read_text(encoding="utf-8"))
+        assert metadata["mode"] == "img2img" and metadata["seed"] == 1234
+        assert metadata["inputs"] == single.get_output(1).data["inputs"]
