@@ -31,7 +31,7 @@ from . import kandinsky22_engine
 from .kandinsky22_engine.errors import SettingsError
 from .kandinsky22_engine.generation import generate, load_models, progress_steps, runtime_for
 from .kandinsky22_engine.inputs import Inputs, prepare_inputs
-from .kandinsky22_engine.models import MODEL_CACHE
+from .kandinsky22_engine.models import cache_for
 from .kandinsky22_engine.modes import DEPTH_INPUT, DRAWING_INPUT, IMAGE_INPUT, MASK_INPUT, input_names
 from .kandinsky22_engine.parameters import PARAMETERS, Settings, unknown_names
 from .kandinsky22_engine.runtime import Runtime
@@ -191,11 +191,13 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
         """Load the models now, so that the first run does not wait for them.
 
         Ikomia also calls this from the first run's ``begin_task_run``: the time it takes is kept, so that
-        this run's metadata counts it as loading, and the models load for that run's runtime.
+        this run's metadata counts it as loading, and the models load for that run's runtime, into the cache of its
+        device.
         """
         started = time.perf_counter()
         settings = self.get_param_object().settings()
-        load_models(settings, self._runtime or runtime_for(settings), MODEL_CACHE)
+        runtime = self._runtime or runtime_for(settings)
+        load_models(settings, runtime, cache_for(runtime.device))
         self._seconds_loading += time.perf_counter() - started
         dataprocess.CWorkflowTask.init_long_process(self)
 
@@ -221,7 +223,7 @@ class InferKandinsky22(dataprocess.CWorkflowTask):
                     settings,
                     prepared,
                     runtime=runtime,
-                    cache=MODEL_CACHE,
+                    cache=cache_for(runtime.device),
                     on_step=self.emit_step_progress,
                     should_stop=self._stop_requested.is_set,
                     seconds_loading_before=self._seconds_loading,

@@ -43,6 +43,8 @@ from .kandinsky22_engine.modes import input_names
 from .kandinsky22_engine.parameters import PARAMETERS, RANDOM_SEED, TRUE_WORDS, Parameter
 
 NO_CUDA_TOOLTIP = "CUDA is not available on this machine: the task runs on the CPU in float32."
+# The largest value a spin box holds (a C int): the upper end of a whole number that has no maximum.
+SPIN_BOX_MAXIMUM = 2**31 - 1
 PROMPT_LINES = 3
 
 
@@ -194,7 +196,8 @@ def shown_number(parameter: Parameter, value: str) -> float:
     """The number a control shows for ``value``.
 
     A value set from Python that the task would refuse (say a height of 100, or steps of 1e300) is shown
-    as the nearest value the control can hold, or as the default when it is not a finite number.
+    as the nearest value the control can hold, or as the default when it is not a finite number. A whole number
+    without a maximum is held up to ``SPIN_BOX_MAXIMUM``.
     """
     try:
         return parameter.parse(value)
@@ -206,7 +209,12 @@ def shown_number(parameter: Parameter, value: str) -> float:
         return parameter.default
     if not math.isfinite(number):
         return parameter.default
-    return min(max(number, parameter.minimum), parameter.maximum)
+    return min(max(number, parameter.minimum), upper_end(parameter))
+
+
+def upper_end(parameter: Parameter) -> float:
+    """The largest value the parameter's control takes: its maximum, or ``SPIN_BOX_MAXIMUM`` when it has none."""
+    return SPIN_BOX_MAXIMUM if parameter.maximum is None else parameter.maximum
 
 
 def help_text(parameter: Parameter) -> str:
@@ -215,7 +223,7 @@ def help_text(parameter: Parameter) -> str:
 
 def integer_control(parameter: Parameter, value: str) -> Control:
     spin = MultipleSpinBox() if parameter.multiple_of else QSpinBox()
-    spin.setRange(int(parameter.minimum), int(parameter.maximum))
+    spin.setRange(int(parameter.minimum), int(upper_end(parameter)))
     spin.setSingleStep(int(parameter.step))
     spin.setValue(round(shown_number(parameter, value) / parameter.step) * int(parameter.step))
     return Control(spin, lambda: str(spin.value()), changes=(spin.valueChanged,))

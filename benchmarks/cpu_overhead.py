@@ -72,7 +72,7 @@ def main() -> None:
         return run_diffusers
 
     run_diffusers = use({})
-    cache = sys.modules[type(task).__module__].MODEL_CACHE
+    cache = sys.modules[type(task).__module__].cache_for("cpu")
     loads = dict(cache.load_counts)
     plugin, reference = in_pairs(workflow.run, run_diffusers, arguments.repeats)
 

@@ -24,7 +24,7 @@ from diffusers import KandinskyV22PriorPipeline
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from . import graphs
+from . import devices, graphs
 from .constants import DEFAULT_DECODER
 from .errors import CompileFailed, GenerationOutOfMemory, GenerationStopped, NotFinite
 from .hub import first_line
@@ -35,10 +35,10 @@ from .models import (
     DEPTH_ESTIMATOR,
     IMAGE_ENCODER,
     IMAGE_ENCODER_LOADER,
-    MODEL_CACHE,
     DepthEstimatorLoader,
     ModelCache,
     PipelineLoader,
+    cache_for,
 )
 from .modes import DECODER_ROLES, IMAGE_INPUT, MODES, embedded_input_names, estimates_depth
 from .parameters import MAX_RANDOM_SEED, RANDOM_SEED, Settings
@@ -59,9 +59,10 @@ class Generation:
 
 
 def runtime_for(settings: Settings) -> Runtime:
-    """The runtime ``settings`` ask for (``runtime.choose_runtime``: CUDA in float16 where asked for and present,
-    else the CPU in float32). Raises ``CompileFailed`` for CUDA graphs this torch cannot capture in this thread."""
-    return choose_runtime(settings.cuda, settings.memory_mode, settings.compile_unet)
+    """The runtime ``settings`` ask for (``runtime.choose_runtime``: the GPU ``cuda_device`` in float16 where CUDA
+    is asked for and present, else the CPU in float32). Raises ``SettingsError`` for a ``cuda_device`` past the GPUs
+    torch sees, and ``CompileFailed`` for CUDA graphs this torch cannot capture in this thread."""
+    return choose_runtime(settings.cuda, settings.memory_mode, settings.compile_unet, settings.cuda_device)
 
 
 def resolve_seed(seed: int) -> int:
@@ -83,7 +84,7 @@ def needs_image_encoder(settings: Settings) -> bool:
     return bool(MODES[settings.mode].embedded_inputs) or not settings.negative_prompt
 
 
-def load_models(settings: Settings, runtime: Runtime, cache: ModelCache = MODEL_CACHE) -> Models:
+def load_models(settings: Settings, runtime: Runtime, cache: ModelCache | None = None) -> Models:
     """Load (or reuse) the decoder of the mode that ``settings`` ask for, the prior, the image encoder if the run
     needs it (``needs_image_encoder``), and depth_model's depth estimator if the run estimates its depth map
     (``modes.estimates_depth``).
@@ -96,7 +97,8 @@ def load_models(settings: Settings, runtime: Runtime, cache: ModelCache = MODEL_
     Args:
         settings: checked settings; the mode and the model names are read.
         runtime: where the models run (device, dtype, memory and compile modes).
-        cache: where the models live; its lock is held while loading.
+        cache: where the models live, by default the runtime's device's (``models.cache_for``); its lock is held
+            while loading.
 
     Returns:
         ``Models``: the prior and the mode's decoder, placed and in the runtime's dtype (float16 on CUDA, float32
@@ -110,6 +112,7 @@ def load_models(settings: Settings, runtime: Runtime, cache: ModelCache = MODEL_
             usable, the failing one holds nothing.
     """
     decoder = MODES[settings.mode].decoder
+    cache = cache_for(runtime.device) if cache is None else cache
     with cache.lock:
         if memory_mode(runtime.memory_mode).sets_aside_other_decoders:
             # The other decoders leave the GPU before this one is placed or brought back.
@@ -253,7 +256,7 @@ def generate(
     inputs: Inputs | Prepared = NO_INPUTS,
     *,
     runtime: Runtime | None = None,
-    cache: ModelCache = MODEL_CACHE,
+    cache: ModelCache | None = None,
     on_step: Callable[[], None] = lambda: None,
     should_stop: Callable[[], bool] = lambda: False,
     seconds_loading_before: float = 0.0,
@@ -264,7 +267,8 @@ def generate(
         settings: checked settings of the run.
         inputs: the input images (text2img reads none), or what ``prepare_inputs`` made of them.
         runtime: where the run computes; chosen from ``settings`` (``runtime_for``) when None.
-        cache: where the models are loaded once and shared.
+        cache: where the models are loaded once and shared; by default the runtime's device's
+            (``models.cache_for``): runs on two GPUs hold their own models and do not wait for each other.
         on_step: called after every denoising step of the prior and of the decoder.
         should_stop: polled after every step; when it returns True the run raises ``GenerationStopped``.
         seconds_loading_before: seconds this run already spent loading the models before this call (Ikomia
@@ -273,12 +277,14 @@ def generate(
 
     Returns:
         ``Generation``: ``images``, ``settings.num_images`` arrays of height x width x 3 RGB uint8, and
-        ``metadata``: the mode, the seed used (drawn when ``settings.seed`` is -1), the device, dtype,
-        memory and compile modes, the stages replayed from CUDA graphs, the sampler, the model names, notes on the
-        inputs and truncated prompts, the seconds spent loading and in each stage, and the diffusers and torch
+        ``metadata``: the mode, the seed used (drawn when ``settings.seed`` is -1), the device ("cpu", "cuda:1"),
+        dtype, memory and compile modes, the stages replayed from CUDA graphs, the sampler, the model names, notes on
+        the inputs and truncated prompts, the seconds spent loading and in each stage, and the diffusers and torch
         versions.
 
     Raises:
+        SettingsError: a ``cuda_device`` past the GPUs torch sees, when the runtime is chosen here (before any
+            model work).
         InputError: a missing or unusable input (before any model is loaded), or a depth map that depth_model
             estimates uniform (``inputs.estimate_depth``).
         ModelLoadError: a model that cannot be found, fetched or loaded (see ``load_models``).
@@ -300,10 +306,17 @@ def generate(
     seed = resolve_seed(settings.seed)
     plan = graph_plan(settings.cuda_graphs, runtime)
     graphed = tuple(stage for stage, why in plan.items() if not why)
-    with cache.lock, torch.no_grad(), _explain_out_of_memory(settings, runtime), _explain_compile_failure(runtime):
+    cache = cache_for(runtime.device) if cache is None else cache
+    with (
+        cache.lock,
+        devices.current(runtime.device),
+        torch.no_grad(),
+        _explain_out_of_memory(settings, runtime),
+        _explain_compile_failure(runtime),
+    ):
         started = time.perf_counter()
         models = load_models(settings, runtime, cache)
-        _synchronize(runtime)
+        devices.synchronize(runtime.device)
         loaded = time.perf_counter()
         if models.depth_estimator is not None:
             prepared = estimate_depth(models.depth_estimator, settings, prepared, runtime)
@@ -317,7 +330,7 @@ def generate(
         with models.prior_parking.visit(*models.prior_parking.names):
             prior_callback = _step_callback("prior", on_step, should_stop)
             embeds = run_prior(models, settings, prepared, runtime, generator, prior_callback, PRIOR_ROLE in graphed)
-            _synchronize(runtime)
+            devices.synchronize(runtime.device)
         _refuse_not_finite(embeds, "prior", settings, runtime)
         prior_done = time.perf_counter()
         decoder_callback = _step_callback("decoder", on_step, should_stop)
@@ -408,13 +421,14 @@ def _refuse_not_finite(values: tuple[torch.Tensor, ...], stage: str, settings: S
 def _explain_out_of_memory(settings: Settings, runtime: Runtime) -> Iterator[None]:
     """Turn a CUDA out-of-memory error into one that says what was asked and what to try, and empty the
     CUDA cache, so that the next run starts from a clean GPU. With CUDA graphs, whose memory pools the cache
-    cannot empty, every graph is dropped first (the next run captures again)."""
+    cannot empty, every graph on the run's GPU is dropped first (the next run captures again); the other GPUs'
+    stay."""
     try:
         yield
     except torch.cuda.OutOfMemoryError as error:
         graphed = any(not why for why in graph_plan(settings.cuda_graphs, runtime).values())
         if graphed:
-            graphs.drop_all()
+            graphs.drop_on(runtime.device)
         gc.collect()
         torch.cuda.empty_cache()
         less = memory_mode(runtime.memory_mode).less_memory
@@ -480,8 +494,3 @@ def _step_callback(stage: str, on_step: Callable[[], None], should_stop: Callabl
             raise GenerationStopped(f"Generation stopped by the user after step {index + 1} of {total} of the {stage}.")
 
     return callback
-
-
-def _synchronize(runtime: Runtime) -> None:
-    if runtime.device == "cuda":
-        torch.cuda.synchronize()

@@ -15,6 +15,7 @@ weights move (a decoder set aside) or go (a model released).
 """
 
 import functools
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,31 +44,34 @@ class Capture(Protocol):
     def pool(self) -> object:
         """A new memory pool, for all the graphs of one model."""
 
-    def __call__(self, run: Callable[[], object], pool: object) -> tuple[Graph, object]:
-        """Capture ``run`` (a forward pass over static inputs) into ``pool``; return the graph and ``run``'s
-        outputs, the static output tensors a replay writes."""
+    def __call__(self, run: Callable[[], object], pool: object, device: torch.device) -> tuple[Graph, object]:
+        """Capture ``run`` (a forward pass over static inputs on ``device``) into ``pool``; return the graph and
+        ``run``'s outputs, the static output tensors a replay writes."""
 
 
 class CudaCapture:
     """Graphs captured with ``torch.cuda.CUDAGraph``, after ``WARMUP_PASSES`` eager passes on a side stream.
 
     The capture is thread-local (``capture_error_mode="thread_local"``): Ikomia Studio runs tasks in worker
-    threads, and a CUDA call of another thread during the capture is then not taken for part of it.
+    threads, and a CUDA call of another thread during the capture is then not taken for part of it. Its streams
+    are the module's GPU's: the warm-up's and the capture's are made with that GPU current, as ``torch.cuda.graph``'s
+    own default capture stream is made once per process, on the GPU current at the first capture.
     """
 
     def pool(self) -> object:
         return torch.cuda.graph_pool_handle()
 
-    def __call__(self, run: Callable[[], object], pool: object) -> tuple[Graph, object]:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_PASSES):
-                run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-            outputs = run()
+    def __call__(self, run: Callable[[], object], pool: object, device: torch.device) -> tuple[Graph, object]:
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_PASSES):
+                    run()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
+                outputs = run()
         return graph, outputs
 
 
@@ -126,7 +130,7 @@ class GraphedForward:
         if self._pool is None:
             self._pool = self.capture.pool()
         try:
-            graph, outputs = self.capture(lambda: forward(*arguments, **keywords), self._pool)
+            graph, outputs = self.capture(lambda: forward(*arguments, **keywords), self._pool, self.device)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:
@@ -148,14 +152,17 @@ def _signature(leaf: object) -> object:
     return ("value", type(leaf), leaf)
 
 
-# The graphs of each module, for as long as the module lives (``drop`` forgets them before).
+# The graphs of each module, for as long as the module lives (``drop`` forgets them before). Runs on two GPUs
+# use them at once, each under its own cache's lock only: the lock guards the dictionary.
 _GRAPHS: "weakref.WeakKeyDictionary[torch.nn.Module, GraphedForward]" = weakref.WeakKeyDictionary()
+_GRAPHS_LOCK = threading.Lock()
 CAPTURE: Capture = CudaCapture()
 
 
 def graphs_of(module: torch.nn.Module) -> GraphedForward | None:
     """The graphs captured for ``module`` so far, or None."""
-    return _GRAPHS.get(module)
+    with _GRAPHS_LOCK:
+        return _GRAPHS.get(module)
 
 
 def forward(module: torch.nn.Module, graphed: bool) -> Callable[..., object]:
@@ -167,19 +174,25 @@ def forward(module: torch.nn.Module, graphed: bool) -> Callable[..., object]:
     """
     if not graphed:
         return module
-    graphs = _GRAPHS.get(module)
-    if graphs is None:
-        device = next(module.parameters()).device
-        graphs = _GRAPHS[module] = GraphedForward(CAPTURE, device, type(module).__name__)
+    with _GRAPHS_LOCK:
+        graphs = _GRAPHS.get(module)
+        if graphs is None:
+            device = next(module.parameters()).device
+            graphs = _GRAPHS[module] = GraphedForward(CAPTURE, device, type(module).__name__)
     return functools.partial(graphs, module.forward)
 
 
-def drop_all() -> None:
-    """Forget every module's graphs, and so give their memory pools back (out of memory)."""
-    _GRAPHS.clear()
+def drop_on(device: str | torch.device) -> None:
+    """Forget the graphs of every module on ``device`` ("cuda:1"), and so give their memory pools back (out of
+    memory there); the graphs of the other GPUs' modules stay."""
+    device = torch.device(device)
+    with _GRAPHS_LOCK:
+        for module in [module for module, graphs in _GRAPHS.items() if graphs.device == device]:
+            del _GRAPHS[module]
 
 
 def drop(modules: Sequence[torch.nn.Module]) -> None:
     """Forget the graphs of ``modules``, whose weights are about to move or go; their memory pools go with them."""
-    for module in modules:
-        _GRAPHS.pop(module, None)
+    with _GRAPHS_LOCK:
+        for module in modules:
+            _GRAPHS.pop(module, None)

@@ -1,21 +1,23 @@
 """Loading Kandinsky 2.2 models once per process and sharing them.
 
-Every task instance of a process uses ``MODEL_CACHE``. It keeps one model per role (the prior, the prior
-repo's CLIP image encoder, the decoders of text2img, inpaint and ControlNet, and the depth estimator of
-depth_model) keyed by model name,
-device and dtype: asking again for the same key loads nothing, and changing one of them replaces only that
-role's model. A pipeline set aside waits in CPU memory and comes back to the device when asked for. Studio
-runs tasks in worker threads, so the cache is guarded by a lock, which generation also holds while it uses
-the models. Where the files come from, and what is fetched, is ``hub.py``'s part.
+Every task instance of a process that runs on a device uses that device's cache, ``cache_for(device)``. A cache
+keeps one model per role (the prior, the prior repo's CLIP image encoder, the decoders of text2img, inpaint and
+ControlNet, and the depth estimator of depth_model) keyed by model name, device and dtype: asking again for the
+same key loads nothing, and changing one of them replaces only that role's model. A pipeline set aside waits in CPU
+memory and comes back to the device when asked for. Studio runs tasks in worker threads, so each cache is guarded
+by a lock, which generation also holds while it uses the models: runs on one device take turns, runs on two GPUs
+do not wait for each other. The CPU and the GPUs do not both keep a model of one role (``ModelCaches``). Where the
+files come from, and what is fetched, is ``hub.py``'s part.
 """
 
+import functools
 import gc
 import inspect
 import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from transformers import (
 )
 
 from . import graphs
+from .devices import is_cuda
 from .errors import ModelLoadError, NotFinite
 from .hub import DIFFUSERS_INDEX, ROOT, Check, Source, fetch, first_line, no_check, parse_model_name
 from .memory import CPU, MODEL_OFFLOAD, PARKED, PLACED, PRIOR_ROLE, SEQUENTIAL_OFFLOAD, memory_mode
@@ -85,7 +88,7 @@ class Parking:
     def __init__(self, modules: dict[str, torch.nn.Module] | None = None, device: str = "cpu") -> None:
         self.device = device
         self._chunks = {
-            name: _pack([*module.parameters(), *module.buffers()], pin=device == "cuda")
+            name: _pack([*module.parameters(), *module.buffers()], pin=is_cuda(device))
             for name, module in (modules or {}).items()
         }
         self._held: set[str] = set()
@@ -202,11 +205,16 @@ class Loaded:
 
 
 class ModelCache:
-    """One loaded model per role, shared by every task instance of the process."""
+    """One loaded model per role, shared by every task instance of the process that runs on one device.
 
-    def __init__(self) -> None:
+    ``rivals`` gives the caches whose model of a role this one's replaces when it loads one (``ModelCaches``); a
+    cache made apart (the tests make their own) has none.
+    """
+
+    def __init__(self, rivals: Callable[[], Iterable["ModelCache"]] = tuple) -> None:
         self.lock = threading.RLock()
         self._loaded: dict[str, Loaded] = {}
+        self._rivals = rivals
         self.load_counts: Counter[str] = Counter()
 
     def holds(self, role: str, key: ModelKey) -> bool:
@@ -226,8 +234,8 @@ class ModelCache:
 
         Returns:
             The cached model (a diffusers pipeline, an ``ImageEncoder`` or a ``DepthEstimator``), brought back to
-            the device first
-            if it was set aside. ``load_counts[role]`` counts the loads.
+            the device first if it was set aside. ``load_counts[role]`` counts the loads. Before a load, the model
+            of ``role`` this cache held is released, and so is the rivals' (``release_idle``).
 
         Raises:
             Whatever ``load`` raises (``ModelLoadError`` for the engine's loaders); the role then holds nothing,
@@ -240,6 +248,8 @@ class ModelCache:
                     cached.aside.hold(*cached.aside.names)
                 return cached.model
             self.release(role)
+            for rival in self._rivals():
+                rival.release_idle(role)
             model, kept = load(role, key)
             self.load_counts[role] += 1
             self._loaded[role] = Loaded(key, model, kept)
@@ -282,7 +292,7 @@ class ModelCache:
                 # Packing stopped midway would leave the pipeline split between CPU and GPU: drop it instead.
                 self.release(role)
                 raise
-            if loaded.key.device == "cuda":
+            if is_cuda(loaded.key.device):
                 # The weights' own blocks are free now; give them back, as the packed copies need other sizes.
                 torch.cuda.empty_cache()
 
@@ -307,13 +317,68 @@ class ModelCache:
                 if hasattr(torch.accelerator, "empty_host_cache"):
                     torch.accelerator.empty_host_cache()
 
+    def release_idle(self, role: str) -> None:
+        """Drop the model of ``role``, as ``release`` does, unless a run of another thread is using the cache (it
+        holds the lock): that run keeps it, and waits for nothing."""
+        if not self.lock.acquire(blocking=False):
+            return
+        try:
+            if role in self._loaded:
+                self.release(role)
+        finally:
+            self.lock.release()
+
     def loaded_keys(self) -> dict[str, ModelKey]:
         """The key of each loaded role: what a run with the same settings would reuse."""
         with self.lock:
             return {role: loaded.key for role, loaded in self._loaded.items()}
 
 
-MODEL_CACHE = ModelCache()
+class ModelCaches:
+    """The model caches of a process, one per device ("cpu", "cuda:0", "cuda:1"), each made when a run first asks
+    for it (``for_device``) and kept for the process.
+
+    Two tasks that run on two GPUs each hold their own models and do not wait for each other; within one device,
+    a model of another key replaces that role's (``ModelCache.get``). The CPU and the GPUs, though, do not both keep
+    a model of one role: loading a model on a GPU releases the CPU's model of that role, and loading one on the
+    CPU releases every GPU's, as a single cache replaced them before models were cached per device. A user who
+    turns cuda off and on again thus keeps one copy of each model, not the CPU's float32 copies (twice the size of
+    the float16 ones) in RAM beside those on the GPU, and turning cuda off frees the GPU for other programs; each
+    switch loads the models again. A cache that a run of another thread is using keeps its models
+    (``ModelCache.release_idle``). Other devices ("meta", in the tests) have caches of their own that release
+    nothing elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._caches: dict[str, ModelCache] = {}
+
+    def for_device(self, device: str) -> ModelCache:
+        """The cache of ``device``, as a runtime names it ("cuda:1"; "cuda" is another device than "cuda:0")."""
+        with self._lock:
+            if device not in self._caches:
+                self._caches[device] = ModelCache(functools.partial(self._rivals, device))
+            return self._caches[device]
+
+    def _rivals(self, device: str) -> list[ModelCache]:
+        """The caches whose model of a role a load on ``device`` releases: every GPU's for the CPU, the CPU's for a
+        GPU, none for another device."""
+        kinds = ("cpu", "cuda")
+        kind = torch.device(device).type
+        with self._lock:
+            return [
+                cache
+                for other, cache in self._caches.items()
+                if kind in kinds and torch.device(other).type in kinds and torch.device(other).type != kind
+            ]
+
+
+MODEL_CACHES = ModelCaches()
+
+
+def cache_for(device: str) -> ModelCache:
+    """The process's cache of the models that run on ``device`` (``ModelCaches.for_device``)."""
+    return MODEL_CACHES.for_device(device)
 
 
 def _modules(model: object) -> list[torch.nn.Module]:

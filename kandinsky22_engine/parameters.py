@@ -439,6 +439,18 @@ class Settings:
         help="Run on the GPU in float16 where CUDA is available; otherwise, or when off, on the CPU in float32.",
         default_text="True where CUDA is available",
     )
+    cuda_device: int = _setting(
+        0,
+        label="GPU",
+        group="Device",
+        help=(
+            "Which GPU runs the task, by torch's index from 0 (CUDA_VISIBLE_DEVICES, where set, renumbers the GPUs it "
+            "lists); each GPU loads models of its own. An index past the GPUs torch sees is refused; on the CPU it is "
+            "not used, and the log says so."
+        ),
+        minimum=0,
+        cuda_only=True,
+    )
     memory_mode: str = _setting(
         "gpu",
         label="GPU memory",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DiffusionPipeline, KandinskyV22PriorPipeline
 
-from .errors import CompileFailed
+from .errors import CompileFailed, SettingsError
 from .memory import DECODER_ROLE, PRIOR_ROLE, memory_mode
 from .models import DepthEstimator, ImageEncoder, ModelKey, Parking
 
@@ -21,9 +21,11 @@ CUDA_GRAPHS_IN_THREADS = (2, 13)
 class Runtime:
     """Where the models run, how they use the GPU, and why there when it is not where the user asked.
 
-    ``device``: "cuda", "cpu" (or "meta" in the tests); ``dtype``: float16 on CUDA, float32 elsewhere;
-    ``memory_mode``: a name of ``memory.MEMORY_MODES`` on CUDA, "none" on the CPU; ``compile_unet``: the
-    torch.compile mode of the decoder's UNet, or "off"; ``note``: why the run is not where it was asked to be.
+    ``device``: "cuda:N" (the GPU of index N, as torch numbers those it sees), "cpu" (or "meta" in the tests): the
+    models of each device are kept in a cache of its own (``models.cache_for``); ``dtype``: float16 on CUDA, float32
+    elsewhere; ``memory_mode``: a name of ``memory.MEMORY_MODES`` on CUDA, "none" on the CPU; ``compile_unet``: the
+    torch.compile mode of the decoder's UNet, or "off"; ``note``: why the run is not where it was asked to be (CUDA
+    absent, or a ``cuda_device`` left unused), logged as a warning and kept in the metadata's ``device_note``.
     """
 
     device: str
@@ -67,24 +69,47 @@ def check_cuda_graphs(compile_unet: str, torch_version: str, main_thread: bool) 
     )
 
 
-def choose_runtime(cuda: bool, memory_mode_name: str, compile_unet: str) -> Runtime:
-    """Where and how a run computes: CUDA in float16 with the chosen memory mode and compile mode when ``cuda``
-    asks for it and torch sees a CUDA device; otherwise the CPU in float32, with a note when CUDA was asked for
-    but is absent.
+def check_cuda_device(index: int, count: int) -> None:
+    """Refuse a ``cuda_device`` ``index`` past the ``count`` GPUs torch sees (``torch.cuda.device_count``), which
+    it numbers from 0; CUDA_VISIBLE_DEVICES, where set, says which GPUs it sees and in what order. Raises
+    ``SettingsError`` naming the parameter, the index and how many GPUs there are."""
+    if index < count:
+        return
+    accepted = "0" if count == 1 else f"a whole number from 0 to {count - 1}"
+    raise SettingsError(
+        f"cuda_device: received '{index}'; accepted: {accepted}, as torch sees {count} GPU{'' if count == 1 else 's'}, "
+        "numbered from 0 (where CUDA_VISIBLE_DEVICES is set, torch sees the GPUs it lists, numbered from 0 in its "
+        "order). Set cuda_device to one of them, or cuda to False to run on the CPU."
+    )
+
+
+def choose_runtime(cuda: bool, memory_mode_name: str, compile_unet: str, cuda_device: int = 0) -> Runtime:
+    """Where and how a run computes: the GPU ``cuda_device`` ("cuda:N") in float16 with the chosen memory mode and
+    compile mode when ``cuda`` asks for it and torch sees a CUDA device; otherwise the CPU in float32, with a note
+    when CUDA was asked for but is absent, and one when a ``cuda_device`` other than 0 is not used (cuda off, or
+    no CUDA). Such an index is said, not refused: the widget greys cuda_device out while cuda is off, so a user
+    could not correct it there, and a workflow saved on a machine with several GPUs still runs on one with none.
 
     On the CPU, memory_mode and compile_unet are read as "none" and "off": diffusers' offloading needs an
     accelerator and fails without one, and torch.compile there needs a C++ compiler and minutes of
     compiling, for a speed-up this project has not measured.
 
-    Raises ``CompileFailed`` when CUDA graphs are asked for where this torch cannot capture them (see
-    ``check_cuda_graphs``).
+    Raises ``SettingsError`` for a ``cuda_device`` past the GPUs torch sees (``check_cuda_device``), and
+    ``CompileFailed`` when CUDA graphs are asked for where this torch cannot capture them (``check_cuda_graphs``):
+    both before any model work.
     """
     if cuda and torch.cuda.is_available():
+        check_cuda_device(cuda_device, torch.cuda.device_count())
         check_cuda_graphs(compile_unet, torch.__version__, threading.current_thread() is threading.main_thread())
-        return Runtime("cuda", torch.float16, memory_mode_name, compile_unet)
-    if cuda:
-        return Runtime("cpu", torch.float32, note="cuda was requested but CUDA is not available")
-    return Runtime("cpu", torch.float32)
+        return Runtime(f"cuda:{cuda_device}", torch.float16, memory_mode_name, compile_unet)
+    why = "cuda was requested but CUDA is not available" if cuda else "cuda is False"
+    if cuda_device != 0:
+        note = f"{why}, so cuda_device {cuda_device} is not used"
+    elif cuda:
+        note = why
+    else:
+        note = ""
+    return Runtime("cpu", torch.float32, note=note)
 
 
 def graph_plan(cuda_graphs: bool, runtime: Runtime) -> dict[str, str]:

@@ -8,9 +8,11 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -59,6 +61,18 @@ def cache_folder(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(folder))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     return folder
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch) -> Callable[[int], None]:
+    """Make torch see ``count`` CUDA GPUs for the test (``torch.cuda.is_available`` and ``device_count``), as far as
+    choosing a runtime goes: nothing can run on them."""
+
+    def see(count: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+    return see
 
 
 @pytest.fixture(scope="session")

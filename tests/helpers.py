@@ -116,9 +116,9 @@ def load_for(settings: Settings, cache: ModelCache) -> Models:
     return load_models(settings, runtime_for(settings), cache)
 
 
-def model_cache(task):
-    """The process-wide cache the task uses (Ikomia reloads plugin modules when it loads them)."""
-    return sys.modules[type(task).__module__].MODEL_CACHE
+def model_cache(task, device: str = "cpu"):
+    """The process-wide cache the task uses on ``device`` (Ikomia reloads plugin modules when it loads them)."""
+    return sys.modules[type(task).__module__].cache_for(device)
 
 
 @functools.cache
@@ -325,7 +325,7 @@ class EagerCapture:
     def pool(self) -> object:
         return object()
 
-    def __call__(self, run, pool):
+    def __call__(self, run, pool, device):
         outputs = run()
         return EagerGraph(run, outputs), outputs
 

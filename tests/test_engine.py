@@ -302,10 +302,10 @@ def test_memory_modes_are_ignored_on_the_cpu_where_offloading_fails(settings, ca
     assert cache.load_counts == {"prior": 1, "decoder": 1}
 
 
-def test_on_cuda_the_memory_mode_is_part_of_what_identifies_a_loaded_model(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+def test_on_cuda_the_memory_mode_is_part_of_what_identifies_a_loaded_model(fake_gpus):
+    fake_gpus(1)
     runtimes = [runtime_for(Settings(cuda=True, memory_mode=mode)) for mode in ("gpu", "model_offload")]
-    assert [(runtime.device, runtime.dtype) for runtime in runtimes] == [("cuda", torch.float16)] * 2
+    assert [(runtime.device, runtime.dtype) for runtime in runtimes] == [("cuda:0", torch.float16)] * 2
     assert runtimes[0].key("m") != runtimes[1].key("m")
     assert runtime_for(Settings(cuda=False, memory_mode="model_offload")).key("m").memory_mode == "none"
 
@@ -318,8 +318,8 @@ def test_switching_between_gpu_and_prior_offload_keeps_the_decoder_and_reloads_t
     assert cache.loaded_keys()["decoder"].memory_mode == "gpu"
 
 
-def test_on_cuda_the_compile_mode_identifies_a_decoder_but_not_a_prior(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+def test_on_cuda_the_compile_mode_identifies_a_decoder_but_not_a_prior(fake_gpus):
+    fake_gpus(1)
     plain, compiled = (runtime_for(Settings(cuda=True, compile_unet=mode)) for mode in ("off", "reduce-overhead"))
     assert compiled.decoder_key("m").compile_unet == "reduce-overhead"
     assert plain.decoder_key("m") != compiled.decoder_key("m")

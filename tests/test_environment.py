@@ -91,8 +91,8 @@ def _in_worker_thread(call):
     return outcome[0]
 
 
-def test_choosing_the_runtime_refuses_cuda_graphs_in_a_worker_thread_on_an_older_torch(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+def test_choosing_the_runtime_refuses_cuda_graphs_in_a_worker_thread_on_an_older_torch(monkeypatch, fake_gpus):
+    fake_gpus(1)
     monkeypatch.setattr(torch, "__version__", "2.12.1+cu124")
     graphs = Settings(cuda=True, compile_unet="reduce-overhead")
     refused = _in_worker_thread(lambda: runtime_for(graphs))

@@ -148,7 +148,7 @@ def test_a_forward_that_cannot_be_captured_is_refused_with_the_way_out_and_nothi
     runtime = as_on_cuda("gpu")
 
     class Refusing(EagerCapture):
-        def __call__(self, run, pool):
+        def __call__(self, run, pool, device):
             raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors")
 
     monkeypatch.setattr(graphs, "CAPTURE", Refusing())

@@ -74,6 +74,8 @@ BAD_VALUES = [
     ("outpaint_overlap", "300", "outpaint_overlap: received '300'; accepted: a whole number from 0 to 256."),
     ("cuda", "maybe", "cuda: received 'maybe'; accepted: True or False."),
     ("cuda", "", "cuda: received ''; accepted: True or False."),
+    ("cuda_device", "-1", "cuda_device: received '-1'; accepted: a whole number of at least 0."),
+    ("cuda_device", "gpu1", "cuda_device: received 'gpu1'; accepted: a whole number of at least 0."),
     ("memory_mode", "cpu", "memory_mode: received 'cpu'; accepted: one of gpu, prior_offload, model_offload, sequen"),
     ("cuda_graphs", "maybe", "cuda_graphs: received 'maybe'; accepted: True or False. Replay the prior's and the"),
     ("compile_unet", "max-autotune", "compile_unet: received 'max-autotune'; accepted: one of off, default, reduce-ov"),
@@ -228,31 +230,31 @@ def test_out_of_memory_advice_offers_model_offload_from_the_faster_modes_only(me
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
-def test_out_of_memory_with_cuda_graphs_drops_every_graph_and_offers_to_turn_them_off(monkeypatch):
+def test_out_of_memory_with_cuda_graphs_drops_the_gpus_graphs_and_offers_to_turn_them_off(monkeypatch):
     from infer_kandinsky_2_2.kandinsky22_engine import graphs
     from infer_kandinsky_2_2.kandinsky22_engine.errors import GenerationOutOfMemory
     from infer_kandinsky_2_2.kandinsky22_engine.generation import _explain_out_of_memory
     from infer_kandinsky_2_2.kandinsky22_engine.runtime import Runtime
 
     dropped = []
-    monkeypatch.setattr(graphs, "drop_all", lambda: dropped.append(True))
+    monkeypatch.setattr(graphs, "drop_on", dropped.append)
     advice = (
         "with memory_mode gpu. Try cuda_graphs False (its graphs keep memory of their own), memory_mode "
         "model_offload (less memory, slower), fewer images"
     )
     settings, error = Settings(cuda_graphs=True), torch.cuda.OutOfMemoryError("CUDA out of memory.")
-    explained = _explain_out_of_memory(settings, Runtime("cuda", torch.float16, "gpu"))
+    explained = _explain_out_of_memory(settings, Runtime("cuda:1", torch.float16, "gpu"))
     with pytest.raises(GenerationOutOfMemory, match=re.escape(advice)), explained:
         raise error
-    assert dropped == [True]
+    assert dropped == ["cuda:1"]
     # Where no stage is graphed (model_offload), graphs are neither dropped nor mentioned.
-    explained = _explain_out_of_memory(settings, Runtime("cuda", torch.float16, "model_offload"))
+    explained = _explain_out_of_memory(settings, Runtime("cuda:1", torch.float16, "model_offload"))
     with (
         pytest.raises(GenerationOutOfMemory, match=re.escape("with memory_mode model_offload. Try fewer images")),
         explained,
     ):
         raise error
-    assert dropped == [True]
+    assert dropped == ["cuda:1"]
 
 
 # Slow where two runs at once outnumber the CPU's cores: their threads then take turns.
@@ -409,7 +411,7 @@ def test_values_that_are_not_finite_are_an_error_never_a_black_picture_and_the_n
     settings = Settings.from_strings(tiny_strings)
     # The engine as Ikomia loaded it with the task (it reloads plugin modules).
     task_module = sys.modules[type(task).__module__]
-    pipelines = task_module.load_models(settings, task_module.runtime_for(settings), task_module.MODEL_CACHE)
+    pipelines = task_module.load_models(settings, task_module.runtime_for(settings), task_module.cache_for("cpu"))
     module = {
         "prior": pipelines.prior.prior,
         "unet": pipelines.decoder.unet,

@@ -16,7 +16,7 @@ from infer_kandinsky_2_2.kandinsky22_engine.parameters import (
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
-DEVICE_NAMES = ("cuda", "memory_mode", "cuda_graphs", "compile_unet")
+DEVICE_NAMES = ("cuda", "cuda_device", "memory_mode", "cuda_graphs", "compile_unet")
 
 
 def test_names_and_defaults_are_those_of_the_specification():
@@ -53,10 +53,11 @@ def test_names_and_defaults_are_those_of_the_specification():
     assert list(BY_NAME) == [*defaults, *DEVICE_NAMES]
 
 
-def test_cuda_defaults_to_what_the_machine_has_memory_to_the_gpu_and_nothing_is_compiled():
+def test_cuda_defaults_to_what_the_machine_has_the_first_gpu_memory_to_the_gpu_and_nothing_is_compiled():
     import torch
 
     assert Settings().cuda is torch.cuda.is_available()
+    assert Settings().cuda_device == 0
     assert Settings().memory_mode == "gpu"
     assert Settings().compile_unet == "off"
     # Not measured on a GPU yet (BENCHMARKS.md): off until it is.
@@ -131,6 +132,8 @@ def test_whole_numbers_written_as_floats_are_accepted():
         ("guidance_scale", "four", "a number from 1 to 20"),
         ("seed", "1e3", "a whole number from -1 to 9223372036854775807"),
         ("cuda", "maybe", "True or False"),
+        ("cuda_device", "-1", "a whole number of at least 0"),
+        ("cuda_device", "1.5", "a whole number of at least 0"),
         ("model_name", "", "non-empty text"),
         ("prior_model_name", "   ", "non-empty text"),
     ],

@@ -52,6 +52,7 @@ NON_DEFAULT = {
     "outpaint_right": "1984",
     "outpaint_overlap": "256",
     "cuda": "False",
+    "cuda_device": "3",
     "memory_mode": "model_offload",
     "cuda_graphs": "True",
     "compile_unet": "reduce-overhead",
@@ -106,7 +107,7 @@ def test_defaults_are_shown_with_the_kind_of_control_and_the_range_of_each_param
     assert inner(widget, "model_name", QtWidgets.QToolButton) is not None
     ranges = {
         name: (spin.minimum(), spin.maximum(), spin.singleStep())
-        for name in ("prior_num_inference_steps", "num_inference_steps", "height", "width")
+        for name in ("prior_num_inference_steps", "num_inference_steps", "height", "width", "cuda_device")
         for spin in [widget.controls[name].widget]
     }
     assert ranges == {
@@ -114,6 +115,8 @@ def test_defaults_are_shown_with_the_kind_of_control_and_the_range_of_each_param
         "num_inference_steps": (1, 1000, 1),
         "height": (64, 2048, 64),
         "width": (64, 2048, 64),
+        # No maximum: how many GPUs there are is known only when the task runs, which refuses an index past them.
+        "cuda_device": (0, 2**31 - 1, 1),
     }
     for name in ("prior_guidance_scale", "guidance_scale"):
         spin = widget.controls[name].widget
@@ -161,6 +164,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     inner(widget, "seed", QtWidgets.QCheckBox).setChecked(False)
     inner(widget, "seed", QtWidgets.QLineEdit).setText("42")
     widgets["cuda"].setChecked(not widgets["cuda"].isChecked())
+    widgets["cuda_device"].setValue(1)
     widgets["memory_mode"].setCurrentText("sequential_offload")
     widgets["cuda_graphs"].setChecked(True)
     widgets["compile_unet"].setCurrentText("default")
@@ -196,6 +200,7 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "outpaint_right": "200",
         "outpaint_overlap": "8",
         "cuda": str(widgets["cuda"].isChecked()),
+        "cuda_device": "1",
         "memory_mode": "sequential_offload",
         "cuda_graphs": "True",
         "compile_unet": "default",
@@ -232,7 +237,14 @@ def test_values_outside_the_accepted_range_cannot_be_entered(plugin):
 
 
 def test_a_refused_value_set_from_python_is_shown_as_the_nearest_accepted_one_and_kept_until_edited(plugin):
-    given = {"height": "100", "num_inference_steps": "5000", "guidance_scale": "nan", "mode": "foo", "cuda": "maybe"}
+    given = {
+        "height": "100",
+        "num_inference_steps": "5000",
+        "guidance_scale": "nan",
+        "mode": "foo",
+        "cuda": "maybe",
+        "cuda_device": "-2",
+    }
     parameters, widget = open_widget(plugin, given)
     shown = {name: widget.controls[name].read() for name in given}
     assert shown == {
@@ -241,15 +253,22 @@ def test_a_refused_value_set_from_python_is_shown_as_the_nearest_accepted_one_an
         "guidance_scale": "1.0",
         "mode": "text2img",
         "cuda": "False",
+        "cuda_device": "0",
     }
     # Apply changes nothing the user did not edit: the task refuses the values when it runs, naming each.
     widget.on_apply()
     assert {name: parameters.get_values()[name] for name in given} == given
     widget.controls["height"].widget.setValue(192)
     assert widget.control_values()["height"] == "192"
-    _, widget = open_widget(plugin, {"width": "1e300", "prior_num_inference_steps": "-1e300", "seed": "1e300"})
-    shown = {name: widget.controls[name].read() for name in ("width", "prior_num_inference_steps", "seed")}
-    assert shown == {"width": "2048", "prior_num_inference_steps": "2", "seed": str(2**63 - 1)}
+    huge = {"width": "1e300", "prior_num_inference_steps": "-1e300", "seed": "1e300", "cuda_device": "1e300"}
+    _, widget = open_widget(plugin, huge)
+    shown = {name: widget.controls[name].read() for name in huge}
+    assert shown == {
+        "width": "2048",
+        "prior_num_inference_steps": "2",
+        "seed": str(2**63 - 1),
+        "cuda_device": str(2**31 - 1),
+    }
 
 
 @pytest.mark.parametrize("name", ["strength", "guidance_scale", "prior_guidance_scale", "prior_strength"])
@@ -288,14 +307,15 @@ def test_the_cuda_box_is_enabled_where_cuda_is(plugin, monkeypatch):
     assert cuda.isChecked()
 
 
-def test_the_gpu_memory_and_compile_controls_can_be_edited_only_while_cuda_is_on(plugin, monkeypatch):
+def test_the_gpu_index_memory_and_compile_controls_can_be_edited_only_while_cuda_is_on(plugin, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     _, widget = open_widget(plugin, {"cuda": "False"})
-    cuda_only = [widget.controls[name].widget for name in ("memory_mode", "cuda_graphs", "compile_unet")]
-    assert [control.isEnabled() for control in cuda_only] == [False, False, False]
-    assert not widget.label_of("compile_unet").isEnabled()
+    names = ("cuda_device", "memory_mode", "cuda_graphs", "compile_unet")
+    cuda_only = [widget.controls[name].widget for name in names]
+    assert [control.isEnabled() for control in cuda_only] == [False] * 4
+    assert not widget.label_of("compile_unet").isEnabled() and not widget.label_of("cuda_device").isEnabled()
     widget.controls["cuda"].widget.setChecked(True)
-    assert [control.isEnabled() for control in cuda_only] == [True, True, True]
+    assert [control.isEnabled() for control in cuda_only] == [True] * 4
     assert [name for name, control in widget.controls.items() if not control.widget.isEnabled()] == []
 
 
