@@ -135,18 +135,37 @@ def text_control(parameter: Parameter, value: str) -> Control:
     editor = QLineEdit(value)
     if parameter.pattern:
         editor.setValidator(QRegularExpressionValidator(QRegularExpression(parameter.pattern)))
-    if parameter.accepts_folder:
-        return Control(folder_row(parameter, editor, editor.setText), editor.text, edited=editor.textChanged)
+    if parameter.accepts_folder or parameter.accepts_file:
+        return Control(
+            folder_row(parameter, editor, editor.setText, editor.text), editor.text, edited=editor.textChanged
+        )
     return Control(editor, editor.text, edited=editor.textChanged)
 
 
-def folder_row(parameter: Parameter, editor: QWidget, set_text: Callable[[str], None]) -> QWidget:
+def folder_row(
+    parameter: Parameter,
+    editor: QWidget,
+    set_text: Callable[[str], None],
+    text: Callable[[], str] = str,
+) -> QWidget:
     """``editor`` in a row, followed by a button that picks a local folder into it when the parameter accepts
-    one."""
+    one, or adds picked .safetensors files to the list it holds (``text``) when it accepts files."""
     row = QWidget()
     layout = QHBoxLayout(row)
     layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(editor, 1)
+    if parameter.accepts_file:
+        browse = QToolButton()
+        browse.setText("…")
+        browse.setToolTip(f"Add local .safetensors files to {parameter.label.lower()}")
+
+        def pick_files() -> None:
+            files, _ = QFileDialog.getOpenFileNames(row, f"{parameter.label}: local files", "", "*.safetensors")
+            if files:
+                set_text(", ".join(part for part in (text().strip(), *files) if part))
+
+        browse.clicked.connect(pick_files)
+        layout.addWidget(browse)
     if parameter.accepts_folder:
         browse = QToolButton()
         browse.setText("…")

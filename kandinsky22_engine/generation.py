@@ -26,10 +26,11 @@ from transformers import CLIPTokenizer
 
 from . import devices, graphs
 from .constants import DEFAULT_DECODER
-from .errors import CompileFailed, GenerationOutOfMemory, GenerationStopped, NotFinite
+from .errors import CompileFailed, GenerationOutOfMemory, GenerationStopped, NotFinite, SettingsError
 from .hub import first_line
 from .images import paste_back
 from .inputs import NO_INPUTS, Inputs, Prepared, estimate_depth, prepare_inputs
+from .lora import DECODER, MODEL_NAMES, PRIOR, LoraFile, apply, assign_models, read_loras
 from .memory import DECODER_ROLE, PRIOR_ROLE, memory_mode
 from .models import (
     DEPTH_ESTIMATOR,
@@ -39,6 +40,7 @@ from .models import (
     ModelCache,
     PipelineLoader,
     cache_for,
+    lora_device,
 )
 from .modes import DECODER_ROLES, IMAGE_INPUT, MODES, embedded_input_names, estimates_depth
 from .parameters import MAX_RANDOM_SEED, RANDOM_SEED, Settings
@@ -147,6 +149,43 @@ def load_models(settings: Settings, runtime: Runtime, cache: ModelCache | None =
             loaded.get(IMAGE_ENCODER),
             loaded.get(DEPTH_ESTIMATOR),
         )
+
+
+def use_loras(models: Models, loras: tuple[LoraFile, ...], settings: Settings, runtime: Runtime) -> list[dict]:
+    """Give the run's decoder UNet and prior transformer exactly the LoRAs of ``loras`` (``lora.apply``): those
+    that earlier runs left and this one does not ask for are removed, with nothing else reloaded.
+
+    Returns the metadata's ``lora``: for each entry, the entry, its file, its scale and the models it changed.
+
+    Raises ``ModelLoadError`` for a LoRA that does not fit its model (``lora.assign_models``), and
+    ``SettingsError`` for a decoder LoRA with compile_unet on, before any change.
+    """
+    targets = {DECODER: models.decoder.unet, PRIOR: models.prior.prior}
+    described = {
+        DECODER: f"the UNet of the decoder of {settings.mode} ({decoder_model_name(settings)!r})",
+        PRIOR: f"the prior transformer of {settings.prior_model_name!r}",
+    }
+    assigned = assign_models(loras, targets, described)
+    if assigned[DECODER] and runtime.compile_unet != "off":
+        raise SettingsError(
+            f"lora: {assigned[DECODER][0][0].entry!r} changes the decoder's UNet, which compile_unet "
+            f"{runtime.compile_unet!r} compiles as it is; accepted: compile_unet off with a decoder LoRA "
+            "(cuda_graphs replays the UNet with its LoRAs)."
+        )
+    device = lora_device(runtime.key(settings.prior_model_name))
+    for target, model in targets.items():
+        apply(model, assigned[target], device, runtime.dtype)
+    return [
+        {
+            "lora": lora.entry,
+            "file": str(lora.path),
+            "scale": lora.scale,
+            "models": [
+                MODEL_NAMES[target] for target in (DECODER, PRIOR) if any(each is lora for each, _ in assigned[target])
+            ],
+        }
+        for lora in loras
+    ]
 
 
 def prior_request(settings: Settings, prepared: Prepared | None = None) -> PriorRequest:
@@ -278,16 +317,17 @@ def generate(
     Returns:
         ``Generation``: ``images``, ``settings.num_images`` arrays of height x width x 3 RGB uint8, and
         ``metadata``: the mode, the seed used (drawn when ``settings.seed`` is -1), the device ("cpu", "cuda:1"),
-        dtype, memory and compile modes, the stages replayed from CUDA graphs, the sampler, the model names, notes on
-        the inputs and truncated prompts, the seconds spent loading and in each stage, and the diffusers and torch
-        versions.
+        dtype, memory and compile modes, the stages replayed from CUDA graphs, the sampler, the model names, the
+        LoRAs applied (``use_loras``), notes on the inputs and truncated prompts, the seconds spent loading and in
+        each stage, and the diffusers and torch versions.
 
     Raises:
         SettingsError: a ``cuda_device`` past the GPUs torch sees, when the runtime is chosen here (before any
-            model work).
+            model work); a decoder LoRA with compile_unet on (before any step).
         InputError: a missing or unusable input (before any model is loaded), or a depth map that depth_model
             estimates uniform (``inputs.estimate_depth``).
-        ModelLoadError: a model that cannot be found, fetched or loaded (see ``load_models``).
+        ModelLoadError: a model that cannot be found, fetched or loaded (see ``load_models``); a LoRA that cannot
+            be found or read (before any model is loaded) or that does not fit its model (before any step).
         GenerationStopped: ``should_stop`` returned True; the message says after which step of which stage.
         GenerationOutOfMemory: the device ran out of memory; the message suggests a memory_mode, size or
             batch that fits.
@@ -303,6 +343,7 @@ def generate(
     if runtime.note:
         logger.warning("infer_kandinsky_2_2: %s; running on the CPU in float32.", runtime.note)
     prepared = inputs if isinstance(inputs, Prepared) else prepare_inputs(settings, inputs, runtime)
+    loras = read_loras(settings.lora_entries(), settings.lora_scale_values())
     seed = resolve_seed(settings.seed)
     plan = graph_plan(settings.cuda_graphs, runtime)
     graphed = tuple(stage for stage, why in plan.items() if not why)
@@ -316,6 +357,7 @@ def generate(
     ):
         started = time.perf_counter()
         models = load_models(settings, runtime, cache)
+        applied = use_loras(models, loras, settings, runtime)
         devices.synchronize(runtime.device)
         loaded = time.perf_counter()
         if models.depth_estimator is not None:
@@ -357,6 +399,7 @@ def generate(
         "device_note": runtime.note,
         "model_name": decoder_model_name(settings),
         "prior_model_name": settings.prior_model_name,
+        "lora": applied,
         "inputs": _input_notes(settings, prepared, models.prior),
         "truncated": truncated,
         "seconds": {

@@ -201,6 +201,73 @@ def fetch(
     return _download(source, parameter_name, components, check, weights)
 
 
+def choose_weights_file(names: Iterable[str], parameter_name: str, where: str, preferred: str) -> str:
+    """The one safetensors file among ``names`` (the files at the root of a folder or a hub repo, named ``where``
+    in messages): ``preferred`` when it is there, else the only ``.safetensors`` file.
+
+    Raises ``ModelLoadError`` naming ``parameter_name`` when there is none (saying so of pickles, which the task
+    never loads), or several and none is ``preferred``.
+    """
+    names = sorted(names)
+    candidates = [name for name in names if name.endswith(".safetensors")]
+    if preferred in candidates:
+        return preferred
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise ModelLoadError(
+            f"{parameter_name}: {where} holds several .safetensors files ({', '.join(candidates)}) and none named "
+            f"{preferred}; accepted: the path of one of them, downloaded."
+        )
+    pickled = [name for name in names if name.endswith(_PICKLES)]
+    if pickled:
+        raise ModelLoadError(
+            f"{parameter_name}: {where} holds its weights only as pickle files ({', '.join(pickled)}), which the "
+            "task never loads (unpickling can run code); accepted: a .safetensors file."
+        )
+    raise ModelLoadError(f"{parameter_name}: {where} holds no .safetensors file at its root; accepted: one.")
+
+
+def fetch_weights_file(source: Source, parameter_name: str, preferred: str) -> Path:
+    """The path of the one safetensors file at the root of the hub repo ``source`` (``choose_weights_file``), in the
+    local Hugging Face cache: taken from there without the network when the revision's snapshot holds one,
+    otherwise (unless ``HF_HUB_OFFLINE`` is set) chosen from the repo's file list and downloaded, with its size and
+    progress in the log.
+
+    Raises ``ModelLoadError`` naming ``parameter_name``, the repo and what is wrong.
+    """
+    where = f"hub repo {source.describe()}"
+    try:
+        # Only the safetensors files: the snapshot holds no other (huggingface_hub 1.x refuses an incomplete
+        # snapshot of the whole repo offline).
+        cached = Path(
+            snapshot_download(
+                source.repo_id, revision=source.revision, allow_patterns=["*.safetensors"], local_files_only=True
+            )
+        )
+    except Exception:
+        cached = None
+    if cached is not None and any(path.suffix == ".safetensors" for path in cached.iterdir()):
+        names = [path.name for path in cached.iterdir() if path.is_file()]
+        return cached / choose_weights_file(names, parameter_name, where, preferred)
+    if hub_constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"{parameter_name}: {source.describe()} is not in the local Hugging Face cache "
+            f"({hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded. Download it once "
+            "with network access, or give a local file."
+        )
+    try:
+        info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True)
+    except Exception as error:
+        raise ModelLoadError(_describe_hub_failure(parameter_name, source, error)) from error
+    sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or ()}
+    name = choose_weights_file([path for path in sizes if "/" not in path], parameter_name, where, preferred)
+    total = _log_plan("downloading", parameter_name, source, info.sha, [name], sizes)
+    # By the branch or tag, so that the cache records its commit for later offline runs.
+    folder = _snapshot(source, source.revision, [name], parameter_name, progress=_progress_bar(parameter_name, total))
+    return folder / name
+
+
 def snapshot_folder(source: Source, index: str = DIFFUSERS_INDEX) -> Path | None:
     """The folder of ``source``'s revision in the local Hugging Face cache, if its ``index`` file is there
     (``_index_file``)."""

@@ -651,6 +651,14 @@ class DepthEstimator:
         return 255 - depth if self.distance else depth
 
 
+def lora_device(key: ModelKey) -> str:
+    """Where the LoRA weights of a pipeline loaded for ``key`` go (``lora.apply``): with its models, which under
+    model_offload wait in CPU memory and move whole to the device for their forward; elsewhere the device they
+    compute on, where they stay even for a prior parked or a model offloaded layer by layer (LoRA weights are
+    small), since what parks or offloads a model moves only the weights it had."""
+    return "cpu" if memory_mode(key.memory_mode).pipelines == MODEL_OFFLOAD else key.device
+
+
 def place(role: str, model: DiffusionPipeline | torch.nn.Module, key: ModelKey) -> Kept:
     """Place a freshly loaded model of ``role`` as the key's memory mode says, and say how it is kept: the one
     reader of the memory table's placement rules (``memory.MemoryMode``).

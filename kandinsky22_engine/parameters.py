@@ -76,6 +76,8 @@ class Parameter:
     # For some modes, the known values that fit them, in place of ``suggestions``: (mode, values) pairs.
     suggestions_by_mode: tuple[tuple[str, tuple[str, ...]], ...] = ()
     accepts_folder: bool = False
+    # A list of local .safetensors files, separated by commas: the widget's button adds picked files to it.
+    accepts_file: bool = False
     choices: tuple[str, ...] = ()
     # What some choices mean, for the widget's list: (choice, help) pairs.
     choice_help: tuple[tuple[str, str], ...] = ()
@@ -235,6 +237,28 @@ class Settings:
             "Empty: the input is a depth map already."
         ),
         accepts_folder=True,
+    )
+    lora: str = _setting(
+        "",
+        label="LoRA weights",
+        group="LoRA",
+        help=(
+            "LoRA weights for the decoder's UNet, the prior, or both, separated by commas: each a local .safetensors "
+            "file, a local folder or a Hugging Face hub repo (owner/name, or owner/name@revision) holding one, in "
+            "diffusers' attention-processor format (the Kandinsky 2.2 LoRA training scripts') or the PEFT format. "
+            "The file's keys say which model it changes. Changing it reloads no model. Empty: none."
+        ),
+        accepts_file=True,
+    )
+    lora_scale: str = _setting(
+        "",
+        label="LoRA scales",
+        group="LoRA",
+        help=(
+            "One number per entry of lora, in order, separated by commas or spaces: how strongly each changes its "
+            "model (W + scale x up @ down, times alpha / rank where the file gives an alpha). Empty: 1 for each."
+        ),
+        pattern=r"[0-9.eE+\-\s,;]*",
     )
     prompt: str = _setting(
         "portrait of a young women, blue eyes, cinematic",
@@ -504,6 +528,30 @@ class Settings:
         """Whether a run in this mode reads ``parameter_name`` (``modes.Mode.parameters``)."""
         return self.mode in modes_reading(parameter_name)
 
+    def lora_entries(self) -> tuple[str, ...]:
+        """The entries of ``lora``, in order, each stripped of the spaces around it; none when it is empty."""
+        text = self.lora.strip()
+        return tuple(entry.strip() for entry in text.split(",")) if text else ()
+
+    def lora_scale_values(self) -> tuple[float, ...]:
+        """One scale per entry of ``lora``: ``lora_scale``'s numbers (never evaluated as code), or 1 for each when
+        it is empty. Raises ``SettingsError`` naming lora_scale when they are not one finite number per entry."""
+        count = len(self.lora_entries())
+        text = self.lora_scale.strip()
+        if not text:
+            return (1.0,) * count
+        try:
+            scales = tuple(float(part) for part in _WEIGHT_SEPARATORS.split(text))
+        except ValueError:
+            scales = None
+        if scales is None or len(scales) != count or not all(math.isfinite(scale) for scale in scales):
+            entries = f"the {count} entr{'y' if count == 1 else 'ies'} of lora" if count else "lora, which is empty"
+            raise SettingsError(
+                f"lora_scale: received {self.lora_scale!r}; accepted: one number per entry of lora, in order, "
+                f"separated by commas or spaces ({count} for {entries}), or empty for 1 each."
+            )
+        return scales
+
     def mix_item_count(self) -> int:
         """Mixed items: every image input, and the prompt when it is not empty."""
         return self.mix_images + (1 if self.prompt else 0)
@@ -589,6 +637,21 @@ def _margins_fit(settings: Settings) -> list[str]:
     return problems
 
 
+def _loras_fit(settings: Settings) -> list[str]:
+    """Refuse an empty entry in ``lora`` (two commas in a row), and scales that do not match its entries."""
+    problems = []
+    if any(not entry for entry in settings.lora_entries()):
+        problems.append(
+            f"lora: received {settings.lora!r}, which has an empty entry; accepted: LoRA weights (files, folders or "
+            "hub ids) separated by single commas."
+        )
+    try:
+        settings.lora_scale_values()
+    except SettingsError as error:
+        problems.append(str(error))
+    return problems
+
+
 def _mix_weights_fit(settings: Settings) -> list[str]:
     if not settings.reads("mix_weights"):
         return []
@@ -601,7 +664,12 @@ def _mix_weights_fit(settings: Settings) -> list[str]:
 
 # The checks of values that are each in range but may not fit together, in the mode the settings run: each
 # returns its problems, and all are refused at once.
-_CHECKS: tuple[Callable[[Settings], list[str]], ...] = (_strengths_leave_a_step, _margins_fit, _mix_weights_fit)
+_CHECKS: tuple[Callable[[Settings], list[str]], ...] = (
+    _strengths_leave_a_step,
+    _margins_fit,
+    _loras_fit,
+    _mix_weights_fit,
+)
 
 
 def unknown_names(values: Mapping[str, object]) -> list[str]:

@@ -8,6 +8,7 @@ timesteps and draws from its own generator, so a kept pipeline gives the pixels 
 
 import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from diffusers import (
     KandinskyV22PriorPipeline,
 )
 from PIL import Image
+from safetensors.torch import save_file
 from torch.utils import _pytree as pytree
 
 from infer_kandinsky_2_2.kandinsky22_devkit.reference import combine, combined_arguments
@@ -362,3 +364,38 @@ def settings_in_mode(tiny_strings: dict, tiny_repos, mode: str, **changes: str) 
             **changes,
         }
     )
+
+
+# The layers a LoRAAttnAddedKVProcessor (the decoder's attentions) and a LoRAAttnProcessor (the prior's) held.
+PROCESSOR_LAYERS = ("to_q", "to_k", "to_v", "to_out", "add_k_proj", "add_v_proj")
+
+
+@dataclass(frozen=True)
+class Written:
+    """A LoRA file a test wrote: where, for which component of its repo (unet, prior), and each layer's change
+    at scale 1 (alpha / rank x up @ down), by layer path."""
+
+    path: Path
+    deltas: dict[str, dict[str, torch.Tensor]]
+
+
+def attention_processor_lora(model: torch.nn.Module, component: str, path: Path, seed: int, rank: int = 4) -> Written:
+    """A LoRA as ``save_attn_procs`` wrote it for the Kandinsky 2.2 training scripts: one processor per attention
+    (``model.attn_processors``), its layers' down and up matrices under ``<processor>.<layer>_lora``."""
+    generator = torch.Generator().manual_seed(seed)
+    state, deltas = {}, {}
+    for processor in model.attn_processors:
+        attention = processor.removesuffix(".processor")
+        for layer in PROCESSOR_LAYERS:
+            name = f"{attention}.{'to_out.0' if layer == 'to_out' else layer}"
+            try:
+                linear = model.get_submodule(name)
+            except AttributeError:
+                continue
+            down = torch.randn(rank, linear.in_features, generator=generator) / linear.in_features**0.5
+            up = torch.randn(linear.out_features, rank, generator=generator) / rank**0.5
+            state[f"{processor}.{layer}_lora.down.weight"] = down
+            state[f"{processor}.{layer}_lora.up.weight"] = up
+            deltas[name] = up @ down
+    save_file(state, path)
+    return Written(path, {component: deltas})

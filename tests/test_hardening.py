@@ -64,6 +64,18 @@ BAD_VALUES = [
     ("seed", "9223372036854775808", "seed: received '9223372036854775808'; accepted: a whole number from -1"),
     ("seed", "4.2", "seed: received '4.2'; accepted: a whole number from -1 to 9223372036854775807."),
     ("mix_images", "0", "mix_images: received '0'; accepted: a whole number from 1 to 8."),
+    (
+        "lora",
+        "a.safetensors,,b.safetensors",
+        "lora: received 'a.safetensors,,b.safetensors', which has an empty entry; accepted: LoRA weights (files, "
+        "folders or hub ids) separated by single commas.",
+    ),
+    (
+        "lora_scale",
+        "x",
+        "lora_scale: received 'x'; accepted: one number per entry of lora, in order, separated by commas or spaces "
+        "(0 for lora, which is empty), or empty for 1 each.",
+    ),
     ("mix_images", "9", "mix_images: received '9'; accepted: a whole number from 1 to 8."),
     ("mask_mode", "invert", "mask_mode: received 'invert'; accepted: one of repaint, keep."),
     ("paste_back", "sometimes", "paste_back: received 'sometimes'; accepted: True or False."),

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
-from helpers import TASK_NAME, diffusers_reference, max_difference, model_cache, random_image, workflow_with
+from helpers import (
+    TASK_NAME,
+    attention_processor_lora,
+    diffusers_reference,
+    max_difference,
+    model_cache,
+    random_image,
+    workflow_with,
+)
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 
 pytest.importorskip("ikomia.dataprocess.workflow")
@@ -71,6 +80,28 @@ def test_task_instances_share_models_and_reload_only_what_changed(tiny_strings, 
     second.set_parameters({"model_name": str(other_decoder)})
     second_workflow.run()
     assert cache.load_counts == {**loads, "decoder": loads["decoder"] + 1}
+
+
+def test_a_lora_set_from_python_changes_the_picture_reloads_nothing_and_is_listed_in_the_metadata(
+    tiny_strings, tiny_repos, tmp_path
+):
+    unet = UNet2DConditionModel.from_pretrained(tiny_repos.decoder / "unet")
+    lora = attention_processor_lora(unet, "unet", tmp_path / "style.safetensors", seed=1).path
+    workflow, task = workflow_with(tiny_strings)
+    workflow.run()
+    plain = task.get_output(0).get_image()
+    cache = model_cache(task)
+    loads = dict(cache.load_counts)
+    task.set_parameters({"lora": str(lora), "lora_scale": "0.5"})
+    workflow.run()
+    assert max_difference(task.get_output(0).get_image(), plain) > 8
+    assert task.get_output(1).data["lora"] == [
+        {"lora": str(lora), "file": str(lora), "scale": 0.5, "models": ["the decoder's UNet"]}
+    ]
+    task.set_parameters({"lora": "", "lora_scale": ""})
+    workflow.run()
+    assert task.get_output(1).data["lora"] == []
+    assert cache.load_counts == loads
 
 
 def test_init_long_process_preloads_the_models(tiny_strings, other_decoder):

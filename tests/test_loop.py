@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, PriorTransformer, UNet2DConditionModel
 from diffusers.pipelines import kandinsky2_2
 from diffusers.pipelines.kandinsky2_2.pipeline_kandinsky2_2_inpainting import prepare_mask
 from hypothesis import given
@@ -21,6 +21,7 @@ from hypothesis.extra import numpy as hypothesis_numpy
 from helpers import (
     MODE_INPUTS,
     EagerCapture,
+    attention_processor_lora,
     authors_negative_prior_reference,
     controlnet_img2img_reference,
     controlnet_reference,
@@ -132,14 +133,26 @@ def patches(objects: dict[str, object], before: dict[tuple[str, str], object]) -
         ("inpaint", "Euler", "prior_offload", "True"),
         ("text2img", "default", "model_offload", "False"),
         ("controlnet_img2img", "LMS", "model_offload", "False"),
+        ("inpaint", "lora", "prior_offload", "True"),
+        ("text2img", "lora", "model_offload", "False"),
     ],
 )
 def test_no_library_object_is_patched_or_hooked_at_any_step(
-    tiny_strings, tiny_repos, monkeypatch, mode, scheduler, memory_mode, cuda_graphs
+    tiny_strings, tiny_repos, tmp_path, monkeypatch, mode, scheduler, memory_mode, cuda_graphs
 ):
     # Memory modes as on CUDA with the CPU as the device, CUDA graphs captured by replaying eagerly.
     monkeypatch.setattr(graphs, "CAPTURE", EagerCapture())
     runtime = Runtime("cpu", torch.float32, memory_mode)
+    lora = ""
+    if scheduler == "lora":
+        # LoRAs on both models, added through diffusers' and PEFT's API (adapter layers in the models' tree).
+        scheduler, prior = "default", PriorTransformer.from_pretrained(tiny_repos.prior / "prior")
+        decoder = UNet2DConditionModel.from_pretrained(tiny_repos.inpaint_decoder / "unet")
+        paths = [
+            attention_processor_lora(model, name, tmp_path / f"{name}.safetensors", seed=1).path
+            for name, model in (("prior", prior), ("unet", decoder))
+        ]
+        lora = ", ".join(map(str, paths))
     settings = settings_in_mode(
         tiny_strings,
         tiny_repos,
@@ -147,6 +160,7 @@ def test_no_library_object_is_patched_or_hooked_at_any_step(
         scheduler=scheduler,
         cuda_graphs=cuda_graphs,
         negative_prior_prompt=PRIOR_GUIDE[mode],
+        lora=lora,
     )
     cache = ModelCache()
     models = load_models(settings, runtime, cache)

@@ -26,6 +26,8 @@ def test_names_and_defaults_are_those_of_the_specification():
         "model_name": "kandinsky-community/kandinsky-2-2-decoder",
         "prior_model_name": "kandinsky-community/kandinsky-2-2-prior",
         "depth_model": "",
+        "lora": "",
+        "lora_scale": "",
         "prompt": "portrait of a young women, blue eyes, cinematic",
         "negative_prompt": "low quality, bad quality",
         "negative_prior_prompt": "",

@@ -28,6 +28,8 @@ NON_DEFAULT = {
     "model_name": "/models/my-decoder",
     "prior_model_name": "kandinsky-community/kandinsky-2-2-prior",
     "depth_model": "/models/my-depth-model",
+    "lora": "/loras/style.safetensors, owner/detail@v2",
+    "lora_scale": "0.8, -0.25",
     "prompt": "a red cat\non a blue chair",
     "negative_prompt": "",
     "negative_prior_prompt": "ugly\ndeformed",
@@ -138,6 +140,8 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
     inner(widget, "model_name", QtWidgets.QComboBox).setCurrentText("/models/my-decoder")
     inner(widget, "prior_model_name", QtWidgets.QComboBox).setCurrentText("someone/prior")
     inner(widget, "depth_model", QtWidgets.QLineEdit).setText("someone/depth")
+    inner(widget, "lora", QtWidgets.QLineEdit).setText("/loras/style.safetensors")
+    widgets["lora_scale"].setText("0.5")
     widgets["prompt"].setPlainText("a red cat\non a blue chair")
     widgets["negative_prompt"].setPlainText("")
     widgets["negative_prior_prompt"].setPlainText("ugly")
@@ -176,6 +180,8 @@ def test_apply_copies_every_control_into_the_parameters_before_emitting(plugin):
         "model_name": "/models/my-decoder",
         "prior_model_name": "someone/prior",
         "depth_model": "someone/depth",
+        "lora": "/loras/style.safetensors",
+        "lora_scale": "0.5",
         "prompt": "a red cat\non a blue chair",
         "negative_prompt": "",
         "negative_prior_prompt": "ugly",
@@ -394,6 +400,17 @@ def test_the_listed_inputs_follow_depth_model_which_takes_a_folder(plugin, monke
     inner(widget, "depth_model", QtWidgets.QToolButton).click()
     assert widget.control_values()["depth_model"] == "/models/depth"
     assert widget.inputs_label.text() == "0: image"
+
+
+def test_the_lora_button_adds_the_picked_files_to_the_list(plugin, monkeypatch):
+    _, widget = open_widget(plugin, {"lora": "owner/style"})
+    picked = ["/loras/a.safetensors", "/loras/b.safetensors"]
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileNames", lambda *arguments: (picked, "*.safetensors"))
+    inner(widget, "lora", QtWidgets.QToolButton).click()
+    assert widget.control_values()["lora"] == "owner/style, /loras/a.safetensors, /loras/b.safetensors"
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileNames", lambda *arguments: ([], ""))
+    inner(widget, "lora", QtWidgets.QToolButton).click()
+    assert widget.control_values()["lora"] == "owner/style, /loras/a.safetensors, /loras/b.safetensors"
 
 
 def items(combo) -> list[str]:
