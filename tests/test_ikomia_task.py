@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import re
 import shutil
 import sys
@@ -46,6 +47,23 @@ def test_the_plugin_loads_by_name_and_describes_itself_for_the_hub():
     assert info.icon_path.endswith("images/icon.png")
     assert task.get_input_count() == 0
     assert task.get_output_count() == 2
+
+
+def test_the_hardware_information_is_the_measured_need_rounded_up_and_the_readme_says_so():
+    from ikomia.dataprocess.registry import ik_registry
+
+    workflow_with({})
+    hardware = ik_registry.get_algorithm_info(TASK_NAME).hardware_config
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    ram = json.loads((results / "load_memory" / "dev-cpu_2026-12-07.json").read_text(encoding="utf-8"))
+    cpu_run = next(case for case in ram["cases"] if case["case"] == "text2img-float32-run")
+    gpu = json.loads((results / "h200_2026-11-27.json").read_text(encoding="utf-8"))
+    lightest = min(case["peak_memory_gb"] for name, case in gpu["cases"].items() if name.endswith("offload"))
+    assert (hardware.min_ram, hardware.min_vram) == (math.ceil(cpu_run["peak_rss_gb"]), math.ceil(lightest))
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"The task declares {hardware.min_ram} GB of RAM" in readme
+    assert f"and {hardware.min_vram} GB of GPU memory (model_offload" in readme
+    assert not hardware.gpu_required
 
 
 def test_parameters_round_trip_through_ikomia_strings(tiny_strings):
