@@ -201,7 +201,9 @@ def fetch(
     return _download(source, parameter_name, components, check, weights)
 
 
-def choose_weights_file(names: Iterable[str], parameter_name: str, where: str, preferred: str) -> str:
+def choose_weights_file(
+    names: Iterable[str], parameter_name: str, where: str, preferred: str, remedy: str = "the path of one of them"
+) -> str:
     """The one safetensors file among ``names`` (the files at the root of a folder or a hub repo, named ``where``
     in messages): ``preferred`` when it is there, else the only ``.safetensors`` file.
 
@@ -217,7 +219,7 @@ def choose_weights_file(names: Iterable[str], parameter_name: str, where: str, p
     if candidates:
         raise ModelLoadError(
             f"{parameter_name}: {where} holds several .safetensors files ({', '.join(candidates)}) and none named "
-            f"{preferred}; accepted: the path of one of them, downloaded."
+            f"{preferred}; accepted: {remedy}."
         )
     pickled = [name for name in names if name.endswith(_PICKLES)]
     if pickled:
@@ -249,7 +251,7 @@ def fetch_weights_file(source: Source, parameter_name: str, preferred: str) -> P
         cached = None
     if cached is not None and any(path.suffix == ".safetensors" for path in cached.iterdir()):
         names = [path.name for path in cached.iterdir() if path.is_file()]
-        return cached / choose_weights_file(names, parameter_name, where, preferred)
+        return cached / choose_weights_file(names, parameter_name, where, preferred, "the path of one of them")
     if hub_constants.HF_HUB_OFFLINE:
         raise ModelLoadError(
             f"{parameter_name}: {source.describe()} is not in the local Hugging Face cache "
@@ -261,7 +263,13 @@ def fetch_weights_file(source: Source, parameter_name: str, preferred: str) -> P
     except Exception as error:
         raise ModelLoadError(_describe_hub_failure(parameter_name, source, error)) from error
     sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or ()}
-    name = choose_weights_file([path for path in sizes if "/" not in path], parameter_name, where, preferred)
+    name = choose_weights_file(
+        [path for path in sizes if "/" not in path],
+        parameter_name,
+        where,
+        preferred,
+        "the path of one of them, downloaded",
+    )
     total = _log_plan("downloading", parameter_name, source, info.sha, [name], sizes)
     # By the branch or tag, so that the cache records its commit for later offline runs.
     folder = _snapshot(source, source.revision, [name], parameter_name, progress=_progress_bar(parameter_name, total))

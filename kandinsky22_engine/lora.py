@@ -89,7 +89,7 @@ class Factors:
 @dataclass(frozen=True)
 class LoraFile:
     """One entry of ``lora``, read: the entry as given, its safetensors file, its scale, the name of its adapter
-    (from the file's path, size and modification time: the same file gives the same name), and its layers by
+    (from the file's path, size, times and inode: the same file gives the same name), and its layers by
     model: for each of ``DECODER`` and ``PRIOR`` it changes, or for ``None`` when the keys do not say which,
     the layers' paths in the model and their ``Factors``."""
 
@@ -110,7 +110,9 @@ def read_loras(entries: Iterable[str], scales: Iterable[float]) -> tuple[LoraFil
     for entry, scale in zip(entries, scales, strict=True):
         path = find_file(entry)
         status = path.stat()
-        identity = f"{path.resolve()}:{status.st_size}:{status.st_mtime_ns}"
+        # A file rewritten in place, or replaced by a copy that keeps its modification time (cp -p, rsync,
+        # unzip), changes its status-change time or its inode, which no tool sets back.
+        identity = f"{path.resolve()}:{status.st_size}:{status.st_mtime_ns}:{status.st_ctime_ns}:{status.st_ino}"
         adapter = "lora_" + hashlib.sha256(identity.encode()).hexdigest()[:16]
         loras.append(LoraFile(entry, path, scale, adapter, read_keys(entry, path)))
     return tuple(loras)
@@ -180,6 +182,12 @@ def read_keys(entry: str, path: Path) -> dict[str | None, dict[str, Factors]]:
             alphas[target, layer] = float(alpha_values[key].item())
             continue
         factors = layers.setdefault(target, {}).setdefault(layer, Factors())
+        given = factors.down if factor == "down" else factors.up
+        if given:
+            raise ModelLoadError(
+                f"{PARAMETER}: {entry!r} holds the {factor} matrix of layer {layer!r} twice, as {given!r} and {key!r}; "
+                "accepted: one key per matrix."
+            )
         if factor == "down":
             factors.down, factors.down_shape = key, shapes[key]
         else:
@@ -284,6 +292,7 @@ def assign_models(
     """
     assigned: dict[str, list[tuple[LoraFile, dict[str, Factors]]]] = {DECODER: [], PRIOR: []}
     for lora in loras:
+        by_model: dict[str, dict[str, Factors]] = {}
         for target, layers in lora.layers.items():
             if target is None:
                 target = _owner(models, layers)
@@ -293,6 +302,16 @@ def assign_models(
                     f"{PARAMETER}: {lora.entry!r} does not fit {described[target]}: {problem}; accepted: LoRA weights "
                     f"trained for Kandinsky 2.2's {'decoder' if target == DECODER else 'prior'}."
                 )
+            # Keys with and without the model's prefix in one file: one adapter, whose layers are all of them.
+            merged = by_model.setdefault(target, {})
+            twice = next((layer for layer in layers if layer in merged), None)
+            if twice is not None:
+                raise ModelLoadError(
+                    f"{PARAMETER}: {lora.entry!r} holds layer {twice!r} of {described[target]} twice, as "
+                    f"{merged[twice].down!r} and {layers[twice].down!r}; accepted: one key per matrix."
+                )
+            merged.update(layers)
+        for target, layers in by_model.items():
             assigned[target].append((lora, layers))
     return assigned
 
@@ -408,7 +427,10 @@ def _add(
             ranks[layer] = factors.rank
             alphas[layer] = factors.alpha
             for matrix, key in (("lora_A", factors.down), ("lora_B", factors.up)):
-                state[f"{layer}.{matrix}.{name}.weight"] = weights.get_tensor(key).to(device=device, dtype=dtype)
+                # A copy: safetensors maps the file, and a tensor already in ``dtype`` on the CPU would keep reading
+                # it (a file rewritten or cut later would change the weights, or end the process).
+                tensor = weights.get_tensor(key)
+                state[f"{layer}.{matrix}.{name}.weight"] = tensor.to(device=device, dtype=dtype, copy=True)
     first = next(iter(layers))
     config = LoraConfig(
         r=ranks[first],

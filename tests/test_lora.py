@@ -9,6 +9,7 @@ float64 leaves both below one.
 
 import copy
 import logging
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -175,6 +176,49 @@ def test_changing_a_lora_reloads_nothing_and_removing_it_gives_the_picture_of_a_
     assert np.array_equal(again, pictures["decoder", "0.3"])
 
 
+def test_a_file_rewritten_in_place_is_read_again_and_the_applied_weights_never_follow_the_file(
+    settings, files, tiny_repos, tmp_path
+):
+    decoder = unet(tiny_repos.decoder)
+    path = attention_processor_lora(decoder, "unet", tmp_path / "style.safetensors", seed=5).path
+    other = attention_processor_lora(decoder, "unet", tmp_path / "other.safetensors", seed=6).path
+    assert path.stat().st_size == other.stat().st_size
+    cache = ModelCache()
+    runtime = Runtime("cpu", torch.float32)
+    first = picture(settings, cache, runtime, lora=str(path))
+    unet_with_lora = load_models(settings, runtime, cache).decoder.unet
+    applied = {name: value.clone() for name, value in unet_with_lora.state_dict().items() if "lora" in name}
+    status = path.stat()
+    with open(path, "r+b") as file:  # as a training script saving again: same size, then the old times put back
+        file.write(other.read_bytes())
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert all(torch.equal(value, unet_with_lora.state_dict()[name]) for name, value in applied.items())
+    again = picture(settings, cache, runtime, lora=str(path))
+    assert max_difference(again, first) > 8
+    assert max_difference(again, picture(settings, ModelCache(), runtime, lora=str(other))) <= 1
+
+
+def test_one_file_may_name_a_model_s_layers_with_and_without_its_prefix_but_not_a_layer_twice(
+    settings, cache, files, tmp_path
+):
+    state = load_file(files["decoder"].path)
+    keys = sorted(state)
+    half = len(keys) // 2 // 2 * 2  # whole layers: a down and an up key each
+    mixed = {**{key: state[key] for key in keys[:half]}, **{f"unet.{key}": state[key] for key in keys[half:]}}
+    path = write(tmp_path / "mixed.safetensors", mixed)
+    expected = picture(settings, cache, lora=str(files["decoder"].path))
+    assert np.array_equal(picture(settings, cache, lora=path), expected)
+    layer = keys[0].removesuffix(".down.weight").removesuffix("_lora")
+    peft_key = layer.replace(".processor.", ".").replace(".to_out", ".to_out.0") + ".lora_A.weight"
+    twice = write(tmp_path / "twice.safetensors", {**state, peft_key: state[keys[0]].clone()})
+    with pytest.raises(ModelLoadError) as refused:
+        generate(replace(settings, lora=twice), runtime=FLOAT64, cache=cache)
+    assert str(refused.value) == (
+        f"lora: {twice!r} holds the down matrix of layer {peft_key.removesuffix('.lora_A.weight')!r} twice, as "
+        f"{min(keys[0], peft_key)!r} and {max(keys[0], peft_key)!r}; accepted: one key per matrix."
+    )
+
+
 def test_the_metadata_lists_each_lora_its_file_scale_and_the_models_it_changed(settings, cache, files):
     lora = f"{files['both'].path}, {files['saved'].path}"
     metadata = generate(replace(settings, lora=lora, lora_scale="2 0.25"), runtime=FLOAT64, cache=cache).metadata
@@ -338,7 +382,7 @@ def test_refusals_name_lora_the_entry_and_what_is_wrong_before_any_model_loads(t
         ),
         str(several): (
             f"lora: folder {str(several)!r} holds several .safetensors files (a.safetensors, b.safetensors) and none "
-            "named pytorch_lora_weights.safetensors; accepted: the path of one of them, downloaded."
+            "named pytorch_lora_weights.safetensors; accepted: the path of one of them."
         ),
         unknown: (
             f"lora: {unknown!r} holds key 'down_blocks.1.attentions.0.to_q.weight', in no known format; accepted: LoRA "
