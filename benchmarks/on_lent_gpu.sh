@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU cases still to be measured (DEVELOPERS.md, "On a lent GPU machine without network"), as run on a lent GPU machine: no network;
+# The GPU cases still to be measured (BENCHMARKS.md, "On a lent GPU machine without network"), as run on a lent GPU machine: no network;
 # torch, transformers and accelerate installed; the diffusers and importlib_metadata wheels carried in .whl/.
 # Usage: bash benchmarks/on_lent_gpu.sh OUTPUT_FOLDER [gpu_benchmark.py options, e.g. --device cpu --size tiny]
 # $PYTHON, by default python3, runs it.

@@ -4,7 +4,7 @@ it suggests when the GPU runs out of memory.
 ``MEMORY_MODES`` holds the four the ``memory_mode`` parameter offers on CUDA; ``CPU`` is the one a run on the
 CPU has, where there is nothing to offload. The parameter's choices and help, the placement of every model
 (``models``), which decoders are set aside (``generation.load_models``), what an out-of-memory error
-suggests, which stages may replay CUDA graphs (``graphs``) and the README's table all read this table.
+suggests, which stages may replay CUDA graphs (``graphs``) and docs/hardware.md's table all read this table.
 
 The words used:
 
@@ -33,7 +33,7 @@ class MemoryMode:
 
     Fields:
         name: the ``memory_mode`` value.
-        help: what it is for, one clause (the parameter's help and the README's table).
+        help: what it is for, one clause (the parameter's help and docs/hardware.md's table).
         pipelines: how the prior and the decoders are placed: ``PLACED``, ``MODEL_OFFLOAD`` or
             ``SEQUENTIAL_OFFLOAD``.
         parked_prior_models: the prior pipeline's models parked instead of placed, which visit the device for
@@ -114,7 +114,7 @@ def memory_mode(name: str) -> MemoryMode:
 
 
 def markdown_table() -> str:
-    """The README's table of the memory modes, from ``MEMORY_MODES``."""
+    """docs/hardware.md's table of the memory modes, from ``MEMORY_MODES``."""
 
     def cell(values: tuple[str, ...] | str) -> str:
         return ", ".join(values) if isinstance(values, tuple) else values

@@ -1,8 +1,9 @@
 """Every parameter of the task, defined once.
 
 ``Settings`` is the single definition: each field carries its type, default, accepted range, label,
-group and help text. The Ikomia parameter class, the Studio widget, the README table and the
-validation all derive from it, so they cannot disagree. Ikomia passes values as strings:
+group, help text and summary (a few words, for the README's table). The Ikomia parameter class, the Studio
+widget, the README's and docs/parameters.md's tables and the validation all derive from it, so they cannot
+disagree. Ikomia passes values as strings:
 ``Settings.from_strings`` parses and checks all of them before any model work starts.
 """
 
@@ -64,6 +65,8 @@ class Parameter:
     label: str
     group: str
     help: str
+    # The help in a few words, for the README's table; the help itself is the tooltip and docs/parameters.md's.
+    summary: str
     minimum: float | None = None
     maximum: float | None = None
     multiple_of: int | None = None
@@ -112,6 +115,23 @@ class Parameter:
         if self.minimum is not None:
             return f"{noun} of at least {_number(self.minimum)}"
         return noun
+
+    def accepted_briefly(self) -> str:
+        """The accepted values in the fewest words, for the README's table: a range without its noun ("whole, 2 to
+        1000"; "64 to 2048, by 64"; "0 to 1" for a real number), the choices without "one of"."""
+        if self.choices:
+            return ", ".join(self.choices)
+        if self.type not in (int, float):
+            return self.accepted()
+        if self.minimum is not None and self.maximum is not None:
+            span = f"{_number(self.minimum)} to {_number(self.maximum)}"
+        elif self.minimum is not None:
+            span = f"{_number(self.minimum)} or more"
+        else:
+            span = "any"
+        if self.multiple_of:
+            return f"{span}, by {self.multiple_of}"
+        return f"whole, {span}" if self.type is int else span
 
     def default_as_text(self) -> str:
         """The default as the README shows it (some defaults depend on the machine)."""
@@ -165,11 +185,12 @@ def _setting(
     label: str,
     group: str,
     help: str,
+    summary: str,
     default_factory: Callable[[], object] | None = None,
     **limits: object,
 ) -> Field:
     """Declare a field of ``Settings`` together with what the other layers need to know of it."""
-    metadata = {"label": label, "group": group, "help": help, **limits}
+    metadata = {"label": label, "group": group, "help": help, "summary": summary, **limits}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -181,6 +202,7 @@ def _margin(default: int, side: str, where: str) -> Field:
         default,
         label=f"{side} margin",
         group="Outpaint",
+        summary=f"outpaint: pixels painted {where} the image, at least.",
         help=(
             f"outpaint: pixels of the output painted {where} the image, at least: the image keeps its aspect, so where "
             "it differs from the box the margins leave, the rest of the box is painted too."
@@ -198,6 +220,7 @@ class Settings:
         "text2img",
         label="Mode",
         group="Mode",
+        summary="What the run does (the table above); set it first.",
         help="; ".join(f"{name}: {mode.help}" for name, mode in MODES.items()) + ".",
         choices=tuple(MODES),
     )
@@ -205,6 +228,7 @@ class Settings:
         DEFAULT_DECODER,
         label="Decoder model",
         group="Models",
+        summary="The decoder repo: a hub id or a local folder.",
         help=(
             "Hugging Face hub id (owner/name, or owner/name@revision) or local folder of a Kandinsky 2.2 decoder repo "
             "of the mode's kind: text-to-image, inpainting or ControlNet depth. Left at the default, "
@@ -220,6 +244,7 @@ class Settings:
         DEFAULT_PRIOR,
         label="Prior model",
         group="Models",
+        summary="The prior repo: a hub id or a local folder.",
         help=(
             "Kandinsky 2.2 prior repo: a Hugging Face hub id (owner/name, or owner/name@revision) or a local folder."
         ),
@@ -231,6 +256,7 @@ class Settings:
         "",
         label="Depth model",
         group="Models",
+        summary="A depth-estimation model that makes the depth map from a photo.",
         help=(
             "A transformers depth-estimation model (hub id owner/name, or owner/name@revision, or local folder; "
             "safetensors weights) that estimates the depth map from a photo, given in place of the depth map. "
@@ -242,6 +268,7 @@ class Settings:
         "",
         label="LoRA weights",
         group="LoRA",
+        summary="LoRA weights, separated by commas.",
         help=(
             "LoRA weights for the decoder's UNet, the prior, or both, separated by commas: each a local .safetensors "
             "file, a local folder or a Hugging Face hub repo (owner/name, or owner/name@revision) holding one, in "
@@ -254,6 +281,7 @@ class Settings:
         "",
         label="LoRA scales",
         group="LoRA",
+        summary="One strength per LoRA; empty: 1 each.",
         help=(
             "One number per entry of lora, in order, separated by commas or spaces: how strongly each changes its "
             "model (W + scale x up @ down, times alpha / rank where the file gives an alpha). Empty: 1 for each."
@@ -264,6 +292,7 @@ class Settings:
         "portrait of a young women, blue eyes, cinematic",
         label="Prompt",
         group="Prompt",
+        summary="What the image should show.",
         help="What the image should show. CLIP reads the first 77 tokens.",
         multiline=True,
     )
@@ -271,6 +300,7 @@ class Settings:
         "low quality, bad quality",
         label="Negative prompt",
         group="Prompt",
+        summary="What it should not show (read above guidance 1).",
         help=(
             "What the picture should not show, for a decoder guidance scale above 1 (at 1 the decoder ignores it). "
             "In the modes that start from the prompt alone, the prior steers away from it too, unless a negative "
@@ -283,6 +313,7 @@ class Settings:
         "",
         label="Negative prior prompt",
         group="Prompt",
+        summary="What the prior's embedding of the prompt should avoid.",
         help=(
             "What the image embedding the prior makes of the prompt should avoid (the authors' "
             "negative_prior_prompt). In the modes that start from the prompt alone, the negative prompt then gets "
@@ -294,6 +325,7 @@ class Settings:
         25,
         label="Prior steps",
         group="Prior: prompt to image embedding",
+        summary="Denoising steps of the prior.",
         help="Denoising steps of the prior.",
         minimum=2,
         maximum=MAX_STEPS,
@@ -302,6 +334,7 @@ class Settings:
         4.0,
         label="Prior guidance scale",
         group="Prior: prompt to image embedding",
+        summary="The prior's guidance: higher follows the prompt more closely.",
         help="Classifier-free guidance of the prior: higher follows the prompt more closely.",
         minimum=1.0,
         maximum=20.0,
@@ -311,6 +344,7 @@ class Settings:
         0.85,
         label="Prior strength",
         group="Prior: prompt to image embedding",
+        summary="How far the image's embedding moves towards the prompt.",
         help=(
             "How far the image embedding may move from the input image's towards the prompt: near 0 keeps the "
             "image's, 1 ignores it. The prior runs int(prior_num_inference_steps x prior_strength) steps, which must "
@@ -324,6 +358,7 @@ class Settings:
         100,
         label="Decoder steps",
         group="Decoder: embedding to image",
+        summary="Denoising steps of the decoder: more is slower, usually finer.",
         help="Denoising steps of the decoder: more is slower and usually finer.",
         minimum=1,
         maximum=MAX_STEPS,
@@ -332,6 +367,7 @@ class Settings:
         1.0,
         label="Decoder guidance scale",
         group="Decoder: embedding to image",
+        summary="The decoder's guidance; on only above 1, at twice the work.",
         help="Classifier-free guidance of the decoder; on only above 1, where it doubles the decoder's work.",
         minimum=1.0,
         maximum=20.0,
@@ -341,6 +377,7 @@ class Settings:
         DEFAULT_SCHEDULER,
         label="Sampler",
         group="Decoder: embedding to image",
+        summary="The decoder's sampler.",
         help=(
             "The decoder's sampler: default is the repo's own DDPM (100 steps by default); the others, named as in "
             "other tools, are usually run at fewer steps (DPM++ 2M, UniPC: 20 to 30; not measured here on the real "
@@ -356,6 +393,7 @@ class Settings:
         0.3,
         label="Strength",
         group="Decoder: embedding to image",
+        summary="How far the picture moves from the input image.",
         help=(
             "How far the picture may move from the input image: near 0 keeps it, 1 repaints it all. The decoder runs "
             "int(num_inference_steps x strength) steps, which must be one at least."
@@ -368,6 +406,7 @@ class Settings:
         768,
         label="Height",
         group="Output",
+        summary="Image height in pixels.",
         help="Image height in pixels.",
         minimum=SIDE_STEP,
         maximum=MAX_SIDE,
@@ -378,6 +417,7 @@ class Settings:
         768,
         label="Width",
         group="Output",
+        summary="Image width in pixels.",
         help="Image width in pixels.",
         minimum=SIDE_STEP,
         maximum=MAX_SIDE,
@@ -388,6 +428,7 @@ class Settings:
         1,
         label="Images",
         group="Output",
+        summary="Pictures per run, as one batch.",
         help="How many pictures one run makes, as one batch: picture 1 is output 0, the others outputs 2 and on.",
         minimum=1,
         maximum=MAX_IMAGES,
@@ -396,6 +437,7 @@ class Settings:
         RANDOM_SEED,
         label="Seed",
         group="Output",
+        summary="-1: random; any other gives the same image every time.",
         help=f"-1 draws a random seed in [0, {MAX_RANDOM_SEED}]; any other value gives the same image every time.",
         minimum=RANDOM_SEED,
         maximum=2**63 - 1,
@@ -404,6 +446,7 @@ class Settings:
         2,
         label="Images to mix",
         group="Mix",
+        summary="mix: how many image inputs.",
         help=(
             "mix: how many image inputs the task offers; each must be given an image. One image with an empty "
             "prompt gives variations of it; with a prompt, the image and the prompt are mixed."
@@ -415,6 +458,7 @@ class Settings:
         "",
         label="Mix weights",
         group="Mix",
+        summary="mix: one weight per image, then the prompt.",
         help=(
             "mix: one weight per item (image 1, image 2, ..., then the prompt when it is not empty), separated by "
             "commas or spaces. Empty: equal weights."
@@ -425,6 +469,7 @@ class Settings:
         "repaint",
         label="Mask mode",
         group="Inpaint and outpaint",
+        summary="inpaint: repaint what the mask marks, or keep it.",
         help="inpaint: what the mask marks (white): repaint repaints it; keep keeps it and repaints everything else.",
         choices=MASK_MODES,
     )
@@ -432,6 +477,7 @@ class Settings:
         False,
         label="Paste back",
         group="Inpaint and outpaint",
+        summary="Keep the input exactly outside the repainted area.",
         help=(
             "inpaint and outpaint: put the input back, pixel for pixel, outside the repainted area (the decoder "
             f"alters it slightly there), blending the new picture in over the first {PASTE_BACK_FEATHER} pixels "
@@ -449,6 +495,7 @@ class Settings:
         32,
         label="Overlap",
         group="Outpaint",
+        summary="outpaint: image pixels repainted along each seam.",
         help=(
             "outpaint: pixels of the image, along each edge next to a painted margin, repainted too so that the "
             "seam blends."
@@ -460,6 +507,7 @@ class Settings:
         default_factory=torch.cuda.is_available,
         label="Use CUDA",
         group="Device",
+        summary="Run on the GPU in float16 where CUDA is available.",
         help="Run on the GPU in float16 where CUDA is available; otherwise, or when off, on the CPU in float32.",
         default_text="True where CUDA is available",
     )
@@ -467,6 +515,7 @@ class Settings:
         0,
         label="GPU",
         group="Device",
+        summary="Which GPU, by torch's index.",
         help=(
             "Which GPU runs the task, by torch's index from 0 (CUDA_VISIBLE_DEVICES, where set, renumbers the GPUs it "
             "lists); each GPU loads models of its own. An index past the GPUs torch sees is refused; on the CPU it is "
@@ -479,6 +528,7 @@ class Settings:
         "gpu",
         label="GPU memory",
         group="Device",
+        summary="How the models use GPU memory (see Hardware).",
         help=(
             "How the models use GPU memory: "
             + "; ".join(f"{name}: {mode.help}" for name, mode in MEMORY_MODES.items())
@@ -491,6 +541,7 @@ class Settings:
         False,
         label="CUDA graphs",
         group="Device",
+        summary="Replay forward passes from CUDA graphs; not measured yet.",
         help=(
             "Replay the prior's and the UNet's forward passes from CUDA graphs, captured at the first run with new "
             "inputs (a size, batch, guidance, mode or sampler not seen before: a few passes, no compiling): only "
@@ -505,6 +556,7 @@ class Settings:
         "off",
         label="Compile the UNet",
         group="Device",
+        summary="Compile the decoder's UNet with torch.compile.",
         help=(
             "Compile the decoder's UNet with torch.compile in this mode (reduce-overhead, with CUDA graphs, is the "
             "fastest); ignored on the CPU. The first run compiles (about a minute on an H200), as does the first "
@@ -695,14 +747,31 @@ PARAMETERS: tuple[Parameter, ...] = tuple(
 )
 
 
+def _default_cell(parameter: Parameter) -> str:
+    default = parameter.default_as_text()
+    if parameter.default_text is None:
+        default = f"`{default}`" if default else "(empty)"
+    return default
+
+
 def markdown_table() -> str:
-    """The README's parameter table, generated from the definitions above."""
+    """The full parameter table of docs/parameters.md, generated from the definitions above: each parameter's
+    type, default, accepted values and whole help."""
     rows = ["| name | type | default | accepted | what it does |", "|---|---|---|---|---|"]
     for parameter in PARAMETERS:
-        default = parameter.default_as_text()
-        if parameter.default_text is None:
-            default = f"`{default}`" if default else "(empty)"
         rows.append(
-            f"| {parameter.name} | {parameter.type.__name__} | {default} | {parameter.accepted()} | {parameter.help} |"
+            f"| {parameter.name} | {parameter.type.__name__} | {_default_cell(parameter)} | {parameter.accepted()} "
+            f"| {parameter.help} |"
+        )
+    return "\n".join(rows)
+
+
+def summary_table() -> str:
+    """The README's parameter table, generated from the definitions above: each parameter's default, accepted
+    values and summary (the whole help is in docs/parameters.md)."""
+    rows = ["| name | default | accepted | what it does |", "|---|---|---|---|"]
+    for parameter in PARAMETERS:
+        rows.append(
+            f"| {parameter.name} | {_default_cell(parameter)} | {parameter.accepted_briefly()} | {parameter.summary} |"
         )
     return "\n".join(rows)

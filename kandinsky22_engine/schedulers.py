@@ -44,7 +44,7 @@ TIMESTEP_SPACING = "trailing"
 @dataclass(frozen=True)
 class Sampler:
     """A sampler as other tools name it: the diffusers scheduler class, the options that make it this sampler,
-    and what it is for (the help the widget and the README show; the step counts there are those other tools
+    and what it is for (the help the widget and docs/samplers.md show; the step counts there are those other tools
     and diffusers' documentation use, not measured here)."""
 
     name: str

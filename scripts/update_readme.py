@@ -1,18 +1,20 @@
-"""Rewrite the README's generated blocks: the Python example, the mode table, the parameter table, and what each
-mode downloads.
+"""Rewrite the generated blocks of the README and of the pages under docs/ (``DOCUMENTS`` says which block lives
+in which file): the Python example, the mode table, the parameter tables, the samplers, the memory modes, and what
+each mode downloads.
 
-The Python example, which sets every parameter to its default, and the parameter table come from the single
-parameter definition. The downloads come from the published
-repos' file list (``kandinsky22_devkit/published_configs/files.json``) and the rule the task fetches by
-(``hub.needed_files``, over the components each mode's pipelines load): a table of bytes per mode, and the
-``hf download`` commands that fetch exactly those files for offline use.
+The Python example, which sets every parameter to its default, and the parameter tables (the README's with each
+summary, docs/parameters.md's with each whole help) come from the single parameter definition. The downloads come
+from the published repos' file list (``kandinsky22_devkit/published_configs/files.json``) and the rule the task
+fetches by (``hub.needed_files``, over the components each mode's pipelines load): a table of bytes per mode in the
+README, and in docs/downloads.md the ``hf download`` commands that fetch exactly those files for offline use.
 
-Usage: python scripts/update_readme.py (a test fails while the README differs from it).
+Usage: python scripts/update_readme.py (a test fails while any of these files differs from it).
 """
 
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +29,11 @@ from kandinsky22_engine.hub import needed_files  # noqa: E402
 from kandinsky22_engine.memory import markdown_table as memory_table  # noqa: E402
 from kandinsky22_engine.models import IMAGE_ENCODER, pipeline_components  # noqa: E402
 from kandinsky22_engine.modes import DRAWING_INPUT, MIX_INPUTS, MODES, input_names  # noqa: E402
-from kandinsky22_engine.parameters import PARAMETERS, Parameter, markdown_table  # noqa: E402
+from kandinsky22_engine.parameters import PARAMETERS, Parameter, markdown_table, summary_table  # noqa: E402
 from kandinsky22_engine.schedulers import DEFAULT_SCHEDULER, SAMPLERS  # noqa: E402
 
 README = CHECKOUT / "README.md"
+DOCS = CHECKOUT / "docs"
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,8 @@ def _gigabytes(size: int) -> str:
 
 
 def downloads_block() -> str:
-    """The README's table of what a first run of each mode downloads, and the commands that fetch it ahead."""
+    """The README's table of what a first run of each mode downloads."""
     every = parts()
-    unknown = sorted({path for part in every.values() for path in part.unknown()})
     rows = [
         "| mode | a first run downloads (negative prompt set) | with an empty negative prompt |",
         "|---|---|---|",
@@ -99,12 +101,18 @@ def downloads_block() -> str:
     for mode in MODES:
         sizes = [sum(every[key].known_bytes() for key in mode_parts(mode, empty)) for empty in (False, True)]
         rows.append(f"| {mode} | {_gigabytes(sizes[0])} | {_gigabytes(sizes[1])} |")
+    return "\n".join(rows)
+
+
+def download_commands() -> str:
+    """docs/downloads.md's note on the README's sizes, and the ``hf download`` commands that fetch ahead, part by
+    part, what the modes load."""
+    every = parts()
+    unknown = sorted({path for part in every.values() for path in part.unknown()})
     lines = [
-        *rows,
-        "",
-        f"Sizes are those of the repos' file lists, without {' and '.join(unknown)}, which the list gives no size "
-        "for; the inpainting UNet's is computed from its architecture (`scripts/safetensors_size.py`). A later run "
-        "of another mode fetches only what is new to it: its own decoder, or the image encoder.",
+        f"The sizes are those of the repos' file lists, without {' and '.join(unknown)}, which the list gives no "
+        "size for; the inpainting UNet's is computed from its architecture (`scripts/safetensors_size.py`). A later "
+        "run of another mode fetches only what is new to it: its own decoder, or the image encoder.",
         "",
         "```bash",
     ]
@@ -175,12 +183,14 @@ def _inputs_cell(inputs: tuple[str, ...]) -> str:
     return ", ".join(cells) or "none"
 
 
-def modes_table() -> str:
-    """The README's table of modes, from the mode table: what each does, its inputs, its decoder when model_name
-    is left at its default (shared between the modes that use the same), and the parameters only it reads."""
+def modes_table(decoders: bool = True) -> str:
+    """The table of modes, from the mode table: what each does, its inputs, its decoder when model_name is left at
+    its default (shared between the modes that use the same; docs/inputs.md's table only, ``decoders``), and the
+    parameters only it reads."""
+    decoder_column = " decoder when `model_name` is left at its default |" if decoders else ""
     rows = [
-        "| mode | what it does | inputs | decoder when `model_name` is left at its default | its own parameters |",
-        "|---|---|---|---|---|",
+        f"| mode | what it does | inputs |{decoder_column} its own parameters |",
+        "|---|---|---|" + ("---|" if decoders else "") + "---|",
     ]
     first_user: dict[str, str] = {}
     for name, mode in MODES.items():
@@ -192,7 +202,8 @@ def modes_table() -> str:
         if "depth_model" in mode.parameters:
             estimating = input_names(name, depth_model="set")
             inputs += f"; with `depth_model` set, {_inputs_cell(estimating)} (the photo)"
-        rows.append(f"| `{name}` | {mode.help} | {inputs} | {decoder} | {own} |")
+        decoder_cell = f" {decoder} |" if decoders else ""
+        rows.append(f"| `{name}` | {mode.help} | {inputs} |{decoder_cell} {own} |")
     return "\n".join(rows)
 
 
@@ -211,29 +222,37 @@ def samplers_table() -> str:
     return "\n".join(rows)
 
 
-BLOCKS = {
-    "python-example": python_example,
-    "modes": modes_table,
-    "samplers": samplers_table,
-    "parameters": markdown_table,
-    "memory-modes": memory_table,
-    "downloads": downloads_block,
+# Which generated blocks live in which file.
+DOCUMENTS: dict[Path, dict[str, Callable[[], str]]] = {
+    README: {
+        "python-example": python_example,
+        "modes": lambda: modes_table(decoders=False),
+        "parameters": summary_table,
+        "downloads": downloads_block,
+    },
+    DOCS / "inputs.md": {"modes": modes_table},
+    DOCS / "parameters.md": {"parameters": markdown_table},
+    DOCS / "samplers.md": {"samplers": samplers_table},
+    DOCS / "hardware.md": {"memory-modes": memory_table},
+    DOCS / "downloads.md": {"download-commands": download_commands},
 }
 
 
-def rewrite(text: str) -> str:
-    """``text`` with every generated block replaced by what it is generated from now."""
-    for name, generate in BLOCKS.items():
+def rewrite(text: str, path: Path = README) -> str:
+    """``text``, the content of ``path`` (a key of ``DOCUMENTS``), with every block generated in that file replaced
+    by what it is generated from now. Exits naming the file and the block when a block's markers are missing."""
+    for name, generate in DOCUMENTS[path].items():
         block = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
         if not block.search(text):
-            sys.exit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block")
+            sys.exit(f"{path.relative_to(CHECKOUT)} has no <!-- {name}:start --> ... <!-- {name}:end --> block")
         content = generate()
         text = block.sub(lambda match, content=content: match.group(1) + content + match.group(2), text)
     return text
 
 
 def main() -> None:
-    README.write_text(rewrite(README.read_text(encoding="utf-8")), encoding="utf-8")
+    for path in DOCUMENTS:
+        path.write_text(rewrite(path.read_text(encoding="utf-8"), path), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -321,9 +321,9 @@ def test_a_cached_repo_loads_without_any_request(online):
 
 
 def readme_commands() -> list[list[str]]:
-    """The ``hf download`` commands of the README's offline recipe, as argument lists."""
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    block = text.split("<!-- downloads:start -->", 1)[1].split("<!-- downloads:end -->", 1)[0]
+    """The ``hf download`` commands of the offline recipe (docs/downloads.md), as argument lists."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "downloads.md").read_text(encoding="utf-8")
+    block = text.split("<!-- download-commands:start -->", 1)[1].split("<!-- download-commands:end -->", 1)[0]
     joined = block.replace("\\\n", " ")
     return [line.split() for line in joined.splitlines() if line.startswith("hf download ")]
 

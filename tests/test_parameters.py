@@ -170,11 +170,38 @@ def test_values_given_from_python_are_kept_as_read_not_as_given():
     assert replace(settings, cuda_graphs="True").cuda_graphs is True
 
 
-def test_every_generated_block_of_the_readme_is_up_to_date():
-    from update_readme import rewrite
+def test_every_generated_block_of_the_readme_and_the_docs_is_up_to_date():
+    from update_readme import DOCUMENTS, rewrite
 
-    readme = README.read_text(encoding="utf-8")
-    assert rewrite(readme) == readme, "run: python scripts/update_readme.py"
+    assert README in DOCUMENTS
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        assert rewrite(text, path) == text, f"{path.name}: run python scripts/update_readme.py"
+
+
+def test_every_parameter_has_a_summary_of_a_few_words_for_the_readme():
+    from update_readme import README as readme_path
+
+    table = readme_path.read_text(encoding="utf-8").split("<!-- parameters:start -->", 1)[1]
+    for parameter in PARAMETERS:
+        assert parameter.summary and len(parameter.summary.split()) <= 12, parameter.name
+        assert f"| {parameter.name} | " in table and f" | {parameter.summary} |" in table
+
+
+@pytest.mark.parametrize(
+    ("name", "briefly"),
+    [
+        ("prior_num_inference_steps", "whole, 2 to 1000"),
+        ("strength", "0 to 1"),
+        ("height", "64 to 2048, by 64"),
+        ("cuda_device", "whole, 0 or more"),
+        ("mask_mode", "repaint, keep"),
+        ("paste_back", "True or False"),
+        ("model_name", "non-empty text"),
+    ],
+)
+def test_the_readme_gives_the_accepted_values_briefly(name, briefly):
+    assert BY_NAME[name].accepted_briefly() == briefly
 
 
 def test_the_negative_prompt_help_gives_the_image_encoders_size_from_the_file_list():
