@@ -1,5 +1,5 @@
-"""A new user's first steps, as the README gives them: the plugin linked where Ikomia finds it, and the README's
-Python example run offline on the tiny models."""
+"""A new user's first steps, as the README gives them: the plugin linked where Ikomia finds it, the README's Python
+example run offline on the tiny models, and the demo's failures told as what to do."""
 
 import os
 import re
@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from demo import TINY_HINT, DemoError, check_sets, explain, parse_sets
+from helpers import workflow_with
 from ikomia_home import CHECKOUT, PLUGIN_NAME, PluginFolderTaken, link_checkout
+from infer_kandinsky_2_2.kandinsky22_engine.errors import SettingsError
+from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
 
 README = CHECKOUT / "README.md"
 SCRIPTS = CHECKOUT / "scripts"
@@ -79,3 +83,66 @@ def test_the_readme_python_example_runs_offline_on_the_tiny_models_once_the_plug
     height, width = (int(re.search(rf'"{name}": "(\d+)"', example).group(1)) for name in ("height", "width"))
     assert picture.shape == (height, width, 3)
     assert picture.std() > 0
+
+
+def test_a_set_option_that_is_not_name_equals_value_is_refused_with_the_accepted_form():
+    assert parse_sets(["seed=42", "prompt=a=b"]) == {"seed": "42", "prompt": "a=b"}
+    for item in ("prompt", "=x"):
+        with pytest.raises(DemoError) as refused:
+            parse_sets([item])
+        accepted = "NAME=VALUE, e.g. --set seed=42 or --set prompt='a red cat'."
+        assert str(refused.value) == f"--set {item}: accepted: {accepted}"
+
+
+def test_a_set_option_the_task_would_refuse_is_named_with_what_it_accepts():
+    assert check_sets({}) == "text2img"
+    assert check_sets({"mode": "inpaint"}) == "inpaint"
+    with pytest.raises(DemoError) as refused:
+        check_sets({"mode": "foo", "num_inference_step": "3"})
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(
+        "--set num_inference_step: unknown parameter; did you mean num_inference_steps or prior_num_inference_steps? "
+    )
+    assert lines[1].startswith("--set mode: received 'foo'; accepted: one of text2img, img2img, inpaint, outpaint, ")
+
+
+def test_a_task_error_is_told_in_its_own_words_out_of_ikomias_wrapping():
+    workflow, _ = workflow_with({"height": "65"})
+    with pytest.raises(RuntimeError) as failed:
+        workflow.run()
+    with pytest.raises(SettingsError) as expected:
+        Settings.from_strings({"height": "65"})
+    assert explain(failed.value) == f"infer_kandinsky_2_2: {expected.value}"
+    assert explain(SettingsError("height: received '65'")) == "infer_kandinsky_2_2: height: received '65'"
+    assert explain(ValueError("boom\nin detail")) == (
+        "infer_kandinsky_2_2: ValueError: boom (--traceback shows where it came from)"
+    )
+
+
+def test_a_run_that_cannot_reach_the_hub_says_to_try_tiny(cache_folder):
+    workflow, _ = workflow_with({})
+    with pytest.raises(RuntimeError) as failed:
+        workflow.run()
+    told = explain(failed.value)
+    assert told.startswith(
+        "infer_kandinsky_2_2: model_name: 'kandinsky-community/kandinsky-2-2-decoder' is not (fully) in the local "
+        f"Hugging Face cache ({cache_folder}) and HF_HUB_OFFLINE is set, so it cannot be downloaded (missing: "
+    )
+    assert told.endswith(f"or give a local folder. {TINY_HINT}")
+
+
+@pytest.mark.slow
+def test_the_demo_prints_the_task_message_alone_and_the_traceback_only_when_asked(tmp_path):
+    demo = [sys.executable, str(SCRIPTS / "demo.py"), "--output", str(tmp_path / "out.png")]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "huggingface")}
+    told = subprocess.run(demo, capture_output=True, text=True, env=environment, timeout=300)
+    assert told.returncode == 1
+    assert "Traceback" not in told.stderr
+    message = told.stderr.strip().splitlines()[-1]
+    assert message.startswith("infer_kandinsky_2_2: model_name: 'kandinsky-community/kandinsky-2-2-decoder' is not")
+    assert message.endswith(TINY_HINT)
+    shown = subprocess.run([*demo, "--traceback"], capture_output=True, text=True, env=environment, timeout=300)
+    assert shown.returncode == 1
+    assert "Traceback (most recent call last)" in shown.stderr
+    assert "HubUnreachable" in shown.stderr
