@@ -14,6 +14,11 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names the parameter, the model and the reason."""
 
 
+class HubUnreachable(ModelLoadError):
+    """A model missing from the local Hugging Face cache could not be fetched: HF_HUB_OFFLINE is set, or the hub
+    cannot be reached from this machine; the message names the parameter and the model."""
+
+
 class GenerationStopped(RuntimeError):
     """The user asked to stop; the run ended after the current denoising step."""
 

@@ -30,7 +30,7 @@ from huggingface_hub.errors import (
 from tqdm.auto import tqdm
 
 from .constants import PINNED_REVISIONS
-from .errors import ModelLoadError
+from .errors import HubUnreachable, ModelLoadError
 
 logger = logging.getLogger(__name__)
 # A revision's parts never start with a dot: huggingface_hub writes a branch's commit to refs/<revision> in the cache.
@@ -193,7 +193,7 @@ def fetch(
     else:
         missing = [_shown(component) for component in components]
     if hub_constants.HF_HUB_OFFLINE:
-        raise ModelLoadError(
+        raise HubUnreachable(
             f"{parameter_name}: {source.describe()} is not (fully) in the local Hugging Face cache "
             f"({hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded (missing: "
             f"{', '.join(missing)}). Download it once with network access, or give a local folder."
@@ -253,7 +253,7 @@ def fetch_weights_file(source: Source, parameter_name: str, preferred: str) -> P
         names = [path.name for path in cached.iterdir() if path.is_file()]
         return cached / choose_weights_file(names, parameter_name, where, preferred, "the path of one of them")
     if hub_constants.HF_HUB_OFFLINE:
-        raise ModelLoadError(
+        raise HubUnreachable(
             f"{parameter_name}: {source.describe()} is not in the local Hugging Face cache "
             f"({hub_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it cannot be downloaded. Download it once "
             "with network access, or give a local file."
@@ -261,7 +261,7 @@ def fetch_weights_file(source: Source, parameter_name: str, preferred: str) -> P
     try:
         info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True)
     except Exception as error:
-        raise ModelLoadError(_describe_hub_failure(parameter_name, source, error)) from error
+        raise _hub_failure(parameter_name, source, error) from error
     sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or ()}
     name = choose_weights_file(
         [path for path in sizes if "/" not in path],
@@ -346,7 +346,7 @@ def _download(source: Source, parameter_name: str, components: Sequence[str], ch
     try:
         info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True)
     except Exception as error:
-        raise ModelLoadError(_describe_hub_failure(parameter_name, source, error)) from error
+        raise _hub_failure(parameter_name, source, error) from error
     sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or ()}
     files = needed_files(sizes, components)
     configs = [path for path in files if not is_weights(path)]
@@ -418,7 +418,7 @@ def _snapshot(
     try:
         return Path(snapshot_download(source.repo_id, revision=revision, allow_patterns=files, tqdm_class=progress))
     except Exception as error:
-        raise ModelLoadError(_describe_hub_failure(parameter_name, source, error)) from error
+        raise _hub_failure(parameter_name, source, error) from error
 
 
 def _progress_bar(parameter_name: str, total: int) -> type[tqdm]:
@@ -477,29 +477,33 @@ def _size(size: float | None) -> str:
     return f"{size:.2f} GB"
 
 
-def _describe_hub_failure(parameter_name: str, source: Source, error: Exception) -> str:
+def _hub_failure(parameter_name: str, source: Source, error: Exception) -> ModelLoadError:
+    """The error to raise when the hub failed to give ``source``: ``HubUnreachable`` when it could not be reached,
+    else a ``ModelLoadError`` saying what the hub answered."""
     chain = _exception_chain(error)
     name = source.describe()
     if any(isinstance(item, GatedRepoError) for item in chain):
-        return (
+        return ModelLoadError(
             f"{parameter_name}: {name} is gated on the Hugging Face hub: accept its conditions on its page, then log "
             "in (hf auth login) or set HF_TOKEN."
         )
     if any(isinstance(item, RepositoryNotFoundError) for item in chain):
-        return f"{parameter_name}: {name} was not found on the Hugging Face hub (or is private)."
+        return ModelLoadError(f"{parameter_name}: {name} was not found on the Hugging Face hub (or is private).")
     if any(isinstance(item, RevisionNotFoundError) for item in chain):
-        return f"{parameter_name}: {name} has no revision {source.revision!r} on the Hugging Face hub."
+        return ModelLoadError(f"{parameter_name}: {name} has no revision {source.revision!r} on the Hugging Face hub.")
     if any(isinstance(item, RemoteEntryNotFoundError) for item in chain):
-        return (
+        return ModelLoadError(
             f"{parameter_name}: {name} has no model_index.json on the Hugging Face hub; accepted: a Kandinsky 2.2 "
             "repo in the diffusers layout."
         )
     if any(kind.__name__ in _CONNECTION_ERRORS for item in chain for kind in type(item).__mro__):
-        return (
+        return HubUnreachable(
             f"{parameter_name}: {name} is not in the local Hugging Face cache ({hub_constants.HF_HUB_CACHE}) "
             "and could not be fetched: the hub is unreachable from this machine."
         )
-    return f"{parameter_name}: {name} could not be fetched from the Hugging Face hub: {first_line(error)}"
+    return ModelLoadError(
+        f"{parameter_name}: {name} could not be fetched from the Hugging Face hub: {first_line(error)}"
+    )
 
 
 def _exception_chain(error: BaseException) -> list[BaseException]:

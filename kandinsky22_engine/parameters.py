@@ -7,6 +7,7 @@ disagree. Ikomia passes values as strings:
 ``Settings.from_strings`` parses and checks all of them before any model work starts.
 """
 
+import difflib
 import math
 import re
 import typing
@@ -725,9 +726,21 @@ _CHECKS: tuple[Callable[[Settings], list[str]], ...] = (
 
 
 def unknown_names(values: Mapping[str, object]) -> list[str]:
-    """A message for each name in ``values`` that is not a parameter (a typo would otherwise be ignored)."""
+    """A message for each name in ``values`` that is not a parameter (a typo would otherwise be ignored): the known
+    names closest to it first (``difflib.get_close_matches``: "did you mean num_inference_steps?"), where any is
+    close, then every known name."""
     known = [parameter.name for parameter in PARAMETERS]
-    return [f"{name}: unknown parameter; known parameters: {', '.join(known)}" for name in values if name not in known]
+    messages = []
+    for name in values:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(str(name), known, n=3)
+        listed = ", ".join(known)
+        if close:
+            messages.append(f"{name}: unknown parameter; did you mean {' or '.join(close)}? Known parameters: {listed}")
+        else:
+            messages.append(f"{name}: unknown parameter; known parameters: {listed}")
+    return messages
 
 
 def _parameter_from_field(settings_field: Field, annotation: type) -> Parameter:

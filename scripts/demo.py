@@ -6,11 +6,12 @@ paints noise (at 512 x 256 with 25 decoder steps, unless set otherwise), each mo
 decoder. ``--input`` gives the mode's input images, in the order of its image inputs (inpaint: the photo, then
 the mask). Every picture of the run is written: one to ``--output``, several (``--set num_images=3``) to
 ``--output``'s name with ``_1``, ``_2``... before its suffix. Run it through ``scripts/demo.sh``, which sets up
-the environment first.
+the environment first. A failure prints the task's own message, not Ikomia's traceback (``--traceback`` shows it).
 """
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +24,14 @@ DEMO_HOME = Path.home() / ".cache" / PLUGIN_NAME / "ikomia-home"
 # Noise needs no 768 x 768 pixels: the tiny run stays at a few seconds on a laptop CPU.
 # 512 wide: outpaint's default margins (128 on either side) then leave the image 256 x 256.
 TINY_DEFAULTS = {"height": "256", "width": "512", "num_inference_steps": "25"}
+# Ikomia raises a task's error again as a RuntimeError whose text holds the class, the message and the traceback:
+# "<class 'RuntimeError'>: <class '...kandinsky22_engine.errors.ModelLoadError'>: MESSAGE:   File ... (Code 18)".
+WRAPPED_TASK_ERROR = re.compile(r"kandinsky22_engine\.errors\.(\w+)'>: (.*?)(?::   File \"| \(Code -?\d+\)|\Z)", re.S)
+TINY_HINT = "To try the demo with no hub, add --tiny: tiny random-weight models, made on the spot, paint noise offline."
+
+
+class DemoError(Exception):
+    """A failure the demo explains itself: the message says what was wrong and what is accepted."""
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -49,7 +58,55 @@ def parse_arguments() -> argparse.Namespace:
         default=[],
         help="set a task parameter, e.g. --set seed=42 --set prompt='a red cat' (repeatable)",
     )
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on a failure, show the full traceback (Ikomia's, around the task's) rather than the task's message",
+    )
     return parser.parse_args()
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """The ``--set`` options as task parameters: ``NAME=VALUE`` each, the value everything after the first ``=``.
+
+    Raises ``DemoError`` naming an option with no ``=`` or no name, and the accepted form.
+    """
+    parameters = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip():
+            raise DemoError(f"--set {item}: accepted: NAME=VALUE, e.g. --set seed=42 or --set prompt='a red cat'.")
+        parameters[name.strip()] = value
+    return parameters
+
+
+def check_sets(parameters: dict[str, str]) -> str:
+    """Check the ``--set`` parameters as the task will (``Settings.from_strings``) and return the mode they run.
+
+    Raises ``DemoError`` with a line per refused option: an unknown name with the closest known ones, a value with
+    what its parameter accepts. Needs the plugin's folder on ``sys.path``.
+    """
+    from infer_kandinsky_2_2.kandinsky22_engine.errors import SettingsError
+    from infer_kandinsky_2_2.kandinsky22_engine.parameters import Settings
+
+    try:
+        return Settings.from_strings(parameters).mode
+    except SettingsError as error:
+        raise DemoError("\n".join(f"--set {line}" for line in str(error).splitlines())) from error
+
+
+def explain(error: Exception) -> str:
+    """What to print for ``error``, raised by the task or by Ikomia around it: the task's own message, taken out
+    of Ikomia's wrapping (``WRAPPED_TASK_ERROR``), followed by ``TINY_HINT`` when the hub could not be reached;
+    for any other error, its type and first line, and how to see its traceback."""
+    if type(error).__module__.endswith("kandinsky22_engine.errors"):
+        kind, message = type(error).__name__, str(error)
+    elif match := WRAPPED_TASK_ERROR.search(str(error)):
+        kind, message = match.group(1), match.group(2).strip()
+    else:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"{PLUGIN_NAME}: {type(error).__name__}: {first} (--traceback shows where it came from)"
+    return f"{PLUGIN_NAME}: {message}" + (f" {TINY_HINT}" if kind == "HubUnreachable" else "")
 
 
 def picture_paths(output: Path, count: int) -> list[Path]:
@@ -91,20 +148,21 @@ def plugins_folder() -> Path:
     return DEMO_HOME / "Ikomia" / "Plugins" / "Python"
 
 
-def main() -> None:
-    arguments = parse_arguments()
-    sys.path.insert(0, str(plugins_folder()))
+def generate(arguments: argparse.Namespace) -> None:
+    """Run the task once as ``arguments`` say and write its pictures. Raises ``DemoError`` for a bad ``--set``;
+    the task's errors come as Ikomia raises them."""
     from ikomia.dataprocess.workflow import Workflow
     from PIL import Image
 
-    parameters = dict(item.split("=", 1) for item in arguments.set)
+    parameters = parse_sets(arguments.set)
+    mode_name = check_sets(parameters)
     with tempfile.TemporaryDirectory(prefix="tiny_kandinsky_") as tiny_folder:
         if arguments.tiny:
             from infer_kandinsky_2_2.kandinsky22_devkit.tiny import build_tiny_repos
             from infer_kandinsky_2_2.kandinsky22_engine.modes import MODES
 
             repos = build_tiny_repos(tiny_folder)
-            mode = MODES[parameters.get("mode", "text2img")]
+            mode = MODES[mode_name]
             parameters = {
                 # The tiny repos are named by their decoder's cache role.
                 "model_name": str(getattr(repos, mode.decoder.role)),
@@ -126,6 +184,19 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(task.get_output(index).get_image()).save(path)
         print(f"Image written to {path.resolve()}")
+
+
+def main() -> None:
+    arguments = parse_arguments()
+    sys.path.insert(0, str(plugins_folder()))
+    try:
+        generate(arguments)
+    except DemoError as error:
+        sys.exit(str(error))
+    except Exception as error:
+        if arguments.traceback:
+            raise
+        sys.exit(explain(error))
 
 
 if __name__ == "__main__":

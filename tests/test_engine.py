@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import diffusers_reference, left_half_mask, max_difference, random_image
 from infer_kandinsky_2_2.kandinsky22_engine import hub, models
-from infer_kandinsky_2_2.kandinsky22_engine.errors import GenerationStopped
+from infer_kandinsky_2_2.kandinsky22_engine.errors import GenerationStopped, HubUnreachable
 from infer_kandinsky_2_2.kandinsky22_engine.generation import generate, load_models, runtime_for
 from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs
 from infer_kandinsky_2_2.kandinsky22_engine.models import (
@@ -260,7 +260,7 @@ def test_a_name_that_is_neither_folder_nor_hub_id_is_refused(settings, cache):
 
 def test_a_hub_id_missing_from_the_cache_while_offline_says_so(settings, cache, monkeypatch):
     monkeypatch.setattr(hub.hub_constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ModelLoadError) as refused:
+    with pytest.raises(HubUnreachable) as refused:
         generate(replace(settings, model_name="kandinsky-community/kandinsky-2-2-decoder"), cache=cache)
     assert str(refused.value) == (
         "model_name: 'kandinsky-community/kandinsky-2-2-decoder' is not (fully) in the local Hugging Face cache "

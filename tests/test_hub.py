@@ -27,7 +27,7 @@ from infer_kandinsky_2_2.kandinsky22_engine.constants import (
     DEFAULT_PRIOR,
     PINNED_REVISIONS,
 )
-from infer_kandinsky_2_2.kandinsky22_engine.errors import ModelLoadError
+from infer_kandinsky_2_2.kandinsky22_engine.errors import HubUnreachable, ModelLoadError
 from infer_kandinsky_2_2.kandinsky22_engine.generation import generate
 from infer_kandinsky_2_2.kandinsky22_engine.inputs import Inputs
 from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
@@ -292,7 +292,7 @@ def test_a_repo_or_revision_the_hub_does_not_have_is_named(online, model_name, m
 
 
 def test_an_unreachable_hub_is_said_so(cache_folder):
-    with hub_at("http://127.0.0.1:9"), pytest.raises(ModelLoadError) as refused:
+    with hub_at("http://127.0.0.1:9"), pytest.raises(HubUnreachable) as refused:
         generate(Settings(**RUN), cache=ModelCache())
     assert str(refused.value) == (
         f"model_name: {DEFAULT_DECODER!r} is not in the local Hugging Face cache ({cache_folder}) and could not be "

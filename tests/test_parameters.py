@@ -154,6 +154,16 @@ def test_every_refused_value_is_reported_at_once():
     assert lines[0].startswith("steps: unknown parameter; known parameters: mode, model_name, prior_model_name")
 
 
+def test_a_misspelt_name_is_refused_with_the_closest_known_names_first():
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_strings({"num_image": "2", "seeds": "1"})
+    every = ", ".join(parameter.name for parameter in PARAMETERS)
+    assert str(refused.value).splitlines() == [
+        f"num_image: unknown parameter; did you mean num_images or mix_images? Known parameters: {every}",
+        f"seeds: unknown parameter; did you mean seed? Known parameters: {every}",
+    ]
+
+
 def test_values_given_from_python_are_checked_too():
     with pytest.raises(SettingsError, match=r"^height: received '65'"):
         Settings(height=65)
