@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from helpers import diffusers_reference, max_difference, model_cache, workflow_with
 from infer_kandinsky_2_2.kandinsky22_engine import hub
+from infer_kandinsky_2_2.kandinsky22_engine.errors import ModelLoadError
+from infer_kandinsky_2_2.kandinsky22_engine.generation import load_models, runtime_for
 from infer_kandinsky_2_2.kandinsky22_engine.parameters import PARAMETERS, Settings, SettingsError
 
 pytest.importorskip("ikomia.dataprocess.workflow")
@@ -135,9 +137,10 @@ def test_every_parameter_but_free_text_has_a_bad_value_case():
 
 @pytest.mark.parametrize(("name", "value", "message"), BAD_VALUES, ids=[f"{n}={v!r}" for n, v, _ in BAD_VALUES])
 def test_a_bad_value_is_refused_clearly(tiny_strings, name, value, message):
-    workflow, _ = workflow_with({**tiny_strings, name: value})
-    with pytest.raises(RuntimeError, match=re.escape(message)):
-        workflow.run()
+    # At the engine, where the rule lives; test_after_every_refusal_the_task_and_a_new_one_run_unchanged runs each
+    # case through Ikomia.
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.from_strings({**tiny_strings, name: value})
 
 
 def with_inputs_of_its_mode(parameters: dict[str, str]):
@@ -154,23 +157,26 @@ def with_inputs_of_its_mode(parameters: dict[str, str]):
 
 
 @pytest.mark.parametrize(("changes", "message"), BAD_COMBINATIONS)
-def test_a_bad_combination_or_model_name_is_refused_clearly(tiny_strings, changes, message):
-    with pytest.raises(RuntimeError, match=re.escape(message)):
-        with_inputs_of_its_mode({**tiny_strings, **changes}).run()
+def test_a_bad_combination_or_model_name_is_refused_clearly(tiny_strings, warm_cache, changes, message):
+    # At the engine: the settings' checks, then the models', which find and read every model before loading any.
+    with pytest.raises((SettingsError, ModelLoadError), match=re.escape(message)):
+        settings = Settings.from_strings({**tiny_strings, **changes})
+        load_models(settings, runtime_for(settings), warm_cache)
 
 
 def test_after_every_refusal_the_task_and_a_new_one_run_unchanged(tiny_strings, expected):
     workflow, task = workflow_with(tiny_strings)
     defaults = Settings().to_strings()
-    for name, value, _ in BAD_VALUES:
+    # Every refusal surfaces through Ikomia with the engine's message.
+    for name, value, message in BAD_VALUES:
         task.set_parameters({name: value})
-        with pytest.raises(RuntimeError, match=f"{name}: received "):
+        with pytest.raises(RuntimeError, match=re.escape(message)):
             workflow.run()
         task.set_parameters({name: tiny_strings.get(name, defaults[name])})
     workflow.run()
     assert max_difference(task.get_output(0).get_image(), expected) <= 1
-    for changes, _ in BAD_COMBINATIONS:
-        with pytest.raises(RuntimeError):
+    for changes, message in BAD_COMBINATIONS:
+        with pytest.raises(RuntimeError, match=re.escape(message)):
             with_inputs_of_its_mode({**tiny_strings, **changes}).run()
     workflow, task = workflow_with(tiny_strings)
     workflow.run()

@@ -406,13 +406,20 @@ def zero_noise(sample: torch.Tensor, **conditions: object) -> tuple[torch.Tensor
     return (torch.zeros(sample.shape[0], 8, *sample.shape[2:]),)
 
 
+@pytest.fixture(scope="module")
+def tiny_decoder(tiny_repos) -> KandinskyV22Pipeline:
+    """The tiny decoder as its repo gives it, loaded once for the tests that only read it (each makes its own
+    scheduler from the repo's config)."""
+    return KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
+
+
 @pytest.mark.parametrize("name", SCHEDULERS)
 @pytest.mark.parametrize("steps", [1, MAX_STEPS])
 @pytest.mark.parametrize("start", ["noise", "image"])
-def test_every_sampler_runs_at_both_ends_of_the_step_range(tiny_repos, name, steps, start):
+def test_every_sampler_runs_at_both_ends_of_the_step_range(tiny_decoder, name, steps, start):
     # The default DDPM's leading schedule with steps_offset 1 reached timestep 1000 at 1000 steps, past the last
     # trained one, and diffusers failed at its first step (schedulers.set_schedule).
-    decoder = KandinskyV22Pipeline.from_pretrained(tiny_repos.decoder)
+    decoder = tiny_decoder
     calls = []
     models = replace(decoder_models(decoder, name, zero_noise), movq=LatentsOut(decoder.movq))
     inputs = {"image": random_image(1, (64, 64, 3)), "strength": 1.0} if start == "image" else {}
