@@ -26,6 +26,9 @@ os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(HYPOTHESIS_FOLDER))
 hypothesis_settings.register_profile("suite", deadline=None)
 hypothesis_settings.load_profile("suite")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 SESSION_FOLDER = Path(tempfile.mkdtemp(prefix="infer_kandinsky_2_2_tests_"))
 os.environ["HF_HOME"] = str(SESSION_FOLDER / "huggingface")
 os.environ["HF_HUB_OFFLINE"] = "1"

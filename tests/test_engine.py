@@ -11,7 +11,7 @@ import torch
 from diffusers import DiffusionPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
 from safetensors.torch import load_file, save_file
 
-from helpers import diffusers_reference, left_half_mask, max_difference, random_image
+from helpers import diffusers_reference, left_half_mask, load_for, max_difference, random_image
 from infer_kandinsky_2_2.kandinsky22_engine import hub, models
 from infer_kandinsky_2_2.kandinsky22_engine.errors import GenerationStopped, HubUnreachable
 from infer_kandinsky_2_2.kandinsky22_engine.generation import generate, load_models, runtime_for
@@ -555,13 +555,28 @@ def test_a_decoder_whose_setting_aside_fails_midway_is_dropped_not_left_split(ti
     assert cache.load_counts["decoder"] == 2
 
 
-def test_releasing_models_on_cuda_gives_back_the_gpu_cache_and_the_pinned_host_cache(cache, monkeypatch):
+def test_releasing_models_on_cuda_gives_back_the_gpu_cache_and_the_pinned_host_cache(settings, cache, monkeypatch):
+    load_for(settings, cache)
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append("gpu"))
     monkeypatch.setattr(torch.accelerator, "empty_host_cache", lambda: emptied.append("pinned host"))
     cache.release()
     assert emptied == ["gpu", "pinned host"]
+
+
+def test_garbage_is_collected_when_a_model_is_dropped_and_not_before_a_load_into_an_empty_role(
+    settings, cache, other_decoder, monkeypatch
+):
+    collections = []
+    monkeypatch.setattr(models.gc, "collect", lambda: collections.append("collect") or 0)
+    load_for(settings, cache)
+    assert collections == []
+    load_for(replace(settings, model_name=str(other_decoder)), cache)
+    assert collections == ["collect"]
+    cache.release("decoder")
+    cache.release("inpaint_decoder")
+    assert collections == ["collect"] * 2
 
 
 def test_parking_falls_back_to_pageable_memory_where_pinned_memory_is_refused_and_says_so(monkeypatch, caplog):
