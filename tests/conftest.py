@@ -4,15 +4,17 @@ HOME must point at the throwaway root before anything imports ikomia, so it is s
 pytest loads this file. Nothing in the suite reaches a model hub.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -26,7 +28,13 @@ os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(HYPOTHESIS_FOLDER))
 hypothesis_settings.register_profile("suite", deadline=None)
 hypothesis_settings.load_profile("suite")
 
+# Under pytest-xdist (scripts/test.sh: a worker per core) each worker computes on one thread: the tiny models gain
+# nothing from a second, and two teams per core spin at every barrier while the other worker holds the core. Only
+# the workers import torch, diffusers and the engine here (seconds): xdist's controller, which runs no test, loads this
+# file too, before it starts the workers.
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
     torch.set_num_threads(1)
 
 SESSION_FOLDER = Path(tempfile.mkdtemp(prefix="infer_kandinsky_2_2_tests_"))
@@ -35,8 +43,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 use_ikomia_home(SESSION_FOLDER / "home")
 sys.path.insert(0, str(SESSION_FOLDER / "home" / "Ikomia" / "Plugins" / "Python"))
 
-from infer_kandinsky_2_2.kandinsky22_devkit.tiny import TinyRepos, build_tiny_depth_model, build_tiny_repos  # noqa: E402
-from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache  # noqa: E402
+if TYPE_CHECKING:
+    from infer_kandinsky_2_2.kandinsky22_devkit.tiny import TinyRepos
+    from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
 
 # Small, non-square and fast, on the CPU: the tiny models need few steps to exercise every stage.
 TINY_RUN = {
@@ -71,6 +80,8 @@ def fake_gpus(monkeypatch) -> Callable[[int], None]:
     """Make torch see ``count`` CUDA GPUs for the test (``torch.cuda.is_available`` and ``device_count``), as far as
     choosing a runtime goes: nothing can run on them."""
 
+    import torch
+
     def see(count: int) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
@@ -80,12 +91,16 @@ def fake_gpus(monkeypatch) -> Callable[[int], None]:
 
 @pytest.fixture(scope="session")
 def tiny_repos() -> TinyRepos:
+    from infer_kandinsky_2_2.kandinsky22_devkit.tiny import build_tiny_repos
+
     return build_tiny_repos(SESSION_FOLDER / "models")
 
 
 @pytest.fixture(scope="session")
 def tiny_depth_model() -> Path:
     """A tiny random-weight transformers depth-estimation model (Depth Anything), for depth_model."""
+    from infer_kandinsky_2_2.kandinsky22_devkit.tiny import build_tiny_depth_model
+
     return build_tiny_depth_model(SESSION_FOLDER / "models" / "tiny-depth-anything")
 
 
@@ -93,6 +108,8 @@ def tiny_depth_model() -> Path:
 def warm_cache() -> ModelCache:
     """One model cache for the tests that look only at pixels, metadata or messages, never at what loads or
     where weights are: each model loads once for all of them. Tests that count loads make their own."""
+    from infer_kandinsky_2_2.kandinsky22_engine.models import ModelCache
+
     return ModelCache()
 
 
