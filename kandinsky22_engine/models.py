@@ -316,7 +316,8 @@ class ModelCache:
                 return
             for loaded in dropped:
                 graphs.drop(_modules(loaded.model))
-            del dropped
+            # No name here may hold a dropped model while the collection runs.
+            del dropped, loaded
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
