@@ -117,10 +117,10 @@ def picture_paths(output: Path, count: int) -> list[Path]:
     return [output.with_stem(f"{output.stem}_{index}") for index in range(1, count + 1)]
 
 
-def feed_inputs(workflow: object, task: object, paths: list[Path]) -> None:
+def feed_inputs(workflow: object, task: object, mode_name: str, paths: list[Path]) -> None:
     """Give ``task`` the images at ``paths``, one per image input in order (a drawing input is skipped): the first
     through the workflow's input, to which input 0 is connected, so that Ikomia runs the task; exit with a
-    message naming the mode's inputs when their number differs."""
+    message naming the mode, its inputs and what to give when their number differs."""
     from ikomia import core
     from PIL import Image
 
@@ -130,8 +130,13 @@ def feed_inputs(workflow: object, task: object, paths: list[Path]) -> None:
         if task.get_input(index).data_type != core.IODataType.INPUT_GRAPHICS
     ]
     if len(paths) != len(indices):
-        names = ", ".join(f"{task.get_input(index).name!r}" for index in indices) or "none"
-        sys.exit(f"this mode's image inputs are: {names}; --input was given {len(paths)} time(s).")
+        names = ", ".join(f"{task.get_input(index).name!r}" for index in indices)
+        wanted = (
+            f"{mode_name} takes {len(indices)} image input(s), {names}: give --input PATH once for each, in that order"
+            if indices
+            else f"{mode_name} takes no image input: leave --input out"
+        )
+        sys.exit(f"{wanted}; --input was given {len(paths)} time(s).")
     arrays = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
     if arrays:
         workflow.connect_tasks(workflow.root(), task, [(0, indices[0])])
@@ -173,7 +178,7 @@ def generate(arguments: argparse.Namespace) -> None:
         workflow = Workflow()
         task = workflow.add_task(name=PLUGIN_NAME, public_hub=False)
         task.set_parameters(parameters)
-        feed_inputs(workflow, task, arguments.input)
+        feed_inputs(workflow, task, mode_name, arguments.input)
         workflow.run()
 
     metadata = task.get_output(1).data

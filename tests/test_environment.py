@@ -248,7 +248,10 @@ def test_the_demo_feeds_a_mode_its_inputs_in_order_and_names_them_when_their_cou
     assert Image.open(tmp_path / "out.png").size == (128, 64)
     refused = subprocess.run([*demo, "--input", str(photo)], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1
-    assert "this mode's image inputs are: 'image', 'mask'; --input was given 1 time(s)." in refused.stderr
+    assert refused.stderr.endswith(
+        "inpaint takes 2 image input(s), 'image', 'mask': give --input PATH once for each, in that order; --input was "
+        "given 1 time(s).\n"
+    )
 
 
 def test_hypothesis_writes_outside_the_plugin_folder():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo import TINY_HINT, DemoError, check_sets, explain, parse_sets
+from demo import TINY_HINT, DemoError, check_sets, explain, feed_inputs, parse_sets
 from helpers import workflow_with
 from ikomia_home import CHECKOUT, PLUGIN_NAME, PluginFolderTaken, link_checkout
 from infer_kandinsky_2_2.kandinsky22_engine.errors import SettingsError
@@ -105,6 +105,27 @@ def test_a_set_option_the_task_would_refuse_is_named_with_what_it_accepts():
         "--set num_inference_step: unknown parameter; did you mean num_inference_steps or prior_num_inference_steps? "
     )
     assert lines[1].startswith("--set mode: received 'foo'; accepted: one of text2img, img2img, inpaint, outpaint, ")
+
+
+@pytest.mark.parametrize(
+    ("mode", "inputs", "told"),
+    [
+        ("text2img", 1, "text2img takes no image input: leave --input out; --input was given 1 time(s)."),
+        (
+            "img2img",
+            0,
+            "img2img takes 1 image input(s), 'image': give --input PATH once for each, in that order; --input was "
+            "given 0 time(s).",
+        ),
+    ],
+)
+def test_the_demo_names_the_mode_its_image_inputs_and_what_to_give_when_their_count_is_wrong(
+    tiny_strings, tmp_path, mode, inputs, told
+):
+    workflow, task = workflow_with({**tiny_strings, "mode": mode})
+    with pytest.raises(SystemExit) as exited:
+        feed_inputs(workflow, task, mode, [tmp_path / "photo.png"] * inputs)
+    assert exited.value.code == told
 
 
 def test_a_task_error_is_told_in_its_own_words_out_of_ikomias_wrapping():
