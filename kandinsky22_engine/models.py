@@ -309,15 +309,13 @@ class ModelCache:
         diffusers and transformers takes a quarter of a second, most of a first load of small models.
         """
         with self.lock:
-            dropped = [
-                self._loaded.pop(name) for name in ([role] if role else list(self._loaded)) if name in self._loaded
-            ]
+            names = [role] if role else list(self._loaded)
+            dropped = [self._loaded.pop(name) for name in names if name in self._loaded]
             if not dropped:
                 return
-            for loaded in dropped:
-                graphs.drop(_modules(loaded.model))
+            graphs.drop([module for loaded in dropped for module in _modules(loaded.model)])
             # No name here may hold a dropped model while the collection runs.
-            del dropped, loaded
+            del dropped
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -30,8 +30,8 @@ hypothesis_settings.load_profile("suite")
 
 # Under pytest-xdist (scripts/test.sh: a worker per core) each worker computes on one thread: the tiny models gain
 # nothing from a second, and two teams per core spin at every barrier while the other worker holds the core. Only
-# the workers import torch, diffusers and the engine here (seconds): xdist's controller, which runs no test, loads this
-# file too, before it starts the workers.
+# the workers import torch, diffusers and the engine, which takes seconds: xdist's controller runs no test but loads
+# this file too, before it starts the workers.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
